@@ -1,0 +1,88 @@
+"""`pixelproof` console command: the composition root, importing each side lazily.
+
+Subcommands: up (whole stack on embedded defaults), web, worker, migrate, sweep, submit, train, evaluate.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _train(args: argparse.Namespace) -> int:
+    from shared.imaging import Preprocessing
+    from shared.logs import setup_logging
+    from training.train import TrainConfig, train
+
+    setup_logging()
+    cfg = TrainConfig(
+        data=args.data, out=Path(args.out), arch=args.arch, arch_args=json.loads(args.arch_args),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
+        device=args.device, limit=args.limit, augment=not args.no_augment, threads=args.threads,
+        resume=args.resume, name=args.name,
+        preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
+    )
+    path, meta = train(cfg)
+    print(f"checkpoint {path} version {meta.version}")
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from shared.logs import setup_logging
+    from training.evaluate import evaluate
+
+    setup_logging()
+    report = evaluate(Path(args.checkpoint), args.data, Path(args.out), split=args.split,
+                      cross_domain=args.cross_domain, robustness=not args.no_robustness, limit=args.limit)
+    print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pixelproof", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a model and write a checkpoint")
+    t.add_argument("--data", required=True, help="parquet dir, image folder, or Hugging Face dataset name")
+    t.add_argument("--out", required=True, help="run folder (checkpoint, history, resume state)")
+    t.add_argument("--arch", default="tiny_resnet")
+    t.add_argument("--arch-args", default="{}", help="JSON, e.g. '{\"widths\": [16, 32, 64, 128]}'")
+    t.add_argument("--epochs", type=int, default=10)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=3e-3)
+    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw")
+    t.add_argument("--val-fraction", type=float, default=0.1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--patience", type=int, default=3, help="early stopping on validation loss")
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--limit", type=int, default=0, help="train on at most this many images")
+    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--resume", action="store_true")
+    t.add_argument("--name", default="pixelproof")
+    t.add_argument("--input-size", type=int, default=32)
+    t.add_argument("--resize", default="squash", choices=["squash", "center_crop"])
+    t.set_defaults(func=_train)
+
+    e = sub.add_parser("evaluate", help="metrics, robustness table and plots for a checkpoint")
+    e.add_argument("--checkpoint", required=True)
+    e.add_argument("--data", required=True)
+    e.add_argument("--split", default="test")
+    e.add_argument("--cross-domain", default=None, help="image folder (real/, fake/) scored through upload preprocessing")
+    e.add_argument("--out", required=True)
+    e.add_argument("--no-robustness", action="store_true")
+    e.add_argument("--limit", type=int, default=0)
+    e.set_defaults(func=_evaluate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

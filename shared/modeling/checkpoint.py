@@ -1,0 +1,128 @@
+"""Self-describing checkpoints: safetensors weights with everything needed to serve them in the header."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from shared.imaging import Preprocessing
+
+from .registry import build_model
+
+FORMAT_VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class CheckpointMeta:
+    architecture: str
+    arch_args: dict
+    preprocessing: Preprocessing
+    classes: tuple[str, ...] = ("real", "fake")
+    temperature: float = 1.0  # logits are divided by this before the sigmoid (fitted on validation)
+    threshold: float = 0.5  # on the calibrated P(fake)
+    name: str = "pixelproof"
+    training: dict = field(default_factory=dict)
+    metrics: dict = field(default_factory=dict)
+    version: str = ""  # derived from content on save; never set by hand
+
+    def to_json(self) -> str:
+        data = {
+            "format": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "arch_args": self.arch_args,
+            "preprocessing": self.preprocessing.to_dict(),
+            "classes": list(self.classes),
+            "temperature": self.temperature,
+            "threshold": self.threshold,
+            "name": self.name,
+            "training": self.training,
+            "metrics": self.metrics,
+            "version": self.version,
+        }
+        return json.dumps(data, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> CheckpointMeta:
+        data = json.loads(text)
+        if data.get("format") != FORMAT_VERSION:
+            raise CheckpointError(f"unsupported checkpoint format {data.get('format')!r}")
+        return cls(
+            architecture=data["architecture"],
+            arch_args=data["arch_args"],
+            preprocessing=Preprocessing.from_dict(data["preprocessing"]),
+            classes=tuple(data["classes"]),
+            temperature=float(data["temperature"]),
+            threshold=float(data["threshold"]),
+            name=data.get("name", "pixelproof"),
+            training=data.get("training", {}),
+            metrics=data.get("metrics", {}),
+            version=data.get("version", ""),
+        )
+
+
+def _content_version(name: str, state: dict[str, torch.Tensor], meta: CheckpointMeta) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(state):
+        digest.update(key.encode())
+        digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
+    unversioned = CheckpointMeta(**{**meta.__dict__, "version": "", "metrics": {}, "training": {}})
+    digest.update(unversioned.to_json().encode())
+    return f"{name}-{digest.hexdigest()[:12]}"
+
+
+def save_checkpoint(model: nn.Module, meta: CheckpointMeta, path: Path) -> CheckpointMeta:
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    meta.version = _content_version(meta.name, state, meta)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file(state, str(tmp), metadata={"pixelproof": meta.to_json()})
+    tmp.replace(path)
+    return meta
+
+
+def read_meta(path: Path) -> CheckpointMeta:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except FileNotFoundError:
+        raise CheckpointError(f"model checkpoint not found: {path}") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"model checkpoint {path} is not a readable safetensors file: {exc}") from None
+    if "pixelproof" not in header:
+        raise CheckpointError(f"{path} is a safetensors file without Pixelproof metadata")
+    try:
+        return CheckpointMeta.from_json(header["pixelproof"])
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path} has invalid Pixelproof metadata: {exc}") from None
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """Load, verify the content hash, and return the model in eval mode."""
+    path = Path(path)
+    meta = read_meta(path)
+    try:
+        state = load_file(str(path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"model checkpoint {path} is corrupt: {exc}") from None
+    expected = _content_version(meta.name, state, meta)
+    if expected != meta.version:
+        raise CheckpointError(f"model checkpoint {path} is corrupt: content hash {expected} != recorded {meta.version}")
+    model = build_model(meta.architecture, **meta.arch_args)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"model checkpoint {path} does not match architecture {meta.architecture}: {exc}") from None
+    return model.to(device).eval(), meta

@@ -1,0 +1,90 @@
+"""Registered architectures. A checkpoint names one of these plus its constructor arguments."""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register(name: str):
+    def deco(fn: Callable[..., nn.Module]):
+        REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def build_model(name: str, **args) -> nn.Module:
+    try:
+        builder = REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown architecture {name!r}; registered: {', '.join(sorted(REGISTRY))}") from None
+    return builder(**args)
+
+
+class SeedCNN(nn.Module):
+    """The student report's baseline: three conv blocks 32/64/128, dense 128, one logit (sigmoid applied outside)."""
+
+    def __init__(self, input_size: int = 32):
+        super().__init__()
+        blocks = []
+        c_in = 3
+        for c_out in (32, 64, 128):
+            blocks += [nn.Conv2d(c_in, c_out, 3), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            c_in = c_out
+        self.features = nn.Sequential(*blocks)
+        side = input_size
+        for _ in range(3):
+            side = (side - 2) // 2
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(128 * side * side, 128), nn.ReLU(inplace=True), nn.Linear(128, 1))
+
+    def forward(self, x):
+        return self.head(self.features(x)).squeeze(1)
+
+
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+
+class ResBlock(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
+            nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c),
+        )
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        return self.act(x + self.body(x))
+
+
+class TinyResNet(nn.Module):
+    """A small residual net for 32x32 inputs.
+
+    The stem runs at full resolution because the traces generators leave are pixel-level; later stages are
+    cheap (4x4, 8x8), so width there buys accuracy without costing the 2,000 images/s CPU target.
+    """
+
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.1):
+        super().__init__()
+        layers: list[nn.Module] = [_conv_bn(3, widths[0]), ResBlock(widths[0])]
+        for c_in, c_out in zip(widths[:-1], widths[1:]):
+            layers += [_conv_bn(c_in, c_out, stride=2), ResBlock(c_out)]
+        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).squeeze(1)
+
+
+@register("seed_cnn")
+def seed_cnn(input_size: int = 32) -> nn.Module:
+    return SeedCNN(input_size=input_size)
+
+
+@register("tiny_resnet")
+def tiny_resnet(widths: tuple[int, ...] | list[int] = (16, 32, 64, 128), dropout: float = 0.1) -> nn.Module:
+    return TinyResNet(widths=tuple(widths), dropout=dropout)

@@ -1,0 +1,83 @@
+"""Jobs, their images, and the per-model prediction cache. The app database is the source of truth."""
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timezone
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
+TERMINAL = (DONE, ERROR)
+LABELS = ("real", "fake")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def new_job_id() -> str:
+    # 128 random bits: job ids double as capabilities when no API tokens are configured.
+    return secrets.token_urlsafe(16)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
+    owner: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 of the API token, if any
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+
+    images: Mapped[list[ImageItem]] = relationship(back_populates="job", cascade="all, delete-orphan")
+
+
+class ImageItem(Base):
+    """One uploaded file of a job. Its status only moves forward, so redelivered tasks are harmless."""
+
+    __tablename__ = "images"
+    __table_args__ = (Index("ix_images_job_status", "job_id", "status"), Index("ix_images_status_touched", "status", "touched_at"))
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    filename: Mapped[str] = mapped_column(String(1024))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    label: Mapped[str | None] = mapped_column(String(16))
+    p_fake: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    model_version: Mapped[str | None] = mapped_column(String(80))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Last time a producer or worker took responsibility for this row; the sweeper re-enqueues stale ones.
+    touched_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    job: Mapped[Job] = relationship(back_populates="images")
+
+
+class Prediction(Base):
+    """Cache: the same content scored by the same model version is computed once."""
+
+    __tablename__ = "predictions"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model_version: Mapped[str] = mapped_column(String(80), primary_key=True)
+    p_fake: Mapped[float | None] = mapped_column(Float)
+    label: Mapped[str | None] = mapped_column(String(16))
+    error: Mapped[str | None] = mapped_column(Text)  # a decode error is a property of the bytes: cache it too
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,108 @@
+"""Typed settings, read from the environment in one place.
+
+Every process (web, worker, CLI) calls :func:`load_settings` once at start-up; an invalid value stops the
+process there with a message naming the variable, instead of failing on the first request.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default.safetensors"
+
+
+class SettingsError(SystemExit):
+    """Raised at start-up when the environment does not describe a runnable service."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PIXELPROOF_", extra="ignore", frozen=True)
+
+    # Where state lives. SQLite and a local folder are the embedded defaults.
+    data_dir: Path = Path("var")
+    database_url: str | None = Field(default=None, validation_alias="DATABASE_URL")
+    redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
+    storage_dir: Path | None = None
+    port: int = Field(default=8000, ge=1, le=65535, validation_alias="PORT")
+
+    # The model.
+    model_path: Path = DEFAULT_CHECKPOINT
+    device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    batch_size: int = Field(default=64, ge=1, le=4096)
+    decode_threads: int = Field(default=2, ge=1, le=64)
+    torch_threads: int = Field(default=0, ge=0, le=256)  # 0: let the worker pick from its CPU share
+
+    # Limits on what users may send; see README "Limits".
+    max_file_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
+    max_pixels: int = Field(default=40_000_000, ge=1)
+    max_files_per_job: int = Field(default=50_000, ge=1)
+    max_files_per_request: int = Field(default=2_000, ge=1)
+    rate_limit_per_minute: int = Field(default=0, ge=0)  # upload requests per client; 0 disables
+
+    # Access: when tokens are set, every API call needs one and sees only its own jobs.
+    api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
+
+    # Queue behaviour.
+    task_time_limit: int = Field(default=600, ge=10)
+    visibility_timeout: int = Field(default=3600, ge=60)
+    stale_after: int = Field(default=900, ge=1)  # seconds before the sweeper re-enqueues an unfinished image
+    sweep_interval: float = Field(default=60.0, gt=0)
+    worker_max_memory_kb: int = Field(default=2_000_000, ge=100_000)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("api_tokens", mode="before")
+    @classmethod
+    def _split_tokens(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(t.strip() for t in value.split(",") if t.strip())
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _known_database(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sqlite", "postgresql")):
+            raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
+        if value is not None and value.startswith("postgresql://"):
+            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "redis+socket://", "unix://")):
+            raise ValueError("must be a redis:// URL")
+        return value
+
+    @cached_property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'pixelproof.db').resolve()}"
+
+    @cached_property
+    def upload_dir(self) -> Path:
+        return (self.storage_dir or self.data_dir / "uploads").resolve()
+
+    def broker_url(self) -> str:
+        if not self.redis_url:
+            raise SettingsError(
+                "REDIS_URL is not set: point it at a Redis server (redis://host:6379/0), "
+                "or start the embedded stack with `make up` / `pixelproof up`."
+            )
+        return self.redis_url
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build settings from the environment, failing with one readable message per bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            name = str(err["loc"][0]) if err["loc"] else "?"
+            lines.append(f"  {name.upper()}: {err['msg']} (got {err.get('input')!r})")
+        raise SettingsError("Invalid Pixelproof settings:\n" + "\n".join(lines)) from None

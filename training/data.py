@@ -1,0 +1,142 @@
+"""Labelled images from a parquet directory, an image folder or a Hugging Face hub dataset.
+
+Every example is decoded by :func:`shared.imaging.load_rgb` and sized by :func:`shared.imaging.fit`, the
+same calls the worker makes on an upload, then kept as uint8 so an epoch does not decode JPEG again.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from shared.imaging import ImageRejected, Preprocessing, fit, load_rgb
+
+log = logging.getLogger(__name__)
+
+FAKE_NAMES = {"fake", "ai", "ai-generated", "ai_generated", "generated", "synthetic", "1"}
+REAL_NAMES = {"real", "human", "photo", "authentic", "0"}
+
+
+@dataclass
+class ImageSet:
+    images: np.ndarray  # N x H x W x 3 uint8, already at the model's input size
+    labels: np.ndarray  # N int64, 0 = real, 1 = fake
+    raw: list[bytes] | None = None  # original file bytes, kept only where evaluation needs them
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, idx: np.ndarray) -> ImageSet:
+        raw = [self.raw[i] for i in idx] if self.raw is not None else None
+        return ImageSet(self.images[idx], self.labels[idx], raw)
+
+
+def _load_hf(source: str):
+    from datasets import load_dataset
+
+    path = Path(source)
+    if path.is_dir():
+        if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
+            return load_dataset("parquet", data_dir=str(path))
+        return load_dataset("imagefolder", data_dir=str(path))
+    return load_dataset(source)  # a hub name; needs network
+
+
+def _label_map(features) -> dict[int, int]:
+    names = getattr(features["label"], "names", None)
+    if not names:
+        return {0: 0, 1: 1}
+    mapping = {}
+    for i, name in enumerate(names):
+        low = name.strip().lower()
+        if low in FAKE_NAMES:
+            mapping[i] = 1
+        elif low in REAL_NAMES:
+            mapping[i] = 0
+        else:
+            raise ValueError(f"cannot tell whether class {name!r} means real or AI-generated")
+    return mapping
+
+
+def _bytes_of(item: dict) -> bytes:
+    if item.get("bytes"):
+        return item["bytes"]
+    return Path(item["path"]).read_bytes()
+
+
+def decode_split(split, spec: Preprocessing, keep_raw: bool = False) -> ImageSet:
+    from datasets import Image as HFImage
+
+    mapping = _label_map(split.features)
+    split = split.cast_column("image", HFImage(decode=False))
+    n = len(split)
+    size = spec.input_size
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    labels = np.empty(n, dtype=np.int64)
+    raw: list[bytes] = []
+    kept = 0
+    for item, label in zip(split["image"], split["label"]):
+        data = _bytes_of(item)
+        try:
+            images[kept] = np.asarray(fit(load_rgb(data, 10**9, target=size), spec))
+        except ImageRejected as exc:
+            log.warning("skipping undecodable training image reason=%r", str(exc))
+            continue
+        labels[kept] = mapping[int(label)]
+        if keep_raw:
+            raw.append(data)
+        kept += 1
+    return ImageSet(images[:kept], labels[:kept], raw if keep_raw else None)
+
+
+def load_image_sets(
+    source: str, spec: Preprocessing, splits: tuple[str, ...] = ("train", "test"),
+    keep_raw: tuple[str, ...] = (), cache_dir: Path | None = Path(".cache/datasets"),
+) -> dict[str, ImageSet]:
+    """Decode the requested splits, caching the uint8 arrays on disk keyed by source and preprocessing."""
+    out: dict[str, ImageSet] = {}
+    ds = None
+    for name in splits:
+        key = hashlib.sha256(json.dumps([str(Path(source).resolve()), name, spec.to_dict()]).encode()).hexdigest()[:16]
+        cached = cache_dir / f"{key}.npz" if cache_dir else None
+        if cached and cached.exists() and name not in keep_raw:
+            data = np.load(cached)
+            out[name] = ImageSet(data["images"], data["labels"])
+            continue
+        if ds is None:
+            ds = _load_hf(source)
+        if name not in ds:
+            raise KeyError(f"{source} has no split {name!r} (has: {', '.join(ds)})")
+        out[name] = decode_split(ds[name], spec, keep_raw=name in keep_raw)
+        if cached:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(cached, images=out[name].images, labels=out[name].labels)
+    return out
+
+
+def split_validation(train: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(train))
+    n_val = max(1, int(round(len(train) * fraction)))
+    return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
+
+
+def folder_files(root: Path) -> list[tuple[Path, int]]:
+    """(path, label) for an image-folder layout with real/ and fake/ (or any synonyms)."""
+    items = []
+    for sub in sorted(p for p in Path(root).iterdir() if p.is_dir()):
+        low = sub.name.lower()
+        label = 1 if low in FAKE_NAMES else 0 if low in REAL_NAMES else None
+        if label is None:
+            continue
+        items += [(f, label) for f in sorted(sub.rglob("*")) if f.is_file()]
+    return items
+
+
+def pil_from_uint8(arr: np.ndarray) -> Image.Image:
+    return Image.fromarray(arr, "RGB")

@@ -1,0 +1,105 @@
+"""Evaluate a checkpoint exactly as the service would score uploads, and write a report folder.
+
+Every image goes through :func:`shared.imaging.preprocess_bytes` from its
+file bytes; the robustness rows re-encode those bytes first (JPEG q75; half-size and back, saved losslessly).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from shared.imaging import ImageRejected, preprocess_bytes
+from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint
+
+from . import plots
+from .augment import down_up
+from .data import folder_files, load_image_sets
+from .metrics import classification_report, reliability_bins, roc_points
+
+log = logging.getLogger(__name__)
+
+
+def _jpeg75(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=75)
+    return buf.getvalue()
+
+
+def _half_and_back(data: bytes) -> bytes:
+    buf = io.BytesIO()
+    down_up(Image.open(io.BytesIO(data)).convert("RGB"), 0.5).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@torch.inference_mode()
+def score_bytes(model, meta: CheckpointMeta, files: list[bytes], batch: int = 512) -> np.ndarray:
+    """Calibrated P(fake) for each file's bytes (NaN where the file cannot be decoded)."""
+    out = np.full(len(files), np.nan)
+    spec = meta.preprocessing
+    for start in range(0, len(files), batch):
+        arrays, idx = [], []
+        for i in range(start, min(start + batch, len(files))):
+            try:
+                arrays.append(preprocess_bytes(files[i], spec))
+                idx.append(i)
+            except ImageRejected as exc:
+                log.warning("undecodable index=%d reason=%r", i, str(exc))
+        if arrays:
+            logits = model(torch.from_numpy(np.stack(arrays))).float()
+            out[idx] = torch.sigmoid(logits / meta.temperature).numpy()
+    return out
+
+
+def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_domain: str | None = None,
+             robustness: bool = True, limit: int = 0) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    model, meta = load_checkpoint(checkpoint)
+    sets = load_image_sets(data, meta.preprocessing, splits=(split,), keep_raw=(split,))
+    test = sets[split]
+    if limit:
+        test = test.subset(np.arange(min(limit, len(test))))
+    labels = test.labels
+    files = test.raw
+    results: dict[str, dict] = {}
+    curves, rel = {}, {}
+
+    def record(name: str, y: np.ndarray, p: np.ndarray) -> None:
+        ok = ~np.isnan(p)
+        rep = classification_report(y[ok], p[ok], meta.threshold)
+        rep["undecodable"] = int((~ok).sum())
+        results[name] = rep
+        if rep["n"] and len(np.unique(y[ok])) == 2:
+            fpr, tpr = roc_points(y[ok], p[ok])
+            curves[name] = (fpr, tpr, rep["roc_auc"])
+            rel[name] = reliability_bins(y[ok], p[ok])
+        log.info("eval set=%s n=%d accuracy=%.4f roc_auc=%.4f ece=%.4f", name, rep["n"], rep["accuracy"], rep["roc_auc"], rep["ece"])
+
+    record(split, labels, score_bytes(model, meta, files))
+    if robustness:
+        record(f"{split}+jpeg75", labels, score_bytes(model, meta, [_jpeg75(b) for b in files]))
+        record(f"{split}+half_and_back", labels, score_bytes(model, meta, [_half_and_back(b) for b in files]))
+    if cross_domain:
+        items = folder_files(Path(cross_domain))
+        y = np.array([lab for _, lab in items])
+        record(Path(cross_domain).name, y, score_bytes(model, meta, [p.read_bytes() for p, _ in items], batch=16))
+
+    plots.training_curves(meta.training.get("history", []), out / "training_curves.png")
+    plots.roc(curves, out / "roc.png")
+    plots.reliability(rel, out / "reliability.png")
+    base = results[split]["accuracy"]
+    summary = {
+        "checkpoint": str(checkpoint), "version": meta.version, "architecture": meta.architecture,
+        "temperature": meta.temperature,
+        **{name: {k: r[k] for k in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1")} for name, r in results.items()},
+        "robustness_drop_points": {name: round(100 * (base - r["accuracy"]), 2) for name, r in results.items() if name.startswith(split + "+")},
+    }
+    report = {"summary": summary, "results": results}
+    (out / "metrics.json").write_text(json.dumps(report, indent=2))
+    return report

@@ -1,0 +1,58 @@
+"""Classification and calibration metrics (scikit-learn for the standard ones, ECE by its definition)."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support, roc_auc_score, roc_curve
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """Weighted mean |accuracy - confidence| over equal-width confidence bins of the predicted class."""
+    labels = np.asarray(labels)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = (probs >= 0.5).astype(int)
+    conf = np.where(pred == 1, probs, 1.0 - probs)
+    correct = (pred == labels).astype(np.float64)
+    edges = np.linspace(0.5, 1.0, bins + 1)
+    ece = 0.0
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        mask = (conf > lo) & (conf <= hi) if i else (conf >= lo) & (conf <= hi)
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - conf[mask].mean())
+    return float(ece)
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict:
+    """P(fake) bins: mean predicted vs observed fraction fake."""
+    edges = np.linspace(0, 1, bins + 1)
+    idx = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    mean_p, frac, count = [], [], []
+    for b in range(bins):
+        m = idx == b
+        count.append(int(m.sum()))
+        mean_p.append(float(probs[m].mean()) if m.any() else float("nan"))
+        frac.append(float(labels[m].mean()) if m.any() else float("nan"))
+    return {"edges": edges.tolist(), "mean_p": mean_p, "frac_fake": frac, "count": count}
+
+
+def classification_report(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = (probs >= threshold).astype(int)
+    precision, recall, f1, _ = precision_recall_fscore_support(labels, pred, average="binary", pos_label=1, zero_division=0)
+    cm = confusion_matrix(labels, pred, labels=[0, 1])
+    both = len(np.unique(labels)) == 2
+    return {
+        "n": int(len(labels)),
+        "accuracy": float((pred == labels).mean()),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
+        "ece": expected_calibration_error(labels, probs),
+        "confusion_matrix": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])},
+    }
+
+
+def roc_points(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    fpr, tpr, _ = roc_curve(labels, probs)
+    return fpr, tpr

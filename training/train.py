@@ -1,0 +1,211 @@
+"""Train a registered architecture and write a self-describing, calibrated checkpoint."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from shared.imaging import Preprocessing, to_array
+from shared.modeling.checkpoint import CheckpointMeta, save_checkpoint
+from shared.modeling.device import pick_device
+from shared.modeling.registry import build_model
+
+from .augment import Augment
+from .data import ImageSet, load_image_sets, pil_from_uint8, split_validation
+from .metrics import classification_report
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: Path
+    arch: str = "tiny_resnet"
+    arch_args: dict = field(default_factory=dict)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 5e-4
+    optimizer: str = "adamw"  # "adam" reproduces the report's seed CNN
+    val_fraction: float = 0.1
+    seed: int = 0
+    patience: int = 3
+    device: str = "auto"
+    limit: int = 0  # use only this many training images (quick runs, tests)
+    augment: bool = True
+    threads: int = 0
+    resume: bool = False
+    name: str = "pixelproof"
+    preprocessing: Preprocessing = field(default_factory=Preprocessing)
+
+
+class ArrayDataset(Dataset):
+    """uint8 images -> the exact tensors serving produces (shared.imaging.to_array), plus augmentation."""
+
+    def __init__(self, images: ImageSet, spec: Preprocessing, augment: Augment | None):
+        self.images, self.spec, self.augment = images, spec, augment
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        img = pil_from_uint8(self.images.images[i])
+        if self.augment is not None:
+            img = self.augment(img)
+        return torch.from_numpy(to_array(img, self.spec)), torch.tensor(float(self.images.labels[i]))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.use_deterministic_algorithms(False)
+    if torch.backends.cudnn.is_available():
+        torch.backends.cudnn.benchmark = False
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+    model.eval()
+    logits, labels = [], []
+    for x, y in loader:
+        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+        labels.append(y)
+    return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Temperature scaling (Guo et al. 2017): one scalar fitted on held-out NLL."""
+    z = torch.tensor(logits, dtype=torch.float64)
+    y = torch.tensor(labels, dtype=torch.float64)
+    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(log_t.exp().item())
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    spec = cfg.preprocessing
+
+    sets = load_image_sets(cfg.data, spec, splits=("train",))
+    train_set, val_set = split_validation(sets["train"], cfg.val_fraction, cfg.seed)
+    if cfg.limit:
+        rng = np.random.default_rng(cfg.seed)
+        train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
+        val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
+    log.info("data source=%s train=%d val=%d device=%s", cfg.data, len(train_set), len(val_set), device)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    train_loader = DataLoader(
+        ArrayDataset(train_set, spec, Augment(seed=cfg.seed) if cfg.augment else None),
+        batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_set) > cfg.batch_size,
+    )
+    val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512)
+
+    model = build_model(cfg.arch, **cfg.arch_args).to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.optimizer == "adam":
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps = max(1, cfg.epochs * len(train_loader))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    use_amp = device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    history: list[dict] = []
+    best_val, best_state, bad_epochs, start_epoch = float("inf"), None, 0, 0
+    state_path = out / "state.pt"
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
+        history, best_val, best_state, bad_epochs = st["history"], st["best_val"], st["best_state"], st["bad_epochs"]
+        start_epoch = st["epoch"] + 1
+        torch.set_rng_state(st["rng"])
+        log.info("resumed from epoch=%d", start_epoch)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+        for x, y in bar:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                logits = model(x)
+                loss = loss_fn(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += ((logits.detach() > 0).float() == y).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+        v_logits, v_labels = predict_logits(model, val_loader, device)
+        v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
+        v_acc = float(((v_logits > 0).astype(int) == v_labels).mean())
+        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+               "val_loss": v_loss, "val_acc": v_acc, "seconds": round(time.time() - t0, 1)}
+        history.append(row)
+        log.info("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if v_loss < best_val - 1e-4:
+            best_val, bad_epochs = v_loss, 0
+            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
+                    "history": history, "best_val": best_val, "best_state": best_state, "bad_epochs": bad_epochs,
+                    "epoch": epoch, "rng": torch.get_rng_state()}, state_path)
+        (out / "history.json").write_text(json.dumps(history, indent=2))
+        if bad_epochs >= cfg.patience:
+            log.info("early stop epoch=%d best_val_loss=%.4f", epoch + 1, best_val)
+            break
+
+    model.load_state_dict(best_state)
+    model = model.to(memory_format=torch.contiguous_format)
+    v_logits, v_labels = predict_logits(model, val_loader, device)
+    temperature = fit_temperature(v_logits, v_labels)
+    val_metrics = classification_report(v_labels, sigmoid(v_logits / temperature))
+    cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "preprocessing"}
+    meta = CheckpointMeta(
+        architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
+        training={"config": cfg_dict, "history": history, "n_train": len(train_set), "n_val": len(val_set),
+                  "torch": torch.__version__, "device": str(device)},
+        metrics={"validation": val_metrics},
+    )
+    path = out / "model.safetensors"
+    meta = save_checkpoint(model.cpu(), meta, path)
+    log.info("saved checkpoint=%s version=%s temperature=%.3f val_acc=%.4f", path, meta.version, temperature, val_metrics["accuracy"])
+    return path, meta

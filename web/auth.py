@@ -1,0 +1,25 @@
+"""Optional API tokens: when configured, each call needs one, and a job is visible only to its creator."""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import current_app, request
+
+from .errors import ApiError
+
+
+def current_owner(allow_query: bool = False) -> str | None:
+    tokens: tuple[str, ...] = current_app.config["PIXELPROOF"].api_tokens
+    if not tokens:
+        return None
+    header = request.headers.get("Authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-API-Token", "")
+    if not token and allow_query:  # <img> tags cannot send headers
+        token = request.args.get("token", "")
+    if not token:
+        raise ApiError(401, "an API token is required: send 'Authorization: Bearer <token>'",
+                       headers={"WWW-Authenticate": "Bearer"})
+    if not any(hmac.compare_digest(token, t) for t in tokens):
+        raise ApiError(403, "this API token is not valid")
+    return hashlib.sha256(token.encode()).hexdigest()

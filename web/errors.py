@@ -1,0 +1,45 @@
+"""Every error leaves the API as JSON with a message a person can act on."""
+from __future__ import annotations
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, *, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
+
+
+FRIENDLY = {
+    413: "the request is too large: split the upload into several requests (see README, Limits)",
+    405: "this method is not allowed on this URL",
+    404: "no such resource",
+}
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(ApiError)
+    def _api_error(err: ApiError):
+        resp = jsonify({"error": err.message, "status": err.status, **err.extra})
+        resp.status_code = err.status
+        resp.headers.update(err.headers)
+        return resp
+
+    @app.errorhandler(HTTPException)
+    def _http_error(err: HTTPException):
+        if not request.path.startswith("/api") and err.code == 404:
+            return err
+        message = FRIENDLY.get(err.code, err.description)
+        if err.code == 413:
+            message = f"{message}; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes per request"
+        resp = jsonify({"error": message, "status": err.code})
+        resp.status_code = err.code or 500
+        return resp
+
+    @app.errorhandler(Exception)
+    def _unexpected(err: Exception):
+        app.logger.exception("unhandled error path=%s", request.path)
+        resp = jsonify({"error": "internal error; the incident was logged", "status": 500})
+        resp.status_code = 500
+        return resp

@@ -1,0 +1,110 @@
+"""Job creation and read models, kept free of Flask so tests can call them directly."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job
+
+
+@dataclass
+class Upload:
+    filename: str
+    sha256: str
+    size_bytes: int
+
+
+def add_images(session: Session, job: Job, uploads: list[Upload]) -> list[int]:
+    items = [ImageItem(job=job, filename=u.filename, sha256=u.sha256, size_bytes=u.size_bytes, status=QUEUED) for u in uploads]
+    session.add_all(items)
+    session.flush()
+    return [i.id for i in items]
+
+
+def count_images(session: Session, job_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(ImageItem).where(ImageItem.job_id == job_id)) or 0
+
+
+def job_status(session: Session, job: Job) -> dict:
+    by_status = dict(
+        session.execute(select(ImageItem.status, func.count()).where(ImageItem.job_id == job.id).group_by(ImageItem.status)).all()
+    )
+    labels = dict(
+        session.execute(
+            select(ImageItem.label, func.count()).where(ImageItem.job_id == job.id, ImageItem.status == DONE).group_by(ImageItem.label)
+        ).all()
+    )
+    finished = session.execute(
+        select(func.max(ImageItem.finished_at), func.min(ImageItem.finished_at)).where(ImageItem.job_id == job.id)
+    ).one()
+    versions = sorted(
+        v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v
+    )
+    total = sum(by_status.values())
+    done = by_status.get(DONE, 0) + by_status.get(ERROR, 0)
+    if total and done == total:
+        status = "done"
+    elif by_status.get(RUNNING) or done:
+        status = "running"
+    else:
+        status = "queued"
+    return {
+        "id": job.id,
+        "status": status,
+        "total": total,
+        "done": done,
+        "errors": by_status.get(ERROR, 0),
+        "queued": by_status.get(QUEUED, 0),
+        "running": by_status.get(RUNNING, 0),
+        "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0)},
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "finished_at": _iso(finished[0]) if status == "done" else None,
+        "model": _model(versions[-1]) if versions else None,
+        "models": [_model(v) for v in versions],
+    }
+
+
+def _model(version: str) -> dict:
+    name = version.rsplit("-", 1)[0] if "-" in version else version
+    return {"name": name, "version": version}
+
+
+def _iso(dt) -> str | None:
+    return dt.isoformat() if dt else None
+
+
+def result_row(item: ImageItem) -> dict:
+    return {
+        "id": item.id,
+        "filename": item.filename,
+        "sha256": item.sha256,
+        "size_bytes": item.size_bytes,
+        "status": item.status,
+        "label": item.label,
+        "p_fake": item.p_fake,
+        "error": item.error,
+        "model_version": item.model_version,
+    }
+
+
+def results_page(session: Session, job_id: str, after_id: int, limit: int) -> tuple[list[dict], int | None]:
+    items = session.scalars(
+        select(ImageItem).where(ImageItem.job_id == job_id, ImageItem.id > after_id).order_by(ImageItem.id).limit(limit + 1)
+    ).all()
+    more = len(items) > limit
+    items = items[:limit]
+    return [result_row(i) for i in items], (items[-1].id if more else None)
+
+
+def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[dict]:
+    after = 0
+    while True:
+        rows, next_id = results_page(session, job_id, after, chunk)
+        yield from rows
+        if next_id is None:
+            return
+        after = next_id

@@ -1,0 +1,95 @@
+"""The model in a worker process: load once, then decode in threads while the forward pass runs."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shared.imaging import ImageRejected, preprocess_bytes
+from shared.modeling.checkpoint import load_checkpoint
+from shared.modeling.device import pick_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Outcome:
+    p_fake: float | None = None
+    label: str | None = None
+    error: str | None = None
+    cacheable: bool = True  # a fault of ours (missing file) must not be remembered as a property of the bytes
+
+
+class Classifier:
+    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, decode_threads: int = 2,
+                 max_pixels: int = 40_000_000):
+        self.device = pick_device(device)
+        model, self.meta = load_checkpoint(checkpoint, device=self.device)
+        if self.device.type != "mps":
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.batch_size = batch_size
+        self.max_pixels = max_pixels
+        self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
+        log.info("model loaded version=%s device=%s arch=%s", self.version, self.device, self.meta.architecture)
+
+    @property
+    def version(self) -> str:
+        return self.meta.version
+
+    def _prepare(self, read: Callable[[], bytes]) -> np.ndarray | Outcome:
+        try:
+            data = read()
+        except FileNotFoundError:
+            return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False)
+        try:
+            return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels)
+        except ImageRejected as exc:
+            return Outcome(error=str(exc))
+        except Exception as exc:  # a decoder bug must cost one image, not the batch
+            log.exception("decode failed")
+            return Outcome(error=f"the image could not be decoded ({type(exc).__name__})")
+
+    @torch.inference_mode()
+    def _forward(self, arrays: list[np.ndarray]) -> np.ndarray:
+        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
+        if self.device.type != "mps":
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = self.model(x).float()
+        return torch.sigmoid(logits / self.meta.temperature).cpu().numpy()
+
+    def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:
+        """Decoding runs ahead in the thread pool while the model works on the previous batch."""
+        outcomes: list[Outcome | None] = [None] * len(readers)
+        pending_idx: list[int] = []
+        pending: list[np.ndarray] = []
+
+        def flush() -> None:
+            probs = self._forward(pending)
+            threshold = self.meta.threshold
+            for i, p in zip(pending_idx, probs):
+                outcomes[i] = Outcome(p_fake=float(p), label="fake" if p >= threshold else "real")
+            pending_idx.clear()
+            pending.clear()
+
+        for i, prepared in enumerate(self.pool.map(self._prepare, readers)):
+            if isinstance(prepared, Outcome):
+                outcomes[i] = prepared
+                continue
+            pending_idx.append(i)
+            pending.append(prepared)
+            if len(pending) >= self.batch_size:
+                flush()
+        if pending:
+            flush()
+        return outcomes  # type: ignore[return-value]
+
+
+def default_torch_threads(requested: int) -> int:
+    return requested or max(1, (os.cpu_count() or 1))

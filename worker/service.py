@@ -1,0 +1,112 @@
+"""What the tasks do, callable without Celery (tests drive these directly).
+
+Idempotent by construction: rows already final are skipped, results are the same on every delivery, and job
+counts are derived from row statuses, so a redelivered batch can never count an image twice.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+
+from sqlalchemy import select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+from shared.db import Database
+from shared.logs import kv
+from shared.models import ERROR, QUEUED, RUNNING, TERMINAL, ImageItem, Prediction, utcnow
+from shared.storage import LocalStorage
+
+from .inference import Classifier, Outcome
+
+log = logging.getLogger(__name__)
+
+
+def _claim(db: Database, image_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+    with db.session() as s:
+        rows = s.execute(
+            select(ImageItem.id, ImageItem.sha256, ImageItem.job_id).where(
+                ImageItem.id.in_(image_ids), ImageItem.status.notin_(TERMINAL)
+            )
+        ).all()
+        if rows:
+            s.execute(
+                update(ImageItem)
+                .where(ImageItem.id.in_([r.id for r in rows]), ImageItem.status.notin_(TERMINAL))
+                .values(status=RUNNING, touched_at=utcnow(), attempts=ImageItem.attempts + 1)
+            )
+            s.commit()
+        return [(r.id, r.sha256, r.job_id) for r in rows]
+
+
+def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
+    with db.session() as s:
+        found = s.scalars(select(Prediction).where(Prediction.sha256.in_(shas), Prediction.model_version == version))
+        return {p.sha256: Outcome(p_fake=p.p_fake, label=p.label, error=p.error) for p in found}
+
+
+def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) -> None:
+    rows = [
+        {"sha256": sha, "model_version": version, "p_fake": o.p_fake, "label": o.label, "error": o.error}
+        for sha, o in fresh.items() if o.cacheable
+    ]
+    if not rows:
+        return
+    insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
+    with db.session() as s:
+        s.execute(insert(Prediction).values(rows).on_conflict_do_nothing())
+        s.commit()
+
+
+def classify_images(db: Database, storage: LocalStorage, classifier: Classifier, image_ids: Sequence[int]) -> dict:
+    """Score the given images (skipping finished ones), reusing cached predictions for known content."""
+    claimed = _claim(db, image_ids)
+    if not claimed:
+        return {"claimed": 0}
+    version = classifier.version
+    shas = {sha for _, sha, _ in claimed}
+    known = _cached(db, shas, version)
+    todo = sorted(shas - known.keys())
+    fresh = dict(zip(todo, classifier.classify([_reader(storage, sha) for sha in todo])))
+    _store_predictions(db, version, fresh)
+    outcome = {**known, **fresh}
+    now = utcnow()
+    params = [
+        {"id": iid, "status": ERROR if outcome[sha].error else "done", "label": outcome[sha].label,
+         "p_fake": outcome[sha].p_fake, "error": outcome[sha].error, "model_version": version,
+         "finished_at": now, "touched_at": now}
+        for iid, sha, _ in claimed
+    ]
+    with db.session() as s:
+        s.execute(update(ImageItem), params)
+        s.commit()
+    for job_id in sorted({j for _, _, j in claimed}):
+        n = sum(1 for _, _, j in claimed if j == job_id)
+        log.info(kv(event="classified", job_id=job_id, images=n, cached=len(known), model_version=version))
+    return {"claimed": len(claimed), "cached": len(known), "computed": len(todo)}
+
+
+def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
+    return lambda: storage.read(sha)
+
+
+def sweep_stale(db: Database, enqueue: Callable[[list[int]], None], stale_after: float, limit: int = 10_000) -> int:
+    """Re-enqueue images left queued or running past ``stale_after`` seconds (lost messages, killed workers)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after)
+    with db.session() as s:
+        rows = s.execute(
+            select(ImageItem.id, ImageItem.job_id)
+            .where(ImageItem.status.in_((QUEUED, RUNNING)), ImageItem.touched_at < cutoff)
+            .order_by(ImageItem.id)
+            .limit(limit)
+        ).all()
+        if not rows:
+            return 0
+        ids = [r.id for r in rows]
+        s.execute(update(ImageItem).where(ImageItem.id.in_(ids), ImageItem.status.notin_(TERMINAL)).values(touched_at=utcnow()))
+        s.commit()
+    enqueue(ids)
+    for job_id in sorted({r.job_id for r in rows}):
+        log.info(kv(event="requeued_stale", job_id=job_id, images=sum(1 for r in rows if r.job_id == job_id)))
+    return len(ids)

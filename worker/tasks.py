@@ -1,0 +1,74 @@
+"""Thin Celery tasks and the per-process lifecycle (engine disposed and model loaded after fork)."""
+from __future__ import annotations
+
+import logging
+import threading
+
+import torch
+from celery import Celery, signals
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from shared.db import Database
+from shared.logs import kv
+from shared.queue import CLASSIFY_TASK, SWEEP_TASK, enqueue_images
+from shared.settings import Settings
+from shared.storage import LocalStorage
+
+from . import service
+from .inference import Classifier, default_torch_threads
+
+log = logging.getLogger(__name__)
+
+
+class WorkerContext:
+    """Per-process state: one database, one storage handle, one model copy."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Database(settings.db_url)
+        self.storage = LocalStorage(settings.upload_dir)
+        self._classifier: Classifier | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def classifier(self) -> Classifier:
+        with self._lock:  # threads pool: load once
+            if self._classifier is None:
+                s = self.settings
+                torch.set_num_threads(default_torch_threads(s.torch_threads))
+                self._classifier = Classifier(s.model_path, s.device, s.batch_size, s.decode_threads, s.max_pixels)
+            return self._classifier
+
+    def after_fork(self) -> None:
+        self.db.dispose()
+        self._classifier = None
+
+
+def register_tasks(app: Celery, ctx: WorkerContext) -> None:
+    @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
+              retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
+    def classify(self, image_ids: list[int]) -> None:
+        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids)
+        log.info(kv(event="task_done", task_id=self.request.id, redelivered=bool(self.request.delivery_info.get("redelivered")), **result))
+
+    @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
+    def sweep() -> int:
+        return service.sweep_stale(ctx.db, lambda ids: enqueue_images(app, ids, ctx.settings.batch_size),
+                                   ctx.settings.stale_after)
+
+    @signals.worker_process_init.connect(weak=False)
+    def _after_fork(**_):
+        ctx.after_fork()
+        ctx.classifier  # noqa: B018 - load now, after fork, so the first batch does not wait
+
+
+def check_model(settings: Settings) -> None:
+    """Refuse to start a worker whose checkpoint is missing or corrupt (CPU only: no CUDA before fork)."""
+    from shared.modeling.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        _, meta = load_checkpoint(settings.model_path, device="cpu")
+    except CheckpointError as exc:
+        log.critical(kv(event="model_unusable", reason=str(exc)))
+        raise SystemExit(f"Pixelproof worker cannot start: {exc}") from None
+    log.info(kv(event="model_ok", model_version=meta.version, path=settings.model_path))
