@@ -1,6 +1,6 @@
 """`pixelproof` console command: the composition root, importing each side lazily.
 
-Subcommands: up (whole stack on embedded defaults), web, worker, migrate, sweep, submit, train, evaluate.
+Subcommands: up (whole stack on embedded defaults), web, worker, migrate, submit, train, evaluate.
 """
 from __future__ import annotations
 
@@ -40,9 +40,85 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _up(args: argparse.Namespace) -> int:
+    from .stack import up
+
+    return up()
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from shared.migrate import upgrade
+    from shared.settings import load_settings
+
+    upgrade(load_settings().db_url)
+    print("database at head")
+    return 0
+
+
+def _exec(cmd: list[str]) -> int:
+    import os
+
+    from shared.settings import REPO_ROOT
+
+    os.chdir(REPO_ROOT)
+    os.execv(cmd[0], cmd)
+    return 1  # not reached
+
+
+def _web(args: argparse.Namespace) -> int:
+    from shared.settings import load_settings
+
+    from .stack import web_command
+
+    return _exec(web_command(load_settings().port, workers=args.workers, threads=args.threads))
+
+
+def _worker(args: argparse.Namespace) -> int:
+    from .stack import worker_command
+
+    return _exec(worker_command(concurrency=args.concurrency, beat=args.beat, pool=args.pool))
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from .submit import SubmitError, submit
+
+    try:
+        return submit(Path(args.directory), args.server, args.token, args.wait,
+                      Path(args.out) if args.out else None, args.format)
+    except SubmitError as exc:
+        print(f"pixelproof submit: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # connection refused and friends
+        print(f"pixelproof submit: cannot reach {args.server}: {exc}", file=sys.stderr)
+        return 2
+
+
 def build_parser() -> argparse.ArgumentParser:
+    import os
+
     p = argparse.ArgumentParser(prog="pixelproof", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("up", help="start everything on embedded defaults (SQLite, embedded Redis)").set_defaults(func=_up)
+    sub.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(func=_migrate)
+    w = sub.add_parser("web", help="run the web app under gunicorn")
+    w.add_argument("--workers", type=int, default=2)
+    w.add_argument("--threads", type=int, default=8)
+    w.set_defaults(func=_web)
+    k = sub.add_parser("worker", help="run a Celery worker (GPU hosts: --pool solo)")
+    k.add_argument("--concurrency", type=int, default=1)
+    k.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    k.add_argument("--beat", action="store_true", help="also run the sweeper schedule (exactly one process should)")
+    k.set_defaults(func=_worker)
+
+    s = sub.add_parser("submit", help="upload a folder and (with --wait) print a summary and write results")
+    s.add_argument("directory")
+    s.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"))
+    s.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"))
+    s.add_argument("--wait", action="store_true", help="wait for every result")
+    s.add_argument("--out", help="write results here (with --wait)")
+    s.add_argument("--format", choices=["csv", "json"], default="csv")
+    s.set_defaults(func=_submit)
 
     t = sub.add_parser("train", help="train a model and write a checkpoint")
     t.add_argument("--data", required=True, help="parquet dir, image folder, or Hugging Face dataset name")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import timezone
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -74,7 +75,11 @@ def _model(version: str) -> dict:
 
 
 def _iso(dt) -> str | None:
-    return dt.isoformat() if dt else None
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite hands back naive datetimes; every stored time is UTC
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.isoformat()
 
 
 def result_row(item: ImageItem) -> dict:

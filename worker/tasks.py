@@ -63,12 +63,20 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
 
 
 def check_model(settings: Settings) -> None:
-    """Refuse to start a worker whose checkpoint is missing or corrupt (CPU only: no CUDA before fork)."""
+    """Refuse to start a worker whose checkpoint is missing or corrupt.
+
+    Runs in the parent before fork, so it stays on the CPU (no CUDA context) and on one thread: an OpenMP pool
+    created here would be inherited half-dead by the children and deadlock their first forward pass.
+    """
     from shared.modeling.checkpoint import CheckpointError, load_checkpoint
 
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         _, meta = load_checkpoint(settings.model_path, device="cpu")
     except CheckpointError as exc:
         log.critical(kv(event="model_unusable", reason=str(exc)))
         raise SystemExit(f"Pixelproof worker cannot start: {exc}") from None
+    finally:
+        torch.set_num_threads(threads)
     log.info(kv(event="model_ok", model_version=meta.version, path=settings.model_path))

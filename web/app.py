@@ -1,0 +1,57 @@
+"""The Flask factory: one call per process, everything it needs passed in as settings."""
+from __future__ import annotations
+
+import logging
+
+from flask import Flask, g
+
+from shared.db import Database
+from shared.queue import create_celery
+from shared.settings import Settings, load_settings
+from shared.storage import LocalStorage
+
+from .api import api
+from .errors import register_error_handlers
+from .pages import pages
+from .ratelimit import RateLimiter
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or load_settings()
+    app = Flask(__name__)
+    app.config.update(
+        PIXELPROOF=settings,
+        MAX_CONTENT_LENGTH=settings.max_request_bytes,
+        # Multipart parts beyond this stay on disk (werkzeug spools them), so uploads are never held in memory.
+        MAX_FORM_MEMORY_SIZE=1024 * 1024,
+        MAX_FORM_PARTS=settings.max_files_per_request * 2 + 100,
+        JSON_SORT_KEYS=False,
+    )
+    app.extensions["pixelproof"] = Services(settings)
+    app.register_blueprint(api)
+    app.register_blueprint(pages)
+    register_error_handlers(app)
+
+    @app.teardown_appcontext
+    def _close_session(_exc):  # one session per request, always returned to the pool
+        session = g.pop("db_session", None)
+        if session is not None:
+            session.close()
+
+    return app
+
+
+class Services:
+    """Per-process handles: database engine, storage, the Celery client used only to send tasks by name."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.db = Database(settings.db_url)
+        self.storage = LocalStorage(settings.upload_dir)
+        self.celery = create_celery(settings)
+        self.limiter = RateLimiter(settings.rate_limit_per_minute)
+
+    def after_fork(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,171 @@
+// Pixelproof page: upload a folder in several requests, long-poll the job, then list the results.
+"use strict";
+(() => {
+  const FILES_PER_REQUEST = 200;
+  const $ = (id) => document.getElementById(id);
+  const tokenInput = $("token");
+  tokenInput.value = localStorage.getItem("pixelproof-token") || "";
+  tokenInput.addEventListener("change", () => localStorage.setItem("pixelproof-token", tokenInput.value));
+
+  function headers() {
+    const t = tokenInput.value.trim();
+    return t ? { Authorization: "Bearer " + t } : {};
+  }
+
+  function showError(message) {
+    const el = $("error");
+    el.textContent = message;
+    el.hidden = false;
+  }
+
+  async function api(url) {
+    const resp = await fetch(url, { headers: headers() });
+    const body = await resp.json().catch(() => ({}));
+    if (!resp.ok) throw new Error(body.error || resp.statusText);
+    return body;
+  }
+
+  // One multipart request; resolves with the job JSON. XHR because fetch has no upload progress.
+  function send(url, batch, onProgress) {
+    return new Promise((resolve, reject) => {
+      const form = new FormData();
+      for (const { file, path } of batch) form.append("files", file, path);
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", url);
+      for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
+      xhr.upload.onprogress = (e) => onProgress(e.loaded);
+      xhr.onload = () => {
+        let body = {};
+        try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
+        if (xhr.status === 202) resolve(body);
+        else reject(new Error(body.error || `upload failed (HTTP ${xhr.status})`));
+      };
+      xhr.onerror = () => reject(new Error("the server could not be reached"));
+      xhr.send(form);
+    });
+  }
+
+  async function upload(entries) {
+    if (!entries.length) return;
+    $("progress").hidden = false;
+    $("error").hidden = true;
+    $("results").hidden = true;
+    $("downloads").hidden = true;
+    $("results").querySelector("tbody").innerHTML = "";
+    const totalBytes = entries.reduce((n, e) => n + e.file.size, 0) || 1;
+    let sentBytes = 0;
+    let job = null;
+    for (let i = 0; i < entries.length; i += FILES_PER_REQUEST) {
+      const batch = entries.slice(i, i + FILES_PER_REQUEST);
+      const batchBytes = batch.reduce((n, e) => n + e.file.size, 0);
+      const url = job ? `/api/jobs/${job.id}/files` : "/api/jobs";
+      job = await send(url, batch, (loaded) => {
+        const done = Math.min(sentBytes + loaded, totalBytes);
+        $("upload-bar").value = done / totalBytes;
+        $("upload-text").textContent = `${Math.min(i + batch.length, entries.length)} / ${entries.length} files`;
+      });
+      sentBytes += batchBytes;
+      if (i === 0) history.replaceState(null, "", `?job=${job.id}`);
+      render(job);
+    }
+    $("upload-bar").value = 1;
+    $("upload-text").textContent = `${entries.length} / ${entries.length} files`;
+    await follow(job.id, job);
+  }
+
+  function render(job) {
+    $("job-bar").value = job.total ? job.done / job.total : 0;
+    $("job-text").textContent = `${job.done} / ${job.total}` + (job.errors ? ` (${job.errors} errors)` : "");
+    $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
+    $("status").dataset.status = job.status;
+    $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}`;
+  }
+
+  // Long-poll: the server answers as soon as `done` moves, so a one-image job shows up without delay.
+  async function follow(jobId, job) {
+    $("progress").hidden = false;
+    let done = job ? job.done : -1;
+    for (;;) {
+      job = await api(`/api/jobs/${jobId}?wait=20&done=${done}`);
+      render(job);
+      done = job.done;
+      if (job.status === "done") break;
+    }
+    await showResults(jobId);
+  }
+
+  async function showResults(jobId) {
+    const tbody = $("results").querySelector("tbody");
+    tbody.innerHTML = "";
+    const t = tokenInput.value.trim();
+    const q = t ? `&token=${encodeURIComponent(t)}` : "";
+    let cursor = "0";
+    while (cursor !== null) {
+      const page = await api(`/api/jobs/${jobId}/results?limit=1000&cursor=${cursor}`);
+      const frag = document.createDocumentFragment();
+      for (const r of page.items) {
+        const tr = document.createElement("tr");
+        tr.className = r.status === "error" ? "error" : r.label || "";
+        const img = document.createElement("img");
+        img.alt = "";
+        img.loading = "lazy";
+        if (r.status !== "error") img.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail?${q.slice(1)}`;
+        const cells = [img, r.filename, r.status === "error" ? "error" : (r.label === "fake" ? "AI-generated" : r.label),
+                       r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
+        cells.forEach((c, k) => {
+          const td = document.createElement("td");
+          if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+          if (k === 2) td.className = "label";
+          tr.appendChild(td);
+        });
+        frag.appendChild(tr);
+      }
+      tbody.appendChild(frag);
+      cursor = page.next_cursor;
+    }
+    $("results").hidden = false;
+    $("dl-csv").href = `/api/jobs/${jobId}/results?format=csv&download=1${q}`;
+    $("dl-json").href = `/api/jobs/${jobId}/results?format=json&download=1${q}`;
+    $("downloads").hidden = false;
+  }
+
+  function fromInput(input) {
+    return Array.from(input.files).map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+  }
+
+  // Folders dropped on the page arrive as entries; walk them so nested paths keep their folder names.
+  async function fromDrop(items) {
+    const out = [];
+    async function walk(entry, prefix) {
+      if (entry.isFile) {
+        const file = await new Promise((res, rej) => entry.file(res, rej));
+        out.push({ file, path: prefix + file.name });
+      } else if (entry.isDirectory) {
+        const reader = entry.createReader();
+        for (;;) {
+          const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
+          if (!batch.length) break;
+          for (const child of batch) await walk(child, prefix + entry.name + "/");
+        }
+      }
+    }
+    const entries = Array.from(items).map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
+    for (const e of entries) await walk(e, "");
+    return out;
+  }
+
+  const run = (p) => p.catch((e) => showError(e.message));
+  $("folder-input").addEventListener("change", (e) => run(upload(fromInput(e.target))));
+  $("files-input").addEventListener("change", (e) => run(upload(fromInput(e.target))));
+  const drop = $("drop");
+  drop.addEventListener("dragover", (e) => { e.preventDefault(); drop.classList.add("over"); });
+  drop.addEventListener("dragleave", () => drop.classList.remove("over"));
+  drop.addEventListener("drop", (e) => {
+    e.preventDefault();
+    drop.classList.remove("over");
+    run(fromDrop(e.dataTransfer.items).then(upload));
+  });
+
+  const existing = new URLSearchParams(location.search).get("job");
+  if (existing) run(follow(existing, null));
+})();

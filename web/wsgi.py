@@ -1,0 +1,9 @@
+"""gunicorn entry point: `gunicorn web.wsgi:app`."""
+from shared.logs import setup_logging
+from shared.settings import load_settings
+
+from .app import create_app
+
+settings = load_settings()
+setup_logging(settings.log_level)
+app = create_app(settings)
