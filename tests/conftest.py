@@ -1,0 +1,123 @@
+"""Fixtures for tests on real parts: a real redis-server, real PostgreSQL and SQLite, real Celery workers."""
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from pixelproof.embedded_redis import EmbeddedRedis
+from shared.migrate import upgrade
+from shared.settings import DEFAULT_CHECKPOINT, REPO_ROOT, load_settings
+
+DATASETS = REPO_ROOT.parent / "shared" / "datasets"
+MINI = DATASETS / "cifake-mini"
+REQUIRE_ALL = os.environ.get("PIXELPROOF_REQUIRE_ALL_TESTS") == "1"
+
+
+def unavailable(reason: str) -> None:
+    """Skip on a developer's machine without the thing; fail in CI, where everything must run."""
+    if REQUIRE_ALL:
+        pytest.fail(f"required for CI but unavailable: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def mini_dir() -> Path:
+    if not MINI.is_dir():
+        unavailable(f"{MINI} not found")
+    return MINI
+
+
+@pytest.fixture(scope="session")
+def _redis_server(tmp_path_factory):
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), persist=False).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_server(_redis_server):
+    """A real Redis, emptied before each test so no message from another test reaches its workers."""
+    from redis import Redis
+
+    if _redis_server.proc is None or _redis_server.proc.poll() is not None:
+        _redis_server.start()
+    Redis.from_url(_redis_server.url).flushall()
+    return _redis_server
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url() -> str:
+    url = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres")
+    url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    try:
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+        engine.dispose()
+    except Exception as exc:  # noqa: BLE001 - any reason means "no server here"
+        unavailable(f"PostgreSQL not reachable at {url}: {exc}")
+    return url
+
+
+@pytest.fixture
+def pg_url(pg_admin_url):
+    """A fresh database per test, dropped afterwards."""
+    name = f"pixelproof_t_{secrets.token_hex(5)}"
+    admin = create_engine(pg_admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    yield pg_admin_url.rsplit("/", 1)[0] + "/" + name
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'pixelproof.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    return f"sqlite:///{tmp_path / 'pixelproof.db'}"
+
+
+def service_env(db_url: str, redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The environment a web or worker process of the stack under test runs with."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_")}
+    env.update({
+        "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PIXELPROOF_DATA_DIR": str(data_dir),
+        "PIXELPROOF_MODEL_PATH": str(DEFAULT_CHECKPOINT), "PIXELPROOF_TORCH_THREADS": "1",
+        "PIXELPROOF_DECODE_THREADS": "1", "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def stack_env(db_url, redis_server, tmp_path):
+    upgrade(db_url)
+    return service_env(db_url, redis_server.url, tmp_path / "data")
+
+
+@pytest.fixture
+def make_app(monkeypatch):
+    """Build the real Flask app from an environment, as gunicorn would."""
+    from web.app import create_app
+
+    def build(env: dict[str, str]):
+        for key in [k for k in os.environ if k.startswith("PIXELPROOF_") or k in ("DATABASE_URL", "REDIS_URL")]:
+            monkeypatch.delenv(key)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        app = create_app(load_settings())
+        app.testing = True
+        return app
+
+    return build

@@ -1,0 +1,78 @@
+"""Start and stop the real processes of the stack (Celery workers, gunicorn) for integration tests."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from shared.settings import REPO_ROOT
+
+
+class Proc:
+    def __init__(self, args: list[str], env: dict[str, str], log: Path):
+        self.log = log
+        self.args = args
+        self._fh = open(log, "ab")
+        self.popen = subprocess.Popen(args, env=env, cwd=REPO_ROOT, stdout=self._fh, stderr=subprocess.STDOUT,
+                                      start_new_session=True)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait_for_log(self, needle: str, timeout: float = 90) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if needle in self.text():
+                return
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"process exited with {self.popen.returncode}:\n{self.text()[-3000:]}")
+            time.sleep(0.2)
+        raise TimeoutError(f"no {needle!r} within {timeout}s:\n{self.text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a prefork worker's children too)."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+        self.popen.wait(30)
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.kill(signal.SIGTERM)
+        self._fh.close()
+
+
+def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: int = 1, beat: bool = False) -> Proc:
+    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
+            "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "-Q", "pixelproof",
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        args += ["--beat", "--schedule", str(log.parent / f"{name}-beat-schedule")]
+    proc = Proc(args, env, log)
+    proc.wait_for_log(" ready.")
+    proc.wait_for_log("model loaded")
+    return proc
+
+
+def start_web(env: dict[str, str], log: Path, port: int) -> Proc:
+    args = [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
+            "--worker-class", "gthread", "--threads", "8"]
+    proc = Proc(args, env, log)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
+                return proc
+        except requests.ConnectionError:
+            pass
+        if proc.popen.poll() is not None:
+            raise RuntimeError(proc.text()[-3000:])
+        time.sleep(0.2)
+    raise TimeoutError(proc.text()[-3000:])

@@ -1,0 +1,159 @@
+"""The REST contract, on the real app with a real database and a real Redis (no worker: nothing consumes)."""
+from __future__ import annotations
+
+import csv
+import io
+
+import pytest
+from redis import Redis
+
+from shared.queue import QUEUE
+from web.openapi import OPENAPI
+
+from .conftest import service_env
+
+
+def jpeg_bytes(mini_dir, n=1):
+    files = sorted((mini_dir / "real").iterdir())[:n]
+    return [(f.read_bytes(), f.name) for f in files]
+
+
+def post_files(client, url, files, headers=None):
+    data = {"files": [(io.BytesIO(b), name) for b, name in files]}
+    return client.post(url, data=data, content_type="multipart/form-data", headers=headers or {})
+
+
+@pytest.fixture
+def client(make_app, stack_env):
+    return make_app(stack_env).test_client()
+
+
+def test_create_job_commits_enqueues_and_reports(client, mini_dir, redis_server, db_url):
+    files = jpeg_bytes(mini_dir, 3)
+    resp = post_files(client, "/api/jobs", [(files[0][0], "holiday/beach/a.jpg")] + files[1:])
+    assert resp.status_code == 202
+    job = resp.get_json()
+    assert resp.headers["Location"].endswith(f"/api/jobs/{job['id']}")
+    assert len(job["id"]) >= 20  # 128 random bits, url-safe
+    assert job["status"] == "queued" and job["total"] == 3 and job["done"] == 0 and job["errors"] == 0
+    assert job["counts"] == {"real": 0, "fake": 0}
+    # ids only through the broker: one task message holding the three image ids
+    messages = Redis.from_url(redis_server.url).lrange(QUEUE, 0, -1)
+    assert len(messages) == 1 and b'"pixelproof.classify"' in messages[0]
+
+    page = client.get(f"/api/jobs/{job['id']}/results").get_json()
+    assert [i["filename"] for i in page["items"]] == ["holiday/beach/a.jpg", files[1][1], files[2][1]]
+    assert all(i["status"] == "queued" and len(i["sha256"]) == 64 for i in page["items"])
+    assert page["next_cursor"] is None
+
+
+def test_add_files_to_job_and_paginate(client, mini_dir):
+    files = jpeg_bytes(mini_dir, 5)
+    job = post_files(client, "/api/jobs", files[:2]).get_json()
+    resp = post_files(client, f"/api/jobs/{job['id']}/files", files[2:])
+    assert resp.status_code == 202 and resp.get_json()["total"] == 5
+    seen, cursor = [], "0"
+    while cursor is not None:
+        page = client.get(f"/api/jobs/{job['id']}/results?limit=2&cursor={cursor}").get_json()
+        assert len(page["items"]) <= 2
+        seen += [i["filename"] for i in page["items"]]
+        cursor = page["next_cursor"]
+    assert seen == [name for _, name in files]
+
+
+def test_results_download_csv_and_json(client, mini_dir):
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2)).get_json()
+    resp = client.get(f"/api/jobs/{job['id']}/results?format=csv&download=1")
+    assert resp.status_code == 200 and resp.mimetype == "text/csv"
+    assert "attachment" in resp.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
+    assert len(rows) == 2 and set(rows[0]) == {"filename", "sha256", "status", "label", "p_fake", "error", "model_version"}
+    body = client.get(f"/api/jobs/{job['id']}/results?format=json&download=1").get_json()
+    assert body["job_id"] == job["id"] and len(body["items"]) == 2
+
+
+@pytest.mark.parametrize("url", ["/api/jobs/nope", "/api/jobs/nope/results", "/api/jobs/" + "x" * 40])
+def test_unknown_job_is_404_json(client, url):
+    resp = client.get(url)
+    assert resp.status_code == 404 and "no job" in resp.get_json()["error"]
+
+
+def test_bad_requests_say_why(client, mini_dir):
+    resp = client.post("/api/jobs", data={}, content_type="multipart/form-data")
+    assert resp.status_code == 400 and "files" in resp.get_json()["error"]
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir)).get_json()
+    for query, word in [("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=x", "cursor"), ("format=xml", "format")]:
+        resp = client.get(f"/api/jobs/{job['id']}/results?{query}")
+        assert resp.status_code == 400 and word in resp.get_json()["error"], query
+    assert client.get("/api/nothing-here").get_json()["status"] == 404
+    assert client.delete("/api/jobs").status_code == 405
+
+
+def test_limits_answer_413_and_keep_nothing(make_app, stack_env, mini_dir):
+    app = make_app({**stack_env, "PIXELPROOF_MAX_FILE_BYTES": "500", "PIXELPROOF_MAX_FILES_PER_REQUEST": "3"})
+    client = app.test_client()
+    small = (b"x" * 10, "small.jpg")
+    resp = post_files(client, "/api/jobs", [small, (b"y" * 501, "big.jpg")])
+    assert resp.status_code == 413 and "big.jpg" in resp.get_json()["error"] and "500" in resp.get_json()["error"]
+    resp = post_files(client, "/api/jobs", [small] * 4)
+    assert resp.status_code == 413 and "3" in resp.get_json()["error"]
+
+
+def test_openapi_lists_every_api_route(client):
+    spec = client.get("/api/openapi.json").get_json()
+    assert spec == OPENAPI
+    routes = {r.rule.replace("<job_id>", "{job_id}").replace("<int:image_id>", "{image_id}")
+              for r in client.application.url_map.iter_rules() if r.rule.startswith(("/api", "/healthz"))}
+    assert routes == set(spec["paths"])
+
+
+def test_healthz_checks_database_and_broker(client, make_app, stack_env):
+    assert client.get("/healthz").get_json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    dead = make_app({**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
+    resp = dead.get("/healthz")
+    assert resp.status_code == 503 and resp.get_json()["checks"]["broker"].startswith("unreachable")
+
+
+def test_broker_down_is_503_with_reason_and_files_kept(make_app, stack_env, mini_dir):
+    client = make_app({**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
+    resp = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2))
+    body = resp.get_json()
+    assert resp.status_code == 503 and "Redis" in body["error"] and resp.headers["Retry-After"]
+    # the upload is stored and recorded: the sweeper will queue it once the broker is back
+    assert client.get(f"/api/jobs/{body['job']}").get_json()["total"] == 2
+
+
+def test_tokens_required_and_jobs_private(make_app, stack_env, mini_dir):
+    client = make_app({**stack_env, "PIXELPROOF_API_TOKENS": "alpha,beta"}).test_client()
+    files = jpeg_bytes(mini_dir)
+    assert post_files(client, "/api/jobs", files).status_code == 401
+    assert post_files(client, "/api/jobs", files, {"Authorization": "Bearer wrong"}).status_code == 403
+    job = post_files(client, "/api/jobs", files, {"Authorization": "Bearer alpha"}).get_json()
+    assert client.get(f"/api/jobs/{job['id']}", headers={"Authorization": "Bearer alpha"}).status_code == 200
+    assert client.get(f"/api/jobs/{job['id']}", headers={"Authorization": "Bearer beta"}).status_code == 404
+    assert client.get(f"/api/jobs/{job['id']}").status_code == 401
+
+
+def test_rate_limit_is_429_with_retry_after(make_app, stack_env, mini_dir):
+    client = make_app({**stack_env, "PIXELPROOF_RATE_LIMIT_PER_MINUTE": "2"}).test_client()
+    codes = [post_files(client, "/api/jobs", jpeg_bytes(mini_dir)).status_code for _ in range(3)]
+    assert codes[:2] == [202, 202] and codes[2] == 429
+
+
+def test_upload_names_never_reach_the_filesystem(client, stack_env):
+    names = ["../../etc/passwd", "/abs/path.png", "nul\x00byte.jpg", "ü" * 300 + ".jpg", "a\\..\\b.jpg"]
+    job = post_files(client, "/api/jobs", [(b"not an image %d" % i, n) for i, n in enumerate(names)]).get_json()
+    items = client.get(f"/api/jobs/{job['id']}/results").get_json()["items"]
+    shown = [i["filename"] for i in items]
+    assert shown[0] == "etc/passwd" and shown[1] == "abs/path.png" and "\x00" not in shown[2]
+    assert all(".." not in s.split("/") for s in shown)
+    from pathlib import Path
+    stored = [p.name for p in (Path(stack_env["PIXELPROOF_DATA_DIR"]) / "uploads").rglob("*") if p.is_file()]
+    assert stored and all(len(n) == 64 for n in stored)
+
+
+def test_web_config_error_fails_at_start(make_app, stack_env):
+    from shared.settings import SettingsError
+
+    with pytest.raises(SettingsError, match="PIXELPROOF_BATCH_SIZE|BATCH_SIZE"):
+        make_app({**stack_env, "PIXELPROOF_BATCH_SIZE": "zero"})
