@@ -1,0 +1,122 @@
+"""The whole path on real parts: app -> real Redis -> real Celery worker processes -> SQLite/PostgreSQL."""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+
+import pytest
+
+from shared.modeling.checkpoint import read_meta
+from shared.settings import DEFAULT_CHECKPOINT
+
+from .conftest import service_env
+from .processes import start_worker
+
+pytestmark = pytest.mark.slow
+
+
+def mini_files(mini_dir):
+    return [(p, f"{p.parent.name}/{p.name}") for p in sorted(mini_dir.rglob("*.jpg"))]
+
+
+def upload_all(client, files, per_request=200):
+    job = None
+    for start in range(0, len(files), per_request):
+        data = {"files": [(io.BytesIO(p.read_bytes()), name) for p, name in files[start:start + per_request]]}
+        url = f"/api/jobs/{job['id']}/files" if job else "/api/jobs"
+        resp = client.post(url, data=data, content_type="multipart/form-data")
+        assert resp.status_code == 202, resp.get_json()
+        job = resp.get_json()
+    return job
+
+
+def wait_done(client, job_id, timeout=240):
+    deadline = time.monotonic() + timeout
+    job = client.get(f"/api/jobs/{job_id}").get_json()
+    while job["status"] != "done":
+        assert time.monotonic() < deadline, f"job not done in {timeout}s: {job}"
+        job = client.get(f"/api/jobs/{job_id}?wait=5&done={job['done']}").get_json()
+    return job
+
+
+def all_results(client, job_id):
+    items, cursor = [], "0"
+    while cursor is not None:
+        page = client.get(f"/api/jobs/{job_id}/results?limit=1000&cursor={cursor}").get_json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+    return items
+
+
+def test_every_mini_image_gets_a_result(make_app, stack_env, mini_dir, tmp_path, db_url):
+    worker = start_worker(stack_env, tmp_path / "worker.log")
+    try:
+        client = make_app(stack_env).test_client()
+        files = mini_files(mini_dir)
+        assert len(files) == 500
+        job = upload_all(client, files)
+        job = wait_done(client, job["id"])
+    finally:
+        worker.stop()
+    version = read_meta(DEFAULT_CHECKPOINT).version
+    assert job["total"] == 500 and job["done"] == 500 and job["errors"] == 0
+    assert job["counts"]["real"] + job["counts"]["fake"] == 500
+    assert job["model"] == {"name": version.rsplit("-", 1)[0], "version": version}
+    items = all_results(client, job["id"])
+    assert sorted(i["filename"] for i in items) == sorted(name for _, name in files)
+    for item in items:
+        assert item["status"] == "done" and item["error"] is None
+        assert item["label"] in ("real", "fake") and 0.0 <= item["p_fake"] <= 1.0
+        assert item["model_version"] == version and len(item["sha256"]) == 64
+    # the default model must actually separate the classes, not call everything one label
+    correct = sum((i["label"] == "fake") == i["filename"].startswith("fake/") for i in items)
+    assert correct / len(items) > 0.85
+    # the job id travels in every worker log line about it
+    assert f"job_id={job['id']}" in worker.text()
+
+
+def test_two_workers_share_one_job(make_app, pg_url, redis_server, mini_dir, tmp_path):
+    from shared.migrate import upgrade
+
+    upgrade(pg_url)
+    env = service_env(pg_url, redis_server.url, tmp_path / "data", PIXELPROOF_BATCH_SIZE="10")
+    workers = [start_worker(env, tmp_path / f"w{i}.log", name=f"w{i}") for i in (1, 2)]
+    try:
+        client = make_app(env).test_client()
+        job = upload_all(client, mini_files(mini_dir))
+        job = wait_done(client, job["id"])
+    finally:
+        for w in workers:
+            w.stop()
+    assert job["done"] == 500 and job["errors"] == 0
+    for w in workers:  # both took part
+        assert f"event=classified job_id={job['id']}" in w.text(), w.text()[-2000:]
+
+
+def test_same_content_is_computed_once(make_app, stack_env, mini_dir, tmp_path):
+    worker = start_worker(stack_env, tmp_path / "worker.log")
+    try:
+        client = make_app(stack_env).test_client()
+        p = sorted((mini_dir / "fake").iterdir())[0]
+        first = wait_done(client, upload_all(client, [(p, "a.jpg"), (p, "copy/a.jpg")])["id"])
+        second = wait_done(client, upload_all(client, [(p, "again.jpg")])["id"])
+    finally:
+        worker.stop()
+    a, b = all_results(client, first["id"]), all_results(client, second["id"])
+    assert a[0]["p_fake"] == a[1]["p_fake"] == b[0]["p_fake"]
+    log = worker.text()
+    assert "computed=1" in log and "cached=1" in log and "computed=2" not in log
+
+
+@pytest.mark.parametrize("content, reason", [(None, "not found"), (b"garbage" * 100, "not a readable safetensors")])
+def test_worker_refuses_missing_or_corrupt_checkpoint(stack_env, tmp_path, content, reason):
+    path = tmp_path / "model.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+    env = {**stack_env, "PIXELPROOF_MODEL_PATH": str(path)}
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool", "solo"],
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "cannot start" in proc.stderr and reason in proc.stderr
