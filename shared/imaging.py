@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
-ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "MPO")
+ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")  # JPEG also opens multi-picture (MPO) files
 try:  # Pillow builds with AVIF support accept it; others refuse it clearly (see sniff_refusal).
     from PIL import AvifImagePlugin  # noqa: F401
 

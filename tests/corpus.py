@@ -1,0 +1,80 @@
+"""A generated corpus of hostile and unusual uploads: (name, bytes, expected) triples.
+
+expected is "ok" for files that must be classified, or a phrase the per-file error must contain.
+"""
+from __future__ import annotations
+
+import io
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+from PIL import Image
+
+
+def _img(mode="RGB", size=(40, 30), color=(200, 30, 30)):
+    return Image.new(mode, size, color)
+
+
+def _save(img, fmt, **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+def _noise(size=(64, 48)) -> Image.Image:
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height: a decompression bomb as far as any decoder knows."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def exif_rotated_jpeg() -> bytes:
+    img = _img(size=(60, 20))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees
+    return _save(img, "JPEG", exif=exif)
+
+
+def corpus() -> list[tuple[str, bytes, str]]:
+    jpeg = _save(_noise(), "JPEG", quality=90)
+    png = _save(_noise(), "PNG")
+    zbuf = io.BytesIO()
+    with zipfile.ZipFile(zbuf, "w") as z:
+        z.writestr("a.txt", "hello")
+    palette = _img("P", color=3)
+    palette.info["transparency"] = 3
+    gif_frames = [_img(color=(255, 0, 0)), _img(color=(0, 255, 0))]
+    gif = io.BytesIO()
+    gif_frames[0].save(gif, format="GIF", save_all=True, append_images=gif_frames[1:])
+    return [
+        ("empty.jpg", b"", "empty"),
+        ("truncated.jpg", jpeg[: len(jpeg) // 2], "truncated"),
+        ("truncated.png", png[: len(png) // 2], "truncated"),
+        ("notes.jpg", b"just some text, not an image\n" * 20, "not a recognised image"),
+        ("doc.jpg", b"%PDF-1.4\n1 0 obj << >> endobj\n", "PDF"),
+        ("page.jpg", b"<!DOCTYPE html><html><body>hi</body></html>", "HTML"),
+        ("archive.jpg", zbuf.getvalue(), "ZIP"),
+        ("vector.svg", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
+        ("bomb.png", png_header_only(30000, 30000), "over the limit"),
+        ("absurd.png", png_header_only(2**31 - 1, 2**31 - 1), "over the limit"),
+        ("heic.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "HEIC"),
+        ("cmyk.jpg", _save(_img("CMYK", color=(0, 120, 200, 10)), "JPEG"), "ok"),
+        ("deep.png", _save(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG"), "ok"),
+        ("palette.png", _save(palette, "PNG"), "ok"),
+        ("gray.jpg", _save(_img("L", color=128), "JPEG"), "ok"),
+        ("animated.gif", gif.getvalue(), "ok"),
+        ("photo.webp", _save(_noise(), "WEBP"), "ok"),
+        ("scan.tiff", _save(_noise(), "TIFF"), "ok"),
+        ("rotated.jpg", exif_rotated_jpeg(), "ok"),
+        ("pixel.png", _save(_img(size=(1, 1)), "PNG"), "ok"),
+        ("mislabelled.gif", jpeg, "ok"),  # type by content, not extension
+    ]
