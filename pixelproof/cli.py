@@ -84,7 +84,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     try:
         return submit(Path(args.directory), args.server, args.token, args.wait,
-                      Path(args.out) if args.out else None, args.format)
+                      Path(args.out) if args.out else None, args.format, args.files_per_request)
     except SubmitError as exc:
         print(f"pixelproof submit: {exc}", file=sys.stderr)
         return 2
@@ -118,6 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait for every result")
     s.add_argument("--out", help="write results here (with --wait)")
     s.add_argument("--format", choices=["csv", "json"], default="csv")
+    s.add_argument("--files-per-request", type=int, default=None, help="upload in requests of this many files")
     s.set_defaults(func=_submit)
 
     t = sub.add_parser("train", help="train a model and write a checkpoint")

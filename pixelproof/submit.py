@@ -32,11 +32,12 @@ def collect(root: Path) -> list[tuple[Path, str]]:
     return [(p, str(p.relative_to(root.parent))) for p in files]
 
 
-def batches(files: list[tuple[Path, str]]) -> Iterator[list[tuple[Path, str]]]:
+def batches(files: list[tuple[Path, str]], max_files: int | None = None) -> Iterator[list[tuple[Path, str]]]:
+    max_files = max_files or MAX_FILES_PER_REQUEST
     batch, size = [], 0
     for path, name in files:
         n = path.stat().st_size
-        if batch and (len(batch) >= MAX_FILES_PER_REQUEST or size + n > MAX_BYTES_PER_REQUEST):
+        if batch and (len(batch) >= max_files or size + n > MAX_BYTES_PER_REQUEST):
             yield batch
             batch, size = [], 0
         batch.append((path, name))
@@ -82,14 +83,15 @@ class Client:
         return items
 
 
-def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str) -> int:
+def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
+           files_per_request: int | None = None) -> int:
     files = collect(directory)
     if not files:
         raise SubmitError(f"no files under {directory}")
     client = Client(server, token)
     job = None
     with tqdm(total=len(files), unit="file", desc="upload") as bar:
-        for batch in batches(files):
+        for batch in batches(files, files_per_request):
             job = client.upload(batch, job["id"] if job else None)
             bar.update(len(batch))
     print(f"job {job['id']}: {server.rstrip('/')}/?job={job['id']}", file=sys.stderr)

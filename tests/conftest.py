@@ -121,3 +121,20 @@ def make_app(monkeypatch):
         return app
 
     return build
+
+
+@pytest.fixture
+def live_stack(sqlite_url, redis_server, tmp_path):
+    """gunicorn serving the app and one Celery worker, on SQLite and a real Redis; yields the base URL."""
+    from pixelproof.embedded_redis import free_port
+
+    from .processes import start_web, start_worker
+
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data")
+    port = free_port()
+    web = start_web(env, tmp_path / "web.log", port)
+    worker = start_worker(env, tmp_path / "worker.log")
+    yield f"http://127.0.0.1:{port}"
+    worker.stop()
+    web.stop()
