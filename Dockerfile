@@ -1,0 +1,18 @@
+# One image for web, worker, beat and migrate; the command picks the role (see docker-compose.yml).
+FROM python:3.11-slim
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
+WORKDIR /app
+RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} torch==2.14.1 torchvision==0.29.1
+COPY pyproject.toml README.md ./
+COPY shared shared
+COPY web web
+COPY worker worker
+COPY training training
+COPY pixelproof pixelproof
+COPY migrations migrations
+COPY alembic.ini ./
+COPY models models
+RUN pip install --no-cache-dir .
+ENV PIXELPROOF_DATA_DIR=/data PIXELPROOF_MODEL_PATH=/app/models/default.safetensors
+EXPOSE 8000
+CMD ["pixelproof", "web"]
