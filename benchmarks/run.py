@@ -1,0 +1,351 @@
+#!/usr/bin/env python
+"""Throughput and latency of the queue against its ceiling and against one-image-per-request serving.
+
+One command (`make bench`, or `python benchmarks/run.py`) runs every measurement on the same images, prints
+a table and writes it to benchmarks/RESULTS.md. `--smoke` runs the same code on a handful of images (the
+test suite does, so the harness cannot rot); its figures mean nothing.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import platform
+import secrets
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import requests
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from pixelproof.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from pixelproof.submit import Client  # noqa: E402
+from shared.migrate import upgrade  # noqa: E402
+from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
+
+CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
+
+
+# ---------------------------------------------------------------- data
+def prepare_images(folder: Path, n_small: int, n_large: int, seed: int = 0) -> list[Path]:
+    """n_small CIFAKE test JPEGs as they are, plus n_large photos made by upscaling to 1536 px (real decode cost)."""
+    import pyarrow.parquet as pq
+
+    folder.mkdir(parents=True, exist_ok=True)
+    table = pq.read_table(CIFAKE_TEST, columns=["image"]).slice(0, max(n_small, n_large))
+    blobs = [row["bytes"] for row in table.column("image").to_pylist()]
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n_small):
+        p = folder / f"small/{i:05d}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(blobs[i])
+        paths.append(p)
+    for i in range(n_large):
+        img = Image.open(io.BytesIO(blobs[i])).convert("RGB").resize((1536, 1536), Image.BICUBIC)
+        arr = np.clip(np.asarray(img, dtype=np.int16) + rng.integers(-6, 7, (1536, 1536, 3)), 0, 255).astype(np.uint8)
+        p = folder / f"large/{i:04d}.jpg"
+        p.parent.mkdir(exist_ok=True)
+        Image.fromarray(arr).save(p, "JPEG", quality=90)
+        paths.append(p)
+    return paths
+
+
+# ---------------------------------------------------------------- processes
+def rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def descendants(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == pid:
+            kids.append(int(stat.parent.name))
+    return kids + [d for k in kids for d in descendants(k)]
+
+
+class MemoryWatch:
+    """Samples VmHWM of process trees until stopped (children come and go; the peak is kept)."""
+
+    def __init__(self):
+        self.roots: dict[str, list[int]] = {}
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def watch(self, name: str, pid: int) -> None:
+        self.roots.setdefault(name, []).append(pid)
+
+    def _run(self):
+        while not self._stop.wait(0.25):
+            for name, pids in list(self.roots.items()):
+                for pid in pids:
+                    for p in [pid, *descendants(pid)]:
+                        self.peak[name] = max(self.peak.get(name, 0.0), rss_peak_mb(p))
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code < 500:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+class Stack:
+    """gunicorn + Redis + N Celery workers against one database, as a deployment would run them."""
+
+    def __init__(self, tmp: Path, db_url: str, workers: int, torch_threads: int, batch_size: int, mem: MemoryWatch):
+        self.tmp, self.db_url, self.workers, self.mem = tmp, db_url, workers, mem
+        self.torch_threads, self.batch_size = torch_threads, batch_size
+        self.procs: list[subprocess.Popen] = []
+
+    def __enter__(self):
+        self.redis = EmbeddedRedis(self.tmp / "redis", persist=False).start()
+        upgrade(self.db_url)
+        env = {**os.environ, "DATABASE_URL": self.db_url, "REDIS_URL": self.redis.url,
+               "PIXELPROOF_DATA_DIR": str(self.tmp / "data"), "PIXELPROOF_MODEL_PATH": str(DEFAULT_CHECKPOINT),
+               "PIXELPROOF_TORCH_THREADS": str(self.torch_threads), "PIXELPROOF_BATCH_SIZE": str(self.batch_size),
+               "PIXELPROOF_LOG_LEVEL": "WARNING"}
+        self.port = free_port()
+        logs = open(self.tmp / "stack.log", "ab")
+        web = subprocess.Popen([sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"127.0.0.1:{self.port}",
+                                "--workers", "2", "--worker-class", "gthread", "--threads", "8"],
+                               cwd=ROOT, env=env, stdout=logs, stderr=logs)
+        self.procs.append(web)
+        self.mem.watch("web", web.pid)
+        for i in range(self.workers):
+            w = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool",
+                                  "prefork", "--concurrency", "1", "--hostname", f"bench{i}@%h", "-Q", "pixelproof",
+                                  "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
+                                 cwd=ROOT, env=env, stdout=logs, stderr=logs)
+            self.procs.append(w)
+            self.mem.watch("worker", w.pid)
+        self.url = f"http://127.0.0.1:{self.port}"
+        wait_http(self.url + "/healthz")
+        deadline = time.monotonic() + 120
+        while (self.tmp / "stack.log").read_text(errors="ignore").count("model loaded") < self.workers:
+            if time.monotonic() > deadline:
+                raise TimeoutError("workers did not load the model")
+            time.sleep(0.2)
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        self.redis.stop()
+
+
+# ---------------------------------------------------------------- measurements
+def ceiling(files: list[Path], batch_size: int, torch_threads: int, decode_threads: int) -> float:
+    """One process doing only the work: read, decode, preprocess, forward, in batches."""
+    import torch
+
+    from worker.inference import Classifier
+
+    torch.set_num_threads(torch_threads)
+    clf = Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=batch_size, decode_threads=decode_threads)
+    clf.classify([p.read_bytes for p in files[:batch_size]])  # warm-up
+    t0 = time.perf_counter()
+    for start in range(0, len(files), batch_size):
+        clf.classify([p.read_bytes for p in files[start:start + batch_size]])
+    return len(files) / (time.perf_counter() - t0)
+
+
+def end_to_end(stack: Stack, files: list[Path], folder: Path) -> float:
+    """First upload request to last result committed, through the API as a client would use it."""
+    from datetime import datetime
+
+    client = Client(stack.url)
+    names = [(p, str(p.relative_to(folder))) for p in files]
+    t0 = time.time()
+    job = None
+    for start in range(0, len(names), 200):
+        job = client.upload(names[start:start + 200], job["id"] if job else None)
+    while job["status"] != "done":
+        job = client.job(job["id"], wait=20, done=job["done"])
+    finished = datetime.fromisoformat(job["finished_at"]).timestamp()
+    assert job["done"] == len(files), job
+    return len(files) / (finished - t0)
+
+
+def one_image_latency(stack: Stack, image: Path, reps: int) -> tuple[float, float]:
+    client = Client(stack.url)
+    times = []
+    for i in range(reps):
+        data = image.read_bytes() + i.to_bytes(4, "big")  # new content each time: no cache hit
+        t0 = time.perf_counter()
+        resp = client.http.post(stack.url + "/api/jobs", files=[("files", ("one.jpg", data))], timeout=30).json()
+        job = resp
+        while job["status"] != "done":
+            job = client.job(job["id"], wait=10, done=job["done"])
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return statistics.median(times) * 1000, times[min(len(times) - 1, int(round(0.95 * (len(times) - 1))))] * 1000
+
+
+def synchronous(tmp: Path, files: list[Path], torch_threads: int, clients: int = 4) -> float:
+    """The report's design: one image per HTTP request, classified before the response."""
+    port = free_port()
+    env = {**os.environ, "PIXELPROOF_MODEL_PATH": str(DEFAULT_CHECKPOINT), "PIXELPROOF_TORCH_THREADS": str(torch_threads)}
+    with open(tmp / "sync.log", "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gunicorn", "benchmarks.sync_server:app", "--bind",
+                                 f"127.0.0.1:{port}", "--workers", "2"], cwd=ROOT, env=env, stdout=log, stderr=log)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/")
+        url = f"http://127.0.0.1:{port}/classify"
+        todo = list(files)
+        lock = threading.Lock()
+
+        def drive():
+            session = requests.Session()
+            while True:
+                with lock:
+                    if not todo:
+                        return
+                    p = todo.pop()
+                session.post(url, files={"file": (p.name, p.read_bytes())}, timeout=60).raise_for_status()
+
+        t0 = time.perf_counter()
+        threads = [threading.Thread(target=drive) for _ in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return len(files) / (time.perf_counter() - t0)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def database_url(tmp: Path) -> tuple[str, callable]:
+    """A fresh PostgreSQL database where one is reachable (as in production), else SQLite."""
+    from sqlalchemy import create_engine, text
+
+    admin = os.environ.get("BENCH_POSTGRES_URL") or os.environ.get("TEST_POSTGRES_URL") or "postgresql://root@127.0.0.1:5432/postgres"
+    admin = "postgresql+psycopg://" + admin.split("://", 1)[1]
+    name = f"pixelproof_bench_{secrets.token_hex(4)}"
+    try:
+        engine = create_engine(admin, isolation_level="AUTOCOMMIT")
+        with engine.connect() as c:
+            c.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception:  # noqa: BLE001 - fall back to the embedded default
+        return f"sqlite:///{tmp / 'bench.db'}", lambda: None
+
+    def drop():
+        with engine.connect() as c:
+            c.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        engine.dispose()
+
+    return admin.rsplit("/", 1)[0] + "/" + name, drop
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) / 1024 / 1024
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+    return f"{os.cpu_count()} cores ({cpu}), {mem:.0f} GiB RAM, GPU: {gpu}, Python {platform.python_version()}, torch {torch.__version__}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--small", type=int, default=10_000, help="CIFAKE test images")
+    ap.add_argument("--large", type=int, default=200, help="upscaled 1536 px JPEG photos")
+    ap.add_argument("--sync-images", type=int, default=2_000, help="images sent to the synchronous endpoint")
+    ap.add_argument("--latency-reps", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "RESULTS.md"))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, to check the harness runs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.small, args.large, args.sync_images, args.latency_reps = 60, 4, 16, 3
+    cores = os.cpu_count() or 1
+    rows: list[tuple[str, str, str]] = []
+
+    with tempfile.TemporaryDirectory(prefix="pixelproof-bench-") as tmpdir, ExitStack() as stack:
+        tmp = Path(tmpdir)
+        folder = tmp / "images"
+        files = prepare_images(folder, args.small, args.large)
+        print(f"images: {args.small} CIFAKE 32x32 JPEG + {args.large} upscaled 1536x1536 JPEG", flush=True)
+
+        ceil = ceiling(files, args.batch_size, cores, 2)
+        print(f"ceiling: {ceil:.0f} images/s", flush=True)
+        sync = synchronous(tmp, files[: args.sync_images // 2] + files[-args.sync_images // 2:], 1)
+        print(f"synchronous endpoint: {sync:.0f} images/s", flush=True)
+
+        db_url, drop = database_url(tmp)
+        stack.callback(drop)
+        results = {}
+        for workers in (1, 2):
+            mem = MemoryWatch()
+            sub = tmp / f"stack{workers}"
+            sub.mkdir()
+            with Stack(sub, db_url, workers, max(1, cores // workers), args.batch_size, mem) as s:
+                e2e = end_to_end(s, files, folder)
+                p50, p95 = one_image_latency(s, files[0], args.latency_reps) if workers == 1 else (None, None)
+            mem.stop()
+            results[workers] = (e2e, p50, p95, mem.peak.get("web", 0), mem.peak.get("worker", 0))
+            print(f"end to end, {workers} worker(s): {e2e:.0f} images/s", flush=True)
+
+    e1, p50, p95, web_mb, worker_mb = results[1]
+    e2, _, _, web_mb2, worker_mb2 = results[2]
+    best = max(e1, e2)
+    db_kind = "PostgreSQL" if db_url.startswith("postgresql") else "SQLite"
+    rows = [
+        ("1. ceiling: one process, decode + preprocess + classify in batches", f"{ceil:.0f} images/s", "1.00 x ceiling"),
+        (f"2. end to end, 1 worker (gunicorn, Redis, {db_kind}, Celery)", f"{e1:.0f} images/s", f"{e1 / ceil:.2f} x ceiling, {e1 / sync:.1f} x synchronous"),
+        (f"5. end to end, 2 workers", f"{e2:.0f} images/s", f"{e2 / ceil:.2f} x ceiling, {e2 / e1:.2f} x 1 worker"),
+        ("3. synchronous endpoint, one image per request (4 clients)", f"{sync:.0f} images/s", f"best end to end = {best / sync:.1f} x this"),
+        ("4. one-image job latency, upload to result seen by a long-polling client", f"p50 {p50:.0f} ms, p95 {p95:.0f} ms", "target p50 <= 250 ms"),
+        ("6. peak RSS, web (largest gunicorn process)", f"{max(web_mb, web_mb2):.0f} MB", "target <= 150 MB"),
+        ("6. peak RSS, worker (largest Celery process)", f"{max(worker_mb, worker_mb2):.0f} MB", "target <= 1500 MB"),
+    ]
+    table = "| measurement | figure | ratio |\n| --- | --- | --- |\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    report = (f"# Benchmark results\n\nMachine: {machine()}\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
+              f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
+              f"`python benchmarks/run.py{' --smoke' if args.smoke else ''}`\n\n{table}\n")
+    print("\n" + table)
+    Path(args.out).write_text(report)
+    print(f"\nwritten to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

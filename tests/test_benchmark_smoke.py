@@ -1,0 +1,27 @@
+"""The benchmark harness runs end to end on a handful of images, so it cannot rot. Timings are not asserted."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from shared.settings import REPO_ROOT
+
+from .conftest import DATASETS, unavailable
+
+pytestmark = pytest.mark.slow
+
+
+def test_benchmark_harness_smoke(tmp_path):
+    if not (DATASETS / "cifake").is_dir():
+        unavailable("CIFAKE parquet not found")
+    out = tmp_path / "RESULTS.md"
+    proc = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    for row in ("1. ceiling", "2. end to end, 1 worker", "3. synchronous", "4. one-image job latency",
+                "5. end to end, 2 workers", "peak RSS, web", "peak RSS, worker"):
+        assert row in text
+    assert "Machine:" in text and "images/s" in proc.stdout
