@@ -1,0 +1,54 @@
+"""`pixelproof up` (what `make up` runs): the whole service on embedded defaults, stopped cleanly by Ctrl-C."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from pixelproof.embedded_redis import free_port
+from shared.settings import REPO_ROOT
+
+from .test_faults import children, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"PORT": str(port), "PIXELPROOF_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1"})
+    log = open(tmp_path / "up.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "pixelproof.cli", "up"], cwd=REPO_ROOT, env=env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy():
+            try:
+                return requests.get(base + "/healthz", timeout=2).status_code == 200
+            except requests.RequestException:
+                return False
+
+        wait_until(healthy, 90, "the stack to answer /healthz")
+        assert f"http://127.0.0.1:{port}/" in (tmp_path / "up.log").read_text()
+        image = sorted((mini_dir / "fake").iterdir())[0]
+        job = requests.post(base + "/api/jobs", files=[("files", ("x/" + image.name, image.read_bytes()))]).json()
+        deadline = time.monotonic() + 90
+        while job["status"] != "done":
+            assert time.monotonic() < deadline, job
+            job = requests.get(f"{base}/api/jobs/{job['id']}?wait=10&done={job['done']}", timeout=30).json()
+        assert job["done"] == 1 and job["errors"] == 0
+        assert (tmp_path / "var" / "pixelproof.db").exists()  # SQLite, the embedded default
+        kids = children(proc.pid)
+        assert len(kids) >= 3  # redis-server, gunicorn, celery
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(60)
+    assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
+    assert "Pixelproof stopped." in (tmp_path / "up.log").read_text()
+    for pid in kids:  # nothing left running
+        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
