@@ -1,0 +1,88 @@
+"""The worker's service functions, called directly with the real model and a real database (no Celery)."""
+from __future__ import annotations
+
+import io
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import func, select, update
+
+from shared.db import Database
+from shared.migrate import upgrade
+from shared.models import ImageItem, Job, Prediction, utcnow
+from shared.settings import DEFAULT_CHECKPOINT
+from shared.storage import LocalStorage
+from web.jobs import Upload, add_images
+from worker.inference import Classifier
+from worker.service import classify_images, sweep_stale
+
+from .corpus import corpus
+
+
+@pytest.fixture(scope="module")
+def classifier():
+    return Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=4, decode_threads=2)
+
+
+@pytest.fixture
+def world(db_url, tmp_path, mini_dir):
+    upgrade(db_url)
+    db = Database(db_url)
+    storage = LocalStorage(tmp_path / "uploads")
+    files = [(p.read_bytes(), f"{p.parent.name}/{p.name}") for p in sorted(mini_dir.rglob("*.jpg"))[:10]]
+    files += [(data, name) for name, data, _ in corpus()]
+    uploads = []
+    for data, name in files:
+        sha, size = storage.put_stream(io.BytesIO(data), 10**8)
+        uploads.append(Upload(name, sha, size))
+    with db.session() as s:
+        job = Job()
+        s.add(job)
+        ids = add_images(s, job, uploads)
+        s.commit()
+    yield db, storage, ids, files
+    db.engine.dispose()
+
+
+def test_classify_is_idempotent_and_errors_stay_per_image(world, classifier):
+    db, storage, ids, files = world
+    first = classify_images(db, storage, classifier, ids[:7])
+    second = classify_images(db, storage, classifier, ids)  # a redelivery overlapping the first batch
+    third = classify_images(db, storage, classifier, ids)
+    assert first["claimed"] == 7 and second["claimed"] == len(ids) - 7 and third == {"claimed": 0}
+    with db.session() as s:
+        rows = {i.filename: i for i in s.scalars(select(ImageItem))}
+        cached = s.scalar(select(func.count()).select_from(Prediction))
+    expected = {name: exp for name, _, exp in corpus()}
+    for name, item in rows.items():
+        assert item.status in ("done", "error") and item.attempts == 1
+        assert item.model_version == classifier.version
+        if expected.get(name, "ok") == "ok":
+            assert item.status == "done" and 0 <= item.p_fake <= 1 and item.label in ("real", "fake"), name
+        else:
+            assert item.status == "error" and expected[name].lower() in item.error.lower(), (name, item.error)
+    assert cached == len({sha for sha in (i.sha256 for i in rows.values())})
+
+
+def test_missing_upload_is_an_error_but_not_remembered(world, classifier):
+    db, storage, ids, files = world
+    with db.session() as s:
+        sha = s.get(ImageItem, ids[0]).sha256
+    storage.path(sha).unlink()
+    classify_images(db, storage, classifier, ids[:1])
+    with db.session() as s:
+        assert "missing" in s.get(ImageItem, ids[0]).error
+        assert s.get(Prediction, (sha, classifier.version)) is None
+
+
+def test_sweeper_requeues_only_stale_unfinished_images(world, classifier):
+    db, storage, ids, files = world
+    classify_images(db, storage, classifier, ids[:3])
+    with db.session() as s:
+        s.execute(update(ImageItem).where(ImageItem.id.in_(ids[3:6])).values(touched_at=utcnow() - timedelta(hours=1)))
+        s.execute(update(ImageItem).where(ImageItem.id.in_(ids[:3])).values(touched_at=utcnow() - timedelta(hours=1)))
+        s.commit()
+    sent = []
+    assert sweep_stale(db, sent.extend, stale_after=600) == 3
+    assert sorted(sent) == sorted(ids[3:6])
+    assert sweep_stale(db, sent.extend, stale_after=600) == 0  # touched again: not re-sent at once
