@@ -120,3 +120,55 @@ def test_worker_refuses_missing_or_corrupt_checkpoint(stack_env, tmp_path, conte
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "cannot start" in proc.stderr and reason in proc.stderr
+
+
+def test_hostile_corpus_every_file_ends_with_result_or_clear_error(make_app, stack_env, tmp_path):
+    from .corpus import corpus
+
+    cases = corpus()
+    worker = start_worker(stack_env, tmp_path / "worker.log")
+    try:
+        client = make_app(stack_env).test_client()
+        data = {"files": [(io.BytesIO(content), name) for name, content, _ in cases]}
+        job = client.post("/api/jobs", data=data, content_type="multipart/form-data").get_json()
+        job = wait_done(client, job["id"])
+    finally:
+        worker.stop()
+    items = {i["filename"]: i for i in all_results(client, job["id"])}
+    assert job["total"] == len(cases) == len(items)
+    for name, _, expected in cases:
+        item = items[name]
+        if expected == "ok":
+            assert item["status"] == "done" and item["label"] in ("real", "fake"), item
+        else:
+            assert item["status"] == "error" and expected.lower() in item["error"].lower(), item
+    assert job["errors"] == sum(1 for *_, e in cases if e != "ok")
+    assert worker.popen.poll() is None or "Traceback" not in worker.text()
+
+
+def test_ten_thousand_tiny_files_in_one_job(make_app, sqlite_url, redis_server, tmp_path):
+    from PIL import Image
+
+    from shared.migrate import upgrade
+
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_BATCH_SIZE="256")
+    files = []
+    for i in range(10_000):
+        buf = io.BytesIO()
+        Image.new("RGB", (2, 2), (i % 256, (i // 256) % 256, 7)).save(buf, "PNG")
+        files.append((buf.getvalue(), f"tiny/{i:05d}.png"))
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        client = make_app(env).test_client()
+        job = None
+        for start in range(0, len(files), 2000):
+            data = {"files": [(io.BytesIO(b), n) for b, n in files[start:start + 2000]]}
+            url = f"/api/jobs/{job['id']}/files" if job else "/api/jobs"
+            resp = client.post(url, data=data, content_type="multipart/form-data")
+            assert resp.status_code == 202, resp.get_json()
+            job = resp.get_json()
+        job = wait_done(client, job["id"], timeout=600)
+    finally:
+        worker.stop()
+    assert job["total"] == job["done"] == 10_000 and job["errors"] == 0
