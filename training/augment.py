@@ -27,7 +27,7 @@ def down_up(img: Image.Image, factor: float = 0.5, resample: str = "bicubic") ->
 
 
 class Augment:
-    def __init__(self, p_jpeg: float = 0.3, p_resize: float = 0.2, p_flip: float = 0.5, seed: int = 0):
+    def __init__(self, p_jpeg: float = 0.3, p_resize: float = 0.4, p_flip: float = 0.5, seed: int = 0):
         self.p_jpeg, self.p_resize, self.p_flip = p_jpeg, p_resize, p_flip
         self.rng = random.Random(seed)
 
@@ -36,7 +36,7 @@ class Augment:
         if r.random() < self.p_flip:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         if r.random() < self.p_resize:
-            img = down_up(img, r.choice((0.5, 0.625, 0.75)), r.choice(("bicubic", "bilinear")))
+            img = down_up(img, r.choice((0.5, 0.5, 0.625, 0.75)), r.choice(("bicubic", "bilinear", "area")))
         if r.random() < self.p_jpeg:
             img = jpeg_reencode(img, r.randint(60, 95))
         return img

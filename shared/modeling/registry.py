@@ -68,11 +68,16 @@ class TinyResNet(nn.Module):
     cheap (4x4, 8x8), so width there buys accuracy without costing the 2,000 images/s CPU target.
     """
 
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), dropout: float = 0.1):
+    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128), blocks: tuple[int, ...] | None = None,
+                 dropout: float = 0.1):
         super().__init__()
-        layers: list[nn.Module] = [_conv_bn(3, widths[0]), ResBlock(widths[0])]
-        for c_in, c_out in zip(widths[:-1], widths[1:]):
-            layers += [_conv_bn(c_in, c_out, stride=2), ResBlock(c_out)]
+        blocks = blocks or (1,) * len(widths)
+        if len(blocks) != len(widths):
+            raise ValueError("widths and blocks need one entry per stage")
+        layers: list[nn.Module] = [_conv_bn(3, widths[0])]
+        layers += [ResBlock(widths[0]) for _ in range(blocks[0])]
+        for c_in, c_out, n in zip(widths[:-1], widths[1:], blocks[1:]):
+            layers += [_conv_bn(c_in, c_out, stride=2)] + [ResBlock(c_out) for _ in range(n)]
         layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(widths[-1], 1)]
         self.net = nn.Sequential(*layers)
 
@@ -86,5 +91,6 @@ def seed_cnn(input_size: int = 32) -> nn.Module:
 
 
 @register("tiny_resnet")
-def tiny_resnet(widths: tuple[int, ...] | list[int] = (16, 32, 64, 128), dropout: float = 0.1) -> nn.Module:
-    return TinyResNet(widths=tuple(widths), dropout=dropout)
+def tiny_resnet(widths: tuple[int, ...] | list[int] = (16, 32, 64, 128), blocks: tuple[int, ...] | list[int] | None = None,
+                dropout: float = 0.1) -> nn.Module:
+    return TinyResNet(widths=tuple(widths), blocks=tuple(blocks) if blocks else None, dropout=dropout)

@@ -1,0 +1,66 @@
+"""How should a large photo reach a 32x32 model? Score a labelled folder under several candidate routes.
+
+Usage: python -m training.resize_study --checkpoint models/default.safetensors --folder ../shared/datasets/mixed100
+
+Candidates: the whole image squashed to the input size (what serving does); the whole image resized to k times
+the input size and cut into k x k tiles whose P(fake) is averaged; and random crops at the file's native
+resolution. The last is printed to show the trap: a native crop's content scale depends on the photo's pixel
+size, which is exactly the shortcut that separates mixed100's classes, so it must not be adopted.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from shared.imaging import load_rgb
+from shared.modeling.checkpoint import load_checkpoint
+
+from .data import folder_files
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--folder", required=True)
+    args = ap.parse_args(argv)
+    model, meta = load_checkpoint(Path(args.checkpoint))
+    spec = meta.preprocessing
+    size = spec.input_size
+    items = folder_files(Path(args.folder))
+    images = [load_rgb(p.read_bytes(), 10**9) for p, _ in items]
+    y = np.array([label for _, label in items])
+    mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
+
+    def norm(img):
+        return ((np.asarray(img, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
+
+    @torch.inference_mode()
+    def p_fake(crops):
+        return float(torch.sigmoid(model(torch.from_numpy(np.stack(crops))) / meta.temperature).mean())
+
+    def tiles(img, k):
+        big = img.resize((k * size, k * size), Image.BICUBIC, reducing_gap=3.0)
+        return [norm(big.crop((x, y, x + size, y + size))) for x in range(0, k * size, size) for y in range(0, k * size, size)]
+
+    def native(img, n=16):
+        rng = np.random.default_rng(0)
+        w, h = img.size
+        return [norm(img.crop((x, y, x + size, y + size))) for x, y in zip(rng.integers(0, w - size, n), rng.integers(0, h - size, n))]
+
+    routes = {"squash (serving)": lambda im: tiles(im, 1), "2x2 tiles": lambda im: tiles(im, 2),
+              "4x4 tiles": lambda im: tiles(im, 4), "8x8 tiles": lambda im: tiles(im, 8),
+              "native crops (leaks pixel scale)": native}
+    print("| route | ROC-AUC | accuracy | mean P(fake) real | mean P(fake) fake |\n| --- | --- | --- | --- | --- |")
+    for name, route in routes.items():
+        p = np.array([p_fake(route(im)) for im in images])
+        print(f"| {name} | {roc_auc_score(y, p):.3f} | {((p >= meta.threshold) == y).mean():.3f} | "
+              f"{p[y == 0].mean():.2f} | {p[y == 1].mean():.2f} |")
+
+
+if __name__ == "__main__":
+    main()
