@@ -89,3 +89,30 @@ def test_cli_evaluate_writes_report(mini_dir, tmp_path):
     assert {"train+jpeg75", "train+half_and_back"} <= set(report["results"])
     for png in ("training_curves.png", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
+
+
+def test_resume_continues_from_saved_state(mini_dir, tmp_path):
+    cfg = TrainConfig(data=str(mini_dir), out=tmp_path, arch="seed_cnn", epochs=2, limit=64, threads=1)
+    train(cfg)
+    cfg.resume = True
+    _, meta = train(cfg)  # both epochs are already done: nothing is trained again, the same best weights come out
+    assert [h["epoch"] for h in meta.training["history"]] == [1, 2]
+
+
+def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
+    """The committed checkpoint, evaluated on the CIFAKE test split, gives the numbers its card quotes."""
+    from shared.settings import DEFAULT_CHECKPOINT
+    from training.evaluate import evaluate
+
+    from .conftest import DATASETS, unavailable
+
+    if not (DATASETS / "cifake").is_dir():
+        unavailable("CIFAKE parquet not found")
+    card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
+    assert card["version"] == read_meta(DEFAULT_CHECKPOINT).version
+    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False)
+    fresh, quoted = report["results"]["test"], card["results"]["test"]
+    for key in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1", "confusion_matrix"):
+        assert fresh[key] == pytest.approx(quoted[key], abs=1e-9), key
+    card_text = (DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
+    assert f"| test | {quoted['n']} | {quoted['accuracy']:.4f} | {quoted['roc_auc']:.4f} |" in card_text
