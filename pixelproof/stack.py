@@ -45,7 +45,8 @@ def up() -> int:
     upgrade(settings.db_url)
     procs = [
         subprocess.Popen(web_command(settings.port), cwd=REPO_ROOT, env=env),
-        subprocess.Popen(worker_command(), cwd=REPO_ROOT, env=env),
+        # One single-threaded model process per core beats one multi-threaded process on a shared host.
+        subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1), cwd=REPO_ROOT, env=env),
     ]
     print(f"\nPixelproof is up: http://127.0.0.1:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
     print(kv(event="stack_up", url=f"http://127.0.0.1:{settings.port}/", database=settings.db_url.split("://")[0],

@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     # The model.
     model_path: Path = DEFAULT_CHECKPOINT
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_size: int = Field(default=128, ge=1, le=4096)
     decode_threads: int = Field(default=2, ge=1, le=64)
     torch_threads: int = Field(default=0, ge=0, le=256)  # 0: let the worker pick from its CPU share
 

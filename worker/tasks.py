@@ -28,6 +28,7 @@ class WorkerContext:
         self.db = Database(settings.db_url)
         self.storage = LocalStorage(settings.upload_dir)
         self._classifier: Classifier | None = None
+        self.processes = 1  # the pool's size, learnt at worker start, so each process takes its share of cores
         self._lock = threading.Lock()
 
     @property
@@ -35,7 +36,7 @@ class WorkerContext:
         with self._lock:  # threads pool: load once
             if self._classifier is None:
                 s = self.settings
-                torch.set_num_threads(default_torch_threads(s.torch_threads))
+                torch.set_num_threads(default_torch_threads(s.torch_threads, self.processes))
                 self._classifier = Classifier(s.model_path, s.device, s.batch_size, s.decode_threads, s.max_pixels)
             return self._classifier
 
@@ -55,6 +56,10 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     def sweep() -> int:
         return service.sweep_stale(ctx.db, lambda ids: enqueue_images(app, ids, ctx.settings.batch_size),
                                    ctx.settings.stale_after)
+
+    @signals.worker_init.connect(weak=False)
+    def _pool_size(sender=None, **_):
+        ctx.processes = getattr(sender, "concurrency", 1) or 1
 
     @signals.worker_process_init.connect(weak=False)
     def _after_fork(**_):
