@@ -77,4 +77,13 @@ def corpus() -> list[tuple[str, bytes, str]]:
         ("rotated.jpg", exif_rotated_jpeg(), "ok"),
         ("pixel.png", _save(_img(size=(1, 1)), "PNG"), "ok"),
         ("mislabelled.gif", jpeg, "ok"),  # type by content, not extension
-    ]
+    ] + _avif_case()
+
+
+def _avif_case() -> list[tuple[str, bytes, str]]:
+    """AVIF is classified where this Pillow can decode it, and refused by name where it cannot."""
+    from PIL import features
+
+    if features.check("avif"):
+        return [("photo.avif", _save(_noise(), "AVIF"), "ok")]
+    return [("photo.avif", b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1" + b"\x00" * 64, "AVIF")]

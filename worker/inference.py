@@ -65,7 +65,12 @@ class Classifier:
         return torch.sigmoid(logits / self.meta.temperature).cpu().numpy()
 
     def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:
-        """Decoding runs ahead in the thread pool while the model works on the previous batch."""
+        """Decoding runs ahead in the thread pool while the model works on the part already decoded.
+
+        A task's images go through the model in two halves at least, so decoding the second half overlaps
+        the forward pass of the first instead of the model waiting for the whole task to be decoded.
+        """
+        chunk = max(1, min(self.batch_size, (len(readers) + 1) // 2))
         outcomes: list[Outcome | None] = [None] * len(readers)
         pending_idx: list[int] = []
         pending: list[np.ndarray] = []
@@ -84,7 +89,7 @@ class Classifier:
                 continue
             pending_idx.append(i)
             pending.append(prepared)
-            if len(pending) >= self.batch_size:
+            if len(pending) >= chunk:
                 flush()
         if pending:
             flush()
