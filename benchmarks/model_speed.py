@@ -1,0 +1,56 @@
+#!/usr/bin/env python
+"""Forward-pass speed of checkpoints on this machine's CPU at batch 256 (the training issue's size target).
+
+python benchmarks/model_speed.py [CHECKPOINT ...]   (default: models/default.safetensors)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from shared.modeling.checkpoint import load_checkpoint  # noqa: E402
+from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
+
+
+def images_per_second(model: torch.nn.Module, size: int, batch: int, repeats: int = 5, rounds: int = 3) -> float:
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    model = model.to(memory_format=torch.channels_last)
+    best = 0.0
+    with torch.inference_mode():
+        for _ in range(2):
+            model(x)
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                model(x)
+            best = max(best, repeats * batch / (time.perf_counter() - t0))
+    return best
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("checkpoints", nargs="*", default=[str(DEFAULT_CHECKPOINT)])
+    ap.add_argument("--batch", type=int, default=256)
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    print(f"| checkpoint | version | parameters | file size | images/s (batch {args.batch}, {args.threads} threads) |")
+    print("| --- | --- | --- | --- | --- |")
+    for path in args.checkpoints:
+        model, meta = load_checkpoint(Path(path))
+        params = sum(p.numel() for p in model.parameters())
+        rate = images_per_second(model, meta.preprocessing.input_size, args.batch)
+        print(f"| {path} | {meta.version} | {params:,} | {Path(path).stat().st_size / 1e6:.1f} MB | {rate:,.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
