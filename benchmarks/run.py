@@ -382,6 +382,12 @@ def main(argv: list[str] | None = None) -> int:
              "held back by its own threads (decode and OpenMP contend), so the workers run one single-threaded "
              "process per core, and the 2-worker row is the deployment `pixelproof up` starts. The 1-worker row "
              "is one process with 2 OpenMP threads beside the web, Redis and PostgreSQL on the same 2 cores.")
+    import torch
+
+    if not torch.cuda.is_available():
+        notes += ("\n\nNo GPU on this machine: the GPU-worker figures (ceiling and end to end with one GPU worker, "
+                  "GPU utilisation) are not measured here. On a CUDA host the same command runs the workers on the "
+                  "GPU (`PIXELPROOF_DEVICE=auto`).")
     table = "| measurement | figure | ratio |\n| --- | --- | --- |\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     report = (f"# Benchmark results\n\nMachine: {machine()}\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
               f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
