@@ -157,3 +157,13 @@ def test_web_config_error_fails_at_start(make_app, stack_env):
 
     with pytest.raises(SettingsError, match="PIXELPROOF_BATCH_SIZE|BATCH_SIZE"):
         make_app({**stack_env, "PIXELPROOF_BATCH_SIZE": "zero"})
+
+
+def test_database_down_is_503_not_a_stack_trace(make_app, stack_env, mini_dir):
+    from pixelproof.embedded_redis import free_port
+
+    env = {**stack_env, "DATABASE_URL": f"postgresql://nobody@127.0.0.1:{free_port()}/none"}
+    client = make_app(env).test_client()
+    for resp in (post_files(client, "/api/jobs", jpeg_bytes(mini_dir)), client.get("/api/jobs/abc")):
+        assert resp.status_code == 503 and "database" in resp.get_json()["error"] and resp.headers["Retry-After"]
+    assert client.get("/healthz").get_json()["checks"]["database"].startswith("unreachable")

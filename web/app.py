@@ -54,7 +54,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
 
 class Services:
-    """Per-process handles: database engine, storage, the Celery client used only to send tasks by name."""
+    """Per-process handles: database engine, storage, the Celery client used only to send tasks by name.
+
+    gunicorn imports the app in each worker after fork (no --preload), so no engine or broker connection is
+    ever shared between processes.
+    """
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -62,6 +66,3 @@ class Services:
         self.storage = LocalStorage(settings.upload_dir)
         self.celery = create_celery(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
-
-    def after_fork(self) -> None:
-        self.db.dispose()

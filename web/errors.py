@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from flask import Flask, jsonify, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
 
@@ -35,6 +36,15 @@ def register_error_handlers(app: Flask) -> None:
             message = f"{message}; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes per request"
         resp = jsonify({"error": message, "status": err.code})
         resp.status_code = err.code or 500
+        return resp
+
+    @app.errorhandler(OperationalError)
+    def _database_down(err: OperationalError):
+        app.logger.error("database unreachable path=%s reason=%r", request.path, str(err.orig))
+        resp = jsonify({"error": "the database is unreachable right now; nothing was changed, retry shortly",
+                        "status": 503})
+        resp.status_code = 503
+        resp.headers["Retry-After"] = "10"
         return resp
 
     @app.errorhandler(Exception)
