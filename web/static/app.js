@@ -85,8 +85,19 @@
   async function follow(jobId, job) {
     $("progress").hidden = false;
     let done = job ? job.done : -1;
+    let failures = 0;
     for (;;) {
-      job = await api(`/api/jobs/${jobId}?wait=20&done=${done}`);
+      try {
+        job = await api(`/api/jobs/${jobId}?wait=20&done=${done}`);
+        failures = 0;
+        $("error").hidden = true;
+      } catch (e) {
+        // A restarting server or a dropped connection: say so, back off, keep following the job.
+        if (/no job/.test(e.message) || ++failures > 30) throw e;
+        showError(`${e.message}; retrying…`);
+        await new Promise((r) => setTimeout(r, Math.min(10000, 500 * 2 ** Math.min(failures, 5))));
+        continue;
+      }
       render(job);
       done = job.done;
       if (job.status === "done") break;
