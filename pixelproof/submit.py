@@ -115,12 +115,13 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
 def write_results(items: list[dict], out: Path, fmt: str) -> None:
     import csv
 
+    from shared.models import RESULT_FIELDS
+
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
         out.write_text(json.dumps(items, indent=1))
         return
-    fields = ["filename", "sha256", "status", "label", "p_fake", "error", "model_version"]
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
+        writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(items)

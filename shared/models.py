@@ -19,6 +19,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 TERMINAL = (DONE, ERROR)
 LABELS = ("real", "fake")
+# The columns of a result as the API and the CLI export it (CSV header order).
+RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "error", "model_version")
 
 
 def utcnow() -> datetime:

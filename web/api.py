@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.imaging import ImageRejected, thumbnail_png
 from shared.logs import kv
-from shared.models import ImageItem, Job
+from shared.models import RESULT_FIELDS, ImageItem, Job
 from shared.queue import enqueue_images
 from shared.storage import TooLarge
 
@@ -29,7 +29,6 @@ from .openapi import OPENAPI
 log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
-RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "error", "model_version")
 MAX_PAGE = 1000
 MAX_WAIT_S = 30.0
 
