@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pixelproof.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
+from pixelproof.stack import web_command, worker_command  # noqa: E402
 from pixelproof.submit import Client  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
@@ -138,16 +139,11 @@ class Stack:
                "PIXELPROOF_LOG_LEVEL": "WARNING"}
         self.port = free_port()
         logs = open(self.tmp / "stack.log", "ab")
-        web = subprocess.Popen([sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"127.0.0.1:{self.port}",
-                                "--workers", "2", "--worker-class", "gthread", "--threads", "8"],
-                               cwd=ROOT, env=env, stdout=logs, stderr=logs)
+        web = subprocess.Popen(web_command(self.port, host="127.0.0.1"), cwd=ROOT, env=env, stdout=logs, stderr=logs)
         self.procs.append(web)
         self.mem.watch("web", web.pid)
         for i in range(self.workers):
-            w = subprocess.Popen([sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--pool",
-                                  "prefork", "--concurrency", "1", "--hostname", f"bench{i}@%h", "-Q", "pixelproof",
-                                  "--without-gossip", "--without-mingle", "--loglevel", "INFO"],
-                                 cwd=ROOT, env=env, stdout=logs, stderr=logs)
+            w = subprocess.Popen(worker_command(hostname=f"bench{i}@%h"), cwd=ROOT, env=env, stdout=logs, stderr=logs)
             self.procs.append(w)
             self.mem.watch("worker", w.pid)
         self.url = f"http://127.0.0.1:{self.port}"

@@ -74,9 +74,12 @@ def _web(args: argparse.Namespace) -> int:
 
 
 def _worker(args: argparse.Namespace) -> int:
+    from shared.settings import load_settings
+
     from .stack import worker_command
 
-    return _exec(worker_command(concurrency=args.concurrency, beat=args.beat, pool=args.pool))
+    schedule = load_settings().data_dir.resolve() / "celerybeat-schedule" if args.beat else None
+    return _exec(worker_command(concurrency=args.concurrency, beat_schedule=schedule, pool=args.pool))
 
 
 def _submit(args: argparse.Namespace) -> int:

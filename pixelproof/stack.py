@@ -10,26 +10,33 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from shared.logs import kv, setup_logging
 from shared.migrate import upgrade
+from shared.queue import QUEUE
 from shared.settings import REPO_ROOT, load_settings
 
 from .embedded_redis import EmbeddedRedis
 
 
-def web_command(port: int, workers: int = 2, threads: int = 8) -> list[str]:
+def web_command(port: int, workers: int = 2, threads: int = 8, host: str = "0.0.0.0") -> list[str]:
+    """How the web runs everywhere: `pixelproof up`, `pixelproof web`, the tests and the benchmark."""
     # gthread: long-polling requests wait in threads without holding a whole worker process.
-    return [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"0.0.0.0:{port}", "--workers", str(workers),
+    return [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{host}:{port}", "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "20",
             "--access-logfile", "-", "--access-logformat", 'event=http method=%(m)s path="%(U)s" status=%(s)s ms=%(M)s']
 
 
-def worker_command(concurrency: int = 1, beat: bool = True, pool: str = "prefork", hostname: str = "worker@%h") -> list[str]:
+def worker_command(concurrency: int = 1, beat_schedule: Path | None = None, pool: str = "prefork",
+                   hostname: str = "worker@%h") -> list[str]:
+    """How a worker runs everywhere. beat_schedule: also run the sweeper's schedule (one process only)."""
+    # No mingle or gossip: workers share nothing but the queue, and these only add start-up delay and chatter.
     cmd = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-           "--pool", pool, "--concurrency", str(concurrency), "--hostname", hostname, "-Q", "pixelproof"]
-    if beat:
-        cmd += ["--beat", "--schedule", str(load_settings().data_dir.resolve() / "celerybeat-schedule")]
+           "--pool", pool, "--concurrency", str(concurrency), "--hostname", hostname, "-Q", QUEUE,
+           "--without-mingle", "--without-gossip"]
+    if beat_schedule:
+        cmd += ["--beat", "--schedule", str(beat_schedule)]
     return cmd
 
 
@@ -46,7 +53,9 @@ def up() -> int:
     procs = [
         subprocess.Popen(web_command(settings.port), cwd=REPO_ROOT, env=env),
         # One single-threaded model process per core beats one multi-threaded process on a shared host.
-        subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1), cwd=REPO_ROOT, env=env),
+        subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1,
+                                        beat_schedule=settings.data_dir.resolve() / "celerybeat-schedule"),
+                         cwd=REPO_ROOT, env=env),
     ]
     print(f"\nPixelproof is up: http://127.0.0.1:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
     print(kv(event="stack_up", url=f"http://127.0.0.1:{settings.port}/", database=settings.db_url.split("://")[0],

@@ -4,12 +4,12 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import requests
 
+from pixelproof.stack import web_command, worker_command
 from shared.settings import REPO_ROOT
 
 
@@ -50,11 +50,8 @@ class Proc:
 
 
 def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: int = 1, beat: bool = False) -> Proc:
-    args = [sys.executable, "-m", "celery", "-A", "worker.celery_app", "worker", "--loglevel", "INFO",
-            "--pool", "prefork", "--concurrency", str(concurrency), "--hostname", f"{name}@%h", "-Q", "pixelproof",
-            "--without-gossip", "--without-mingle"]
-    if beat:
-        args += ["--beat", "--schedule", str(log.parent / f"{name}-beat-schedule")]
+    schedule = log.parent / f"{name}-beat-schedule" if beat else None
+    args = worker_command(concurrency=concurrency, beat_schedule=schedule, hostname=f"{name}@%h")
     proc = Proc(args, env, log)
     proc.wait_for_log(" ready.")
     proc.wait_for_log("model loaded")
@@ -62,8 +59,7 @@ def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: 
 
 
 def start_web(env: dict[str, str], log: Path, port: int) -> Proc:
-    args = [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"127.0.0.1:{port}", "--workers", "1",
-            "--worker-class", "gthread", "--threads", "8"]
+    args = web_command(port, workers=1, host="127.0.0.1")
     proc = Proc(args, env, log)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
