@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import replace
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -100,26 +100,31 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
     plots.training_curves(meta.training.get("history", []), out / "training_curves.png")
     plots.roc(curves, out / "roc.png")
     plots.reliability(rel, out / "reliability.png")
-    base = results[split]["accuracy"]
+    drops = robustness_drops(results, split)
     summary = {
         "checkpoint": str(checkpoint), "version": meta.version, "architecture": meta.architecture,
         "temperature": meta.temperature,
         **{name: {k: r[k] for k in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1")} for name, r in results.items()},
-        "robustness_drop_points": {name: round(100 * (base - r["accuracy"]), 2) for name, r in results.items() if name.startswith(split + "+")},
+        "robustness_drop_points": {name: round(d, 2) for name, d in drops.items()},
     }
     report = {"summary": summary, "results": results}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown_table(results, base_name=split))
+    (out / "report.md").write_text(markdown_table(results, drops))
     return report
 
 
-def markdown_table(results: dict[str, dict], base_name: str) -> str:
+def robustness_drops(results: dict[str, dict], split: str) -> dict[str, float]:
+    """Accuracy points lost by each perturbed copy of the split (named split+perturbation)."""
+    base = results[split]["accuracy"]
+    return {name: 100 * (base - r["accuracy"]) for name, r in results.items() if name.startswith(split + "+")}
+
+
+def markdown_table(results: dict[str, dict], drops: dict[str, float]) -> str:
     """The table the model card quotes, so its numbers come straight from an evaluate run."""
-    base = results[base_name]["accuracy"]
     lines = ["| set | n | accuracy | ROC-AUC | ECE | precision | recall | F1 | drop vs clean (points) |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        drop = f"{100 * (base - r['accuracy']):.2f}" if name.startswith(base_name + "+") else ""
+        drop = f"{drops[name]:.2f}" if name in drops else ""
         lines.append(f"| {name} | {r['n']} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['ece']:.4f} | "
                      f"{r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {drop} |")
     return "\n".join(lines) + "\n"

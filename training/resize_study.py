@@ -10,14 +10,14 @@ size, which is exactly the shortcut that separates mixed100's classes, so it mus
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from shared.imaging import load_rgb
+from shared.imaging import fit, load_rgb, to_array
 from shared.modeling.checkpoint import load_checkpoint
 
 from .data import folder_files
@@ -34,23 +34,21 @@ def main(argv: list[str] | None = None) -> None:
     items = folder_files(Path(args.folder))
     images = [load_rgb(p.read_bytes(), 10**9) for p, _ in items]
     y = np.array([label for _, label in items])
-    mean, std = np.array(spec.mean, np.float32), np.array(spec.std, np.float32)
-
-    def norm(img):
-        return ((np.asarray(img, np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)
 
     @torch.inference_mode()
     def p_fake(crops):
         return float(torch.sigmoid(model(torch.from_numpy(np.stack(crops))) / meta.temperature).mean())
 
     def tiles(img, k):
-        big = img.resize((k * size, k * size), Image.BICUBIC, reducing_gap=3.0)
-        return [norm(big.crop((x, y, x + size, y + size))) for x in range(0, k * size, size) for y in range(0, k * size, size)]
+        # fit() and to_array() are serving's own steps; only the tiling around them is new here.
+        big = fit(img, replace(spec, input_size=k * size))
+        return [to_array(big.crop((x, y, x + size, y + size)), spec) for x in range(0, k * size, size) for y in range(0, k * size, size)]
 
     def native(img, n=16):
         rng = np.random.default_rng(0)
         w, h = img.size
-        return [norm(img.crop((x, y, x + size, y + size))) for x, y in zip(rng.integers(0, w - size, n), rng.integers(0, h - size, n))]
+        return [to_array(img.crop((x, y, x + size, y + size)), spec)
+                for x, y in zip(rng.integers(0, w - size, n), rng.integers(0, h - size, n))]
 
     routes = {"squash (serving)": lambda im: tiles(im, 1), "2x2 tiles": lambda im: tiles(im, 2),
               "4x4 tiles": lambda im: tiles(im, 4), "8x8 tiles": lambda im: tiles(im, 8),
