@@ -18,13 +18,19 @@ def _train(args: argparse.Namespace) -> int:
     setup_logging()
     cfg = TrainConfig(
         data=args.data, out=Path(args.out), arch=args.arch, arch_args=json.loads(args.arch_args),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema,
         optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
         device=args.device, limit=args.limit, augment=not args.no_augment, threads=args.threads,
-        resume=args.resume, name=args.name,
+        resume=args.resume, name=args.name, init_from=args.init_from or "",
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
-    path, meta = train(cfg)
+    from training.data import DatasetUnavailable
+
+    try:
+        path, meta = train(cfg)
+    except DatasetUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"checkpoint {path} version {meta.version}")
     return 0
 
@@ -133,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=128)
     t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights per step, e.g. 0.999 (0: off)")
     t.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw")
     t.add_argument("--val-fraction", type=float, default=0.1)
     t.add_argument("--seed", type=int, default=0)
@@ -142,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")
     t.add_argument("--name", default="pixelproof")
     t.add_argument("--input-size", type=int, default=32)
     t.add_argument("--resize", default="squash", choices=["squash", "center_crop"])

@@ -22,6 +22,10 @@ FAKE_NAMES = {"fake", "ai", "ai-generated", "ai_generated", "generated", "synthe
 REAL_NAMES = {"real", "human", "photo", "authentic", "0"}
 
 
+class DatasetUnavailable(RuntimeError):
+    """The data source named on the command line cannot be read here."""
+
+
 @dataclass
 class ImageSet:
     images: np.ndarray  # N x H x W x 3 uint8, already at the model's input size
@@ -44,7 +48,15 @@ def _load_hf(source: str):
         if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
             return load_dataset("parquet", data_dir=str(path))
         return load_dataset("imagefolder", data_dir=str(path))
-    return load_dataset(source)  # a hub name; needs network
+    # A hub name: downloaded when the network allows, otherwise served from the datasets cache of an earlier
+    # download (HF_HUB_OFFLINE=1 skips the network at once).
+    try:
+        return load_dataset(source)
+    except (ConnectionError, FileNotFoundError) as exc:
+        raise DatasetUnavailable(
+            f"{source!r} is neither a local directory nor a reachable or cached Hugging Face dataset ({exc}); "
+            "download it where there is network, or pass a parquet or image-folder directory"
+        ) from exc
 
 
 def _label_map(features) -> dict[int, int]:
