@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
-from shared.modeling.checkpoint import CheckpointMeta, save_checkpoint
+from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
 from shared.modeling.device import pick_device
 from shared.modeling.registry import build_model
 
@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 5e-4
+    ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights and validates/saves that
     optimizer: str = "adamw"  # "adam" reproduces the report's seed CNN
     val_fraction: float = 0.1
     seed: int = 0
@@ -45,6 +46,7 @@ class TrainConfig:
     augment: bool = True
     threads: int = 0
     resume: bool = False
+    init_from: str = ""  # a checkpoint whose architecture and weights this run starts from (fine-tuning)
     name: str = "pixelproof"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
@@ -103,7 +105,7 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, without exp overflow for large |x|
 
 
 def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
@@ -130,7 +132,16 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     )
     val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512)
 
-    model = build_model(cfg.arch, **cfg.arch_args).to(device)
+    if cfg.init_from:
+        # Start from our own earlier checkpoint: its architecture wins, and its version is recorded below.
+        model, source = load_checkpoint(Path(cfg.init_from))
+        cfg.arch, cfg.arch_args = source.architecture, dict(source.arch_args)
+        if source.preprocessing.to_dict() != spec.to_dict():
+            raise ValueError(f"{cfg.init_from} was trained with different preprocessing: {source.preprocessing.to_dict()}")
+        model = model.train().to(device)
+        log.info("init_from checkpoint=%s version=%s", cfg.init_from, source.version)
+    else:
+        model = build_model(cfg.arch, **cfg.arch_args).to(device)
     if device.type != "mps":
         model = model.to(memory_format=torch.channels_last)
     if cfg.optimizer == "adam":
@@ -139,6 +150,10 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, cfg.epochs * len(train_loader))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    # Averaging the weights along the trajectory smooths out the last noisy steps (Polyak averaging); torch's
+    # AveragedModel also averages the BatchNorm statistics, so the averaged copy is complete on its own.
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
+                                               use_buffers=True) if cfg.ema_decay > 0 else None)
     use_amp = device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = nn.BCEWithLogitsLoss()
@@ -149,6 +164,8 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     if cfg.resume and state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
+        if ema is not None and st.get("ema") is not None:
+            ema.load_state_dict(st["ema"])
         history, best_val, best_state, bad_epochs = st["history"], st["best_val"], st["best_state"], st["bad_epochs"]
         start_epoch = st["epoch"] + 1
         torch.set_rng_state(st["rng"])
@@ -169,11 +186,14 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += ((logits.detach() > 0).float() == y).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
-        v_logits, v_labels = predict_logits(model, val_loader, device)
+        scored = ema.module if ema is not None else model
+        v_logits, v_labels = predict_logits(scored, val_loader, device)
         v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
         v_acc = float(((v_logits > 0).astype(int) == v_labels).mean())
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -182,11 +202,11 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         log.info("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
         if v_loss < best_val - 1e-4:
             best_val, bad_epochs = v_loss, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
         else:
             bad_epochs += 1
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "history": history, "best_val": best_val, "best_state": best_state, "bad_epochs": bad_epochs,
+                    "ema": ema.state_dict() if ema is not None else None, "history": history, "best_val": best_val, "best_state": best_state, "bad_epochs": bad_epochs,
                     "epoch": epoch, "rng": torch.get_rng_state()}, state_path)
         (out / "history.json").write_text(json.dumps(history, indent=2))
         if bad_epochs >= cfg.patience:
@@ -202,7 +222,8 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
         training={"config": cfg_dict, "history": history, "n_train": len(train_set), "n_val": len(val_set),
-                  "torch": torch.__version__, "device": str(device)},
+                  "torch": torch.__version__, "device": str(device),
+                  **({"init_from_version": read_meta(Path(cfg.init_from)).version} if cfg.init_from else {})},
         metrics={"validation": val_metrics},
     )
     path = out / "model.safetensors"
