@@ -16,13 +16,13 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.modeling.checkpoint import load_checkpoint  # noqa: E402
+from shared.modeling.checkpoint import load_for_inference  # noqa: E402
+from shared.modeling.registry import build_model  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
 
 def images_per_second(model: torch.nn.Module, size: int, batch: int, repeats: int = 5, rounds: int = 3) -> float:
     x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    model = model.to(memory_format=torch.channels_last)
     best = 0.0
     with torch.inference_mode():
         for _ in range(2):
@@ -45,8 +45,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| checkpoint | version | parameters | file size | images/s (batch {args.batch}, {args.threads} threads) |")
     print("| --- | --- | --- | --- | --- |")
     for path in args.checkpoints:
-        model, meta = load_checkpoint(Path(path))
-        params = sum(p.numel() for p in model.parameters())
+        model, meta = load_for_inference(Path(path))
+        params = sum(p.numel() for p in build_model(meta.architecture, **meta.arch_args).parameters())  # before folding
         rate = images_per_second(model, meta.preprocessing.input_size, args.batch)
         print(f"| {path} | {meta.version} | {params:,} | {Path(path).stat().st_size / 1e6:.1f} MB | {rate:,.0f} |")
     return 0

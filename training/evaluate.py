@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 
 from shared.imaging import RESIZE_MODES, ImageRejected, Preprocessing, preprocess_bytes
-from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint
+from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
 
 from . import plots
 from .augment import down_up
@@ -52,7 +52,7 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], batch: int = 51
             except ImageRejected as exc:
                 log.warning("undecodable index=%d reason=%r", i, str(exc))
         if arrays:
-            logits = model(torch.from_numpy(np.stack(arrays))).float()
+            logits = model(torch.from_numpy(np.stack(arrays)).contiguous(memory_format=torch.channels_last)).float()
             out[idx] = torch.sigmoid(logits / meta.temperature).numpy()
     return out
 
@@ -61,7 +61,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
              robustness: bool = True, limit: int = 0) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, meta = load_checkpoint(checkpoint)
+    model, meta = load_for_inference(checkpoint)
     sets = load_image_sets(data, meta.preprocessing, splits=(split,), keep_raw=(split,))
     test = sets[split]
     if limit:

@@ -18,7 +18,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from shared.imaging import fit, load_rgb, to_array
-from shared.modeling.checkpoint import load_checkpoint
+from shared.modeling.checkpoint import load_for_inference
 
 from .data import folder_files
 
@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--folder", required=True)
     args = ap.parse_args(argv)
-    model, meta = load_checkpoint(Path(args.checkpoint))
+    model, meta = load_for_inference(Path(args.checkpoint))
     spec = meta.preprocessing
     size = spec.input_size
     items = folder_files(Path(args.folder))

