@@ -20,7 +20,7 @@ def _train(args: argparse.Namespace) -> int:
         data=args.data, out=Path(args.out), arch=args.arch, arch_args=json.loads(args.arch_args),
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema,
         optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
-        device=args.device, limit=args.limit, augment=not args.no_augment, threads=args.threads,
+        device=args.device, limit=args.limit, augment=not args.no_augment, p_shift=args.shift, threads=args.threads,
         resume=args.resume, name=args.name, init_from=args.init_from or "",
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
     t.add_argument("--limit", type=int, default=0, help="train on at most this many images")
     t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--shift", type=float, default=0.0, help="probability of a mirrored shift of up to 3 px")
     t.add_argument("--threads", type=int, default=0)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")

@@ -164,3 +164,16 @@ def test_hub_dataset_name_trains_from_the_local_datasets_cache(mini_dir, tmp_pat
     )
     assert missing.returncode == 2
     assert "acme/never-downloaded" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_shift_augmentation_moves_whole_pixels_and_invents_none():
+    from PIL import Image
+
+    from training.augment import shift
+
+    a = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    b = np.asarray(shift(Image.fromarray(a), 2, -1))
+    assert b.shape == a.shape
+    np.testing.assert_array_equal(b[1:, :30], a[:31, 2:])  # content moved left 2 and down 1
+    np.testing.assert_array_equal(b[0, :30], a[1, 2:])  # the new top row mirrors the old second row
+    assert set(map(tuple, b.reshape(-1, 3))) <= set(map(tuple, a.reshape(-1, 3)))

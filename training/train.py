@@ -44,6 +44,7 @@ class TrainConfig:
     device: str = "auto"
     limit: int = 0  # use only this many training images (quick runs, tests)
     augment: bool = True
+    p_shift: float = 0.0  # probability of a whole-pixel mirrored shift (up to 3 px) in augmentation
     threads: int = 0
     resume: bool = False
     init_from: str = ""  # a checkpoint whose architecture and weights this run starts from (fine-tuning)
@@ -127,7 +128,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
-        ArrayDataset(train_set, spec, Augment(seed=cfg.seed) if cfg.augment else None),
+        ArrayDataset(train_set, spec, Augment(p_shift=cfg.p_shift, seed=cfg.seed) if cfg.augment else None),
         batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_set) > cfg.batch_size,
     )
     val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512)
