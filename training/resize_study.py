@@ -32,19 +32,21 @@ def main(argv: list[str] | None = None) -> None:
     spec = meta.preprocessing
     size = spec.input_size
     items = folder_files(Path(args.folder))
-    images = [load_rgb(p.read_bytes(), 10**9) for p, _ in items]
+    files = [p.read_bytes() for p, _ in items]
     y = np.array([label for _, label in items])
 
     @torch.inference_mode()
     def p_fake(crops):
         return float(torch.sigmoid(model(torch.from_numpy(np.stack(crops))) / meta.temperature).mean())
 
-    def tiles(img, k):
-        # fit() and to_array() are serving's own steps; only the tiling around them is new here.
-        big = fit(img, replace(spec, input_size=k * size))
+    def tiles(data, k):
+        # load_rgb(), fit() and to_array() are serving's own steps (k = 1 is serving exactly, reduced-scale
+        # JPEG decode included); only the tiling around them is new here.
+        big = fit(load_rgb(data, 10**9, target=k * size), replace(spec, input_size=k * size))
         return [to_array(big.crop((x, y, x + size, y + size)), spec) for x in range(0, k * size, size) for y in range(0, k * size, size)]
 
-    def native(img, n=16):
+    def native(data, n=16):
+        img = load_rgb(data, 10**9)
         rng = np.random.default_rng(0)
         w, h = img.size
         return [to_array(img.crop((x, y, x + size, y + size)), spec)
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
               "native crops (leaks pixel scale)": native}
     print("| route | ROC-AUC | accuracy | mean P(fake) real | mean P(fake) fake |\n| --- | --- | --- | --- | --- |")
     for name, route in routes.items():
-        p = np.array([p_fake(route(im)) for im in images])
+        p = np.array([p_fake(route(data)) for data in files])
         print(f"| {name} | {roc_auc_score(y, p):.3f} | {((p >= meta.threshold) == y).mean():.3f} | "
               f"{p[y == 0].mean():.2f} | {p[y == 1].mean():.2f} |")
 
