@@ -177,3 +177,18 @@ def test_shift_augmentation_moves_whole_pixels_and_invents_none():
     np.testing.assert_array_equal(b[1:, :30], a[:31, 2:])  # content moved left 2 and down 1
     np.testing.assert_array_equal(b[0, :30], a[1, 2:])  # the new top row mirrors the old second row
     assert set(map(tuple, b.reshape(-1, 3))) <= set(map(tuple, a.reshape(-1, 3)))
+
+
+def test_fine_tune_with_ema_and_shift_starts_from_our_checkpoint(mini_dir, tmp_path):
+    first, first_meta = train(TrainConfig(data=str(mini_dir), out=tmp_path / "a", arch="seed_cnn", epochs=1,
+                                          limit=64, threads=1))
+    cfg = TrainConfig(data=str(mini_dir), out=tmp_path / "b", arch="tiny_resnet", epochs=1, limit=64, threads=1,
+                      init_from=str(first), ema_decay=0.9, p_shift=0.5)
+    path, meta = train(cfg)
+    assert meta.architecture == "seed_cnn"  # the source checkpoint's architecture wins over --arch
+    assert meta.training["init_from_version"] == first_meta.version
+    assert meta.training["config"]["ema_decay"] == 0.9
+    model, _ = load_checkpoint(path)
+    source, _ = load_checkpoint(first)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, source.state_dict()[k])]
+    assert changed  # it trained: the EMA copy moved away from the starting weights
