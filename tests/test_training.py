@@ -141,12 +141,13 @@ def _seed_datasets_cache(mini_dir, cache, repo_id: str) -> None:
 
 def test_hub_dataset_name_trains_from_the_local_datasets_cache(mini_dir, tmp_path):
     """A hub name goes through datasets' own hub loader; offline it is served from an earlier download."""
+    import os
     import subprocess
     import sys
 
     cache = tmp_path / "hf-datasets"
     _seed_datasets_cache(mini_dir, cache, "acme/ai-vs-real")
-    env = {**__import__("os").environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     run = subprocess.run(
         [sys.executable, "-m", "pixelproof.cli", "train", "--data", "acme/ai-vs-real", "--out", str(tmp_path / "run"),
          "--arch", "seed_cnn", "--epochs", "1", "--limit", "128", "--threads", "1"],
@@ -164,6 +165,13 @@ def test_hub_dataset_name_trains_from_the_local_datasets_cache(mini_dir, tmp_pat
     )
     assert missing.returncode == 2
     assert "acme/never-downloaded" in missing.stderr and "Traceback" not in missing.stderr
+    unreadable = subprocess.run(
+        [sys.executable, "-m", "pixelproof.cli", "evaluate", "--checkpoint", str(tmp_path / "run" / "model.safetensors"),
+         "--data", "acme/never-downloaded", "--out", str(tmp_path / "report")],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert unreadable.returncode == 2
+    assert "acme/never-downloaded" in unreadable.stderr and "Traceback" not in unreadable.stderr
 
 
 def test_shift_augmentation_moves_whole_pixels_and_invents_none():
