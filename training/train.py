@@ -15,7 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
-from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, read_meta, save_checkpoint
+from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from shared.modeling.device import pick_device
 from shared.modeling.registry import build_model
 
@@ -133,9 +133,11 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     )
     val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512)
 
+    provenance: dict[str, str] = {}
     if cfg.init_from:
         # Start from our own earlier checkpoint: its architecture wins, and its version is recorded below.
         model, source = load_checkpoint(Path(cfg.init_from))
+        provenance["init_from_version"] = source.version
         cfg.arch, cfg.arch_args = source.architecture, dict(source.arch_args)
         if source.preprocessing.to_dict() != spec.to_dict():
             raise ValueError(f"{cfg.init_from} was trained with different preprocessing: {source.preprocessing.to_dict()}")
@@ -223,8 +225,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
         training={"config": cfg_dict, "history": history, "n_train": len(train_set), "n_val": len(val_set),
-                  "torch": torch.__version__, "device": str(device),
-                  **({"init_from_version": read_meta(Path(cfg.init_from)).version} if cfg.init_from else {})},
+                  "torch": torch.__version__, "device": str(device), **provenance},
         metrics={"validation": val_metrics},
     )
     path = out / "model.safetensors"
