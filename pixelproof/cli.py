@@ -93,9 +93,9 @@ def _web(args: argparse.Namespace) -> int:
 def _worker(args: argparse.Namespace) -> int:
     from shared.settings import load_settings
 
-    from .stack import worker_command
+    from .stack import beat_schedule_path, worker_command
 
-    schedule = load_settings().data_dir.resolve() / "celerybeat-schedule" if args.beat else None
+    schedule = beat_schedule_path(load_settings()) if args.beat else None
     return _exec(worker_command(concurrency=args.concurrency, beat_schedule=schedule, pool=args.pool))
 
 

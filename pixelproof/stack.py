@@ -15,7 +15,7 @@ from pathlib import Path
 from shared.logs import kv, setup_logging
 from shared.migrate import upgrade
 from shared.queue import QUEUE
-from shared.settings import REPO_ROOT, load_settings
+from shared.settings import REPO_ROOT, Settings, load_settings
 
 from .embedded_redis import EmbeddedRedis
 
@@ -40,6 +40,11 @@ def worker_command(concurrency: int = 1, beat_schedule: Path | None = None, pool
     return cmd
 
 
+def beat_schedule_path(settings: Settings) -> Path:
+    """Where the one beat process keeps its schedule state: beside the service's other data."""
+    return settings.data_dir.resolve() / "celerybeat-schedule"
+
+
 def up() -> int:
     settings = load_settings()
     setup_logging(settings.log_level)
@@ -54,7 +59,7 @@ def up() -> int:
         subprocess.Popen(web_command(settings.port), cwd=REPO_ROOT, env=env),
         # One single-threaded model process per core beats one multi-threaded process on a shared host.
         subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1,
-                                        beat_schedule=settings.data_dir.resolve() / "celerybeat-schedule"),
+                                        beat_schedule=beat_schedule_path(settings)),
                          cwd=REPO_ROOT, env=env),
     ]
     print(f"\nPixelproof is up: http://127.0.0.1:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
