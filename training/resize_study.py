@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
         return [to_array(img.crop((x, y, x + size, y + size)), spec)
                 for x, y in zip(rng.integers(0, w - size, n), rng.integers(0, h - size, n))]
 
-    routes = {"squash (serving)": lambda im: tiles(im, 1), "2x2 tiles": lambda im: tiles(im, 2),
-              "4x4 tiles": lambda im: tiles(im, 4), "8x8 tiles": lambda im: tiles(im, 8),
+    routes = {"squash (serving)": lambda data: tiles(data, 1), "2x2 tiles": lambda data: tiles(data, 2),
+              "4x4 tiles": lambda data: tiles(data, 4), "8x8 tiles": lambda data: tiles(data, 8),
               "native crops (leaks pixel scale)": native}
     print("| route | ROC-AUC | accuracy | mean P(fake) real | mean P(fake) fake |\n| --- | --- | --- | --- | --- |")
     for name, route in routes.items():
