@@ -17,12 +17,13 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.modeling.checkpoint import load_for_inference  # noqa: E402
+from shared.modeling.device import as_input  # noqa: E402
 from shared.modeling.registry import build_model  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
 
 def images_per_second(model: torch.nn.Module, size: int, batch: int, repeats: int = 5, rounds: int = 3) -> float:
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    x = as_input(torch.randn(batch, 3, size, size), "cpu")
     best = 0.0
     with torch.inference_mode():
         for _ in range(2):

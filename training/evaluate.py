@@ -17,6 +17,7 @@ from PIL import Image
 
 from shared.imaging import RESIZE_MODES, ImageRejected, Preprocessing, preprocess_bytes
 from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
+from shared.modeling.device import as_input
 
 from . import plots
 from .augment import down_up
@@ -52,7 +53,7 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], batch: int = 51
             except ImageRejected as exc:
                 log.warning("undecodable index=%d reason=%r", i, str(exc))
         if arrays:
-            logits = model(torch.from_numpy(np.stack(arrays)).contiguous(memory_format=torch.channels_last)).float()
+            logits = model(as_input(torch.from_numpy(np.stack(arrays)), "cpu")).float()
             out[idx] = torch.sigmoid(logits / meta.temperature).numpy()
     return out
 

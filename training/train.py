@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from shared.modeling.device import pick_device
+from shared.modeling.device import as_input, memory_format, pick_device
 from shared.modeling.registry import build_model
 
 from .augment import Augment
@@ -82,7 +82,7 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -
     model.eval()
     logits, labels = [], []
     for x, y in loader:
-        logits.append(model(x.to(device, non_blocking=True)).float().cpu())
+        logits.append(model(as_input(x, device)).float().cpu())
         labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
 
@@ -145,8 +145,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         log.info("init_from checkpoint=%s version=%s", cfg.init_from, source.version)
     else:
         model = build_model(cfg.arch, **cfg.arch_args).to(device)
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
+    model = model.to(memory_format=memory_format(device))
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     else:
@@ -179,7 +178,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
         for x, y in bar:
-            x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = as_input(x, device)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits = model(x)

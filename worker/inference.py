@@ -13,7 +13,7 @@ import torch
 
 from shared.imaging import ImageRejected, preprocess_bytes
 from shared.modeling.checkpoint import load_for_inference
-from shared.modeling.device import pick_device
+from shared.modeling.device import as_input, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +55,7 @@ class Classifier:
 
     @torch.inference_mode()
     def _forward(self, arrays: list[np.ndarray]) -> np.ndarray:
-        x = torch.from_numpy(np.stack(arrays)).to(self.device, non_blocking=True)
-        if self.device.type != "mps":
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits = self.model(x).float()
+        logits = self.model(as_input(torch.from_numpy(np.stack(arrays)), self.device)).float()
         return torch.sigmoid(logits / self.meta.temperature).cpu().numpy()
 
     def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:

@@ -14,6 +14,7 @@ from torch import nn
 
 from shared.imaging import Preprocessing
 
+from .device import memory_format
 from .registry import build_model
 
 log = logging.getLogger(__name__)
@@ -147,7 +148,4 @@ def load_for_inference(path: Path, device: str | torch.device = "cpu") -> tuple[
     """The model as every scorer runs it (worker, evaluation, benchmarks), so that what is measured is what serves."""
     model, meta = load_checkpoint(path, device="cpu")
     device = torch.device(device)
-    model = fold_batchnorm(model).to(device)
-    if device.type != "mps":
-        model = model.to(memory_format=torch.channels_last)
-    return model, meta
+    return fold_batchnorm(model).to(device, memory_format=memory_format(device)), meta
