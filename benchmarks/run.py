@@ -22,6 +22,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
+import psutil
 import requests
 from PIL import Image
 
@@ -73,18 +74,6 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
-def descendants(pid: int) -> list[int]:
-    kids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid:
-            kids.append(int(stat.parent.name))
-    return kids + [d for k in kids for d in descendants(k)]
-
-
 class MemoryWatch:
     """Samples VmHWM of process trees until stopped (children come and go; the peak is kept)."""
 
@@ -102,7 +91,11 @@ class MemoryWatch:
         while not self._stop.wait(0.25):
             for name, pids in list(self.roots.items()):
                 for pid in pids:
-                    for p in [pid, *descendants(pid)]:
+                    try:
+                        tree = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+                    except psutil.NoSuchProcess:
+                        continue
+                    for p in tree:
                         self.peak[name] = max(self.peak.get(name, 0.0), rss_peak_mb(p))
 
     def stop(self):
@@ -368,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
         (f"1. ceiling: one process, decode + preprocess + classify in batches ({ceil_setup})", f"{ceil1:.0f} images/s", f"{ceil1 / ceil:.2f} x ceiling"),
         (f"1. ceiling: the same work in {cores} single-threaded processes, no queue", f"{ceil2:.0f} images/s", f"{ceil2 / ceil:.2f} x ceiling"),
         (f"2. end to end, 1 worker (gunicorn, Redis, {db_kind}, Celery)", f"{e1:.0f} images/s", f"{e1 / ceil:.2f} x ceiling, {e1 / sync:.1f} x synchronous"),
-        (f"5. end to end, 2 workers", f"{e2:.0f} images/s", f"{e2 / ceil:.2f} x ceiling, {e2 / e1:.2f} x 1 worker"),
+        ("5. end to end, 2 workers", f"{e2:.0f} images/s", f"{e2 / ceil:.2f} x ceiling, {e2 / e1:.2f} x 1 worker"),
         ("3. synchronous endpoint, one image per request (4 clients)", f"{sync:.0f} images/s", f"best end to end = {best / sync:.1f} x this"),
         ("4. one-image job latency, upload to result seen by a long-polling client", f"p50 {p50:.0f} ms, p95 {p95:.0f} ms", "target p50 <= 250 ms"),
         ("6. peak RSS, web (largest gunicorn process)", f"{max(web_mb, web_mb2):.0f} MB", "target <= 150 MB"),

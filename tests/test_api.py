@@ -10,8 +10,6 @@ from redis import Redis
 from shared.queue import QUEUE
 from web.openapi import OPENAPI
 
-from .conftest import service_env
-
 
 def jpeg_bytes(mini_dir, n=1):
     files = sorted((mini_dir / "real").iterdir())[:n]

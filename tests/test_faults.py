@@ -7,9 +7,9 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import requests
 from PIL import Image
@@ -20,8 +20,8 @@ from shared.migrate import upgrade
 from shared.models import ImageItem
 
 from .conftest import service_env
-from .processes import start_web, start_worker
-from .test_end_to_end import all_results, mini_files, upload_all, wait_done
+from .processes import start_worker
+from .test_end_to_end import all_results, mini_files, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -44,18 +44,6 @@ def post(client, files, job=None):
     resp = client.post(url, data=data, content_type="multipart/form-data")
     assert resp.status_code == 202, resp.get_json()
     return resp.get_json()
-
-
-def children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
 
 
 def count_running(db_url: str) -> int:
@@ -90,7 +78,7 @@ def test_worker_child_killed_mid_batch_is_redelivered(make_app, db_url, redis_se
         client = make_app(env).test_client()
         job = post(client, slow_pngs(24))
         wait_until(lambda: count_running(db_url) > 0, 60, "a batch to start")
-        victims = children(worker.popen.pid)
+        victims = [c.pid for c in psutil.Process(worker.popen.pid).children()]
         assert victims, "prefork worker has no child"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
