@@ -29,7 +29,7 @@ def _reads_dataset(command):
 def _train(args: argparse.Namespace) -> int:
     from shared.imaging import Preprocessing
     from shared.logs import setup_logging
-    from training.train import TrainConfig, train
+    from training.train import RunMismatch, TrainConfig, train
 
     setup_logging()
     cfg = TrainConfig(
@@ -40,7 +40,11 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume, name=args.name, init_from=args.init_from or "",
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
-    path, meta = train(cfg)
+    try:
+        path, meta = train(cfg)
+    except RunMismatch as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"checkpoint {path} version {meta.version}")
     return 0
 

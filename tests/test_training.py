@@ -103,6 +103,17 @@ def test_resume_continues_from_saved_state(mini_dir, tmp_path):
     assert [h["epoch"] for h in meta.training["history"]] == [1, 2]
 
 
+def test_resume_refuses_a_run_folder_written_with_other_arguments(mini_dir, tmp_path, capsys):
+    from pixelproof.cli import main
+
+    args = ["train", "--data", str(mini_dir), "--out", str(tmp_path), "--arch", "seed_cnn", "--limit", "64", "--threads", "1"]
+    assert main([*args, "--epochs", "1"]) == 0
+    # More epochs would stretch a one-cycle schedule that has already ended; say so instead of failing inside torch.
+    assert main([*args, "--epochs", "3", "--resume"]) == 2
+    assert "different arguments (epochs)" in capsys.readouterr().err
+    assert main([*args, "--epochs", "1", "--resume", "--threads", "2"]) == 0  # threads do not change what is trained
+
+
 def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
     """The committed checkpoint, evaluated on the CIFAKE test split, gives the numbers its card quotes."""
     from shared.settings import DEFAULT_CHECKPOINT

@@ -52,6 +52,18 @@ class TrainConfig:
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
 
+class RunMismatch(ValueError):
+    """The arguments contradict the run folder or the checkpoint they point at; the user must choose."""
+
+
+# What may differ between an interrupted run and its resumption: these do not change what is trained.
+_RESUMABLE_CHANGES = {"resume", "threads", "device", "patience"}
+
+
+def _run_arguments(cfg: TrainConfig) -> dict:
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+
+
 class ArrayDataset(Dataset):
     """uint8 images -> the exact tensors serving produces (shared.imaging.to_array), plus augmentation."""
 
@@ -140,7 +152,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         provenance["init_from_version"] = source.version
         cfg.arch, cfg.arch_args = source.architecture, dict(source.arch_args)
         if source.preprocessing.to_dict() != spec.to_dict():
-            raise ValueError(f"{cfg.init_from} was trained with different preprocessing: {source.preprocessing.to_dict()}")
+            raise RunMismatch(f"{cfg.init_from} was trained with different preprocessing: {source.preprocessing.to_dict()}")
         model = model.train().to(device)
         log.info("init_from checkpoint=%s version=%s", cfg.init_from, source.version)
     else:
@@ -165,6 +177,12 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     state_path = out / "state.pt"
     if cfg.resume and state_path.exists():
         st = torch.load(state_path, map_location=device, weights_only=False)
+        # The learning-rate schedule, the data split and the augmentation all follow from the arguments; resuming
+        # under others would silently train something no command describes (or fail deep in the scheduler).
+        changed = sorted(k for k, v in _run_arguments(cfg).items() if st.get("arguments", {}).get(k, v) != v)
+        if changed:
+            raise RunMismatch(f"{state_path} belongs to a run with different arguments ({', '.join(changed)}); "
+                              "resume with the same arguments, or train into a new --out")
         model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
@@ -209,7 +227,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
             bad_epochs += 1
         torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
                     "ema": ema.state_dict() if ema is not None else None, "history": history, "best_val": best_val, "best_state": best_state, "bad_epochs": bad_epochs,
-                    "epoch": epoch, "rng": torch.get_rng_state()}, state_path)
+                    "epoch": epoch, "rng": torch.get_rng_state(), "arguments": _run_arguments(cfg)}, state_path)
         (out / "history.json").write_text(json.dumps(history, indent=2))
         if bad_epochs >= cfg.patience:
             log.info("early stop epoch=%d best_val_loss=%.4f", epoch + 1, best_val)
