@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 
+import psutil
 import pytest
 import requests
 
 from pixelproof.embedded_redis import free_port
 from shared.settings import REPO_ROOT
 
-from .test_faults import children, wait_until
+from .test_faults import wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -43,12 +44,12 @@ def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
             job = requests.get(f"{base}/api/jobs/{job['id']}?wait=10&done={job['done']}", timeout=30).json()
         assert job["done"] == 1 and job["errors"] == 0
         assert (tmp_path / "var" / "pixelproof.db").exists()  # SQLite, the embedded default
-        kids = children(proc.pid)
+        kids = psutil.Process(proc.pid).children()
         assert len(kids) >= 3  # redis-server, gunicorn, celery
     finally:
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert "Pixelproof stopped." in (tmp_path / "up.log").read_text()
-    for pid in kids:  # nothing left running
-        assert not os.path.exists(f"/proc/{pid}") or "Z" in open(f"/proc/{pid}/stat").read().split()[2]
+    for kid in kids:  # nothing left running
+        assert not kid.is_running() or kid.status() == psutil.STATUS_ZOMBIE, kid
