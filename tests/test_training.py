@@ -124,7 +124,7 @@ def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
     if not (DATASETS / "cifake").is_dir():
         unavailable("CIFAKE parquet not found")
     card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
-    assert card["version"] == read_meta(DEFAULT_CHECKPOINT).version
+    assert card["summary"]["version"] == read_meta(DEFAULT_CHECKPOINT).version
     report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False)
     fresh, quoted = report["results"]["test"], card["results"]["test"]
     for key in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1", "confusion_matrix"):
