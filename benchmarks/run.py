@@ -33,6 +33,7 @@ from pixelproof.embedded_redis import EmbeddedRedis, free_port  # noqa: E402
 from pixelproof.stack import web_command, worker_command  # noqa: E402
 from pixelproof.submit import Client  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
+from shared.modeling.checkpoint import read_meta  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
@@ -378,7 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                   "GPU utilisation) are not measured here. On a CUDA host the same command runs the workers on the "
                   "GPU (`PIXELPROOF_DEVICE=auto`).")
     table = "| measurement | figure | ratio |\n| --- | --- | --- |\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
-    report = (f"# Benchmark results\n\nMachine: {machine()}\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
+    report = (f"# Benchmark results\n\nMachine: {machine()}\n\nModel: `{read_meta(DEFAULT_CHECKPOINT).version}` "
+              f"(the default checkpoint, which every worker serves)\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
               f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
               f"`python benchmarks/run.py{' --smoke' if args.smoke else ''}`\n\n{table}\n\n{notes}\n")
     print("\n" + table)
