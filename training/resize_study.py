@@ -19,6 +19,7 @@ from sklearn.metrics import roc_auc_score
 
 from shared.imaging import fit, load_rgb, to_array
 from shared.modeling.checkpoint import load_for_inference
+from shared.modeling.device import as_input
 
 from .data import folder_files
 
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> None:
 
     @torch.inference_mode()
     def p_fake(crops):
-        return float(torch.sigmoid(model(torch.from_numpy(np.stack(crops))) / meta.temperature).mean())
+        return float(torch.sigmoid(model(as_input(torch.from_numpy(np.stack(crops)), "cpu")) / meta.temperature).mean())
 
     def tiles(data, k):
         # load_rgb(), fit() and to_array() are serving's own steps (k = 1 is serving exactly, reduced-scale
