@@ -60,8 +60,13 @@ class RunMismatch(ValueError):
 _RESUMABLE_CHANGES = {"resume", "threads", "device", "patience"}
 
 
+def _config_dict(cfg: TrainConfig, leave_out: set[str]) -> dict:
+    """The configuration as plain JSON-able values (paths as strings), for the checkpoint and the resume state."""
+    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in leave_out}
+
+
 def _run_arguments(cfg: TrainConfig) -> dict:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k not in _RESUMABLE_CHANGES}
+    return _config_dict(cfg, _RESUMABLE_CHANGES)
 
 
 class ArrayDataset(Dataset):
@@ -238,7 +243,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     v_logits, v_labels = predict_logits(model, val_loader, device)
     temperature = fit_temperature(v_logits, v_labels)
     val_metrics = classification_report(v_labels, sigmoid(v_logits / temperature))
-    cfg_dict = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "preprocessing"}
+    cfg_dict = _config_dict(cfg, {"preprocessing"})
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
         training={"config": cfg_dict, "history": history, "n_train": len(train_set), "n_val": len(val_set),
