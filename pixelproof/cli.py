@@ -10,26 +10,28 @@ import sys
 from pathlib import Path
 
 
-def _reads_dataset(command):
-    """train and evaluate: a --data source that cannot be read is the user's to fix, so one line and exit 2."""
+def _user_errors_exit_2(command):
+    """train and evaluate: a --data source that cannot be read, or arguments that contradict the run folder,
+    are the user's to fix, so one line and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
         from training.data import DatasetUnavailable
+        from training.train import RunMismatch
 
         try:
             return command(args)
-        except DatasetUnavailable as exc:
+        except (DatasetUnavailable, RunMismatch) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 
     return run
 
 
-@_reads_dataset
+@_user_errors_exit_2
 def _train(args: argparse.Namespace) -> int:
     from shared.imaging import Preprocessing
     from shared.logs import setup_logging
-    from training.train import RunMismatch, TrainConfig, train
+    from training.train import TrainConfig, train
 
     setup_logging()
     cfg = TrainConfig(
@@ -40,16 +42,12 @@ def _train(args: argparse.Namespace) -> int:
         resume=args.resume, name=args.name, init_from=args.init_from or "",
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
-    try:
-        path, meta = train(cfg)
-    except RunMismatch as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    path, meta = train(cfg)
     print(f"checkpoint {path} version {meta.version}")
     return 0
 
 
-@_reads_dataset
+@_user_errors_exit_2
 def _evaluate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.evaluate import evaluate
