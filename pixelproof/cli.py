@@ -9,6 +9,8 @@ import json
 import sys
 from pathlib import Path
 
+from shared.settings import PRECISIONS
+
 
 def _user_errors_exit_2(command):
     """train and evaluate: a --data source that cannot be read, or arguments that contradict the run folder,
@@ -39,7 +41,7 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema,
         optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
         device=args.device, limit=args.limit, augment=not args.no_augment, p_shift=args.shift, threads=args.threads,
-        resume=args.resume, name=args.name, init_from=args.init_from or "",
+        precision=args.precision, resume=args.resume, name=args.name, init_from=args.init_from or "",
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
     path, meta = train(cfg)
@@ -53,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from training.evaluate import evaluate
 
     setup_logging()
-    report = evaluate(Path(args.checkpoint), args.data, Path(args.out), split=args.split,
+    report = evaluate(Path(args.checkpoint), args.data, Path(args.out), split=args.split, precision=args.precision,
                       cross_domain=args.cross_domain, robustness=not args.no_robustness, limit=args.limit)
     print(json.dumps(report["summary"], indent=2))
     return 0
@@ -162,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-augment", action="store_true")
     t.add_argument("--shift", type=float, default=0.0, help="probability of a mirrored shift of up to 3 px")
     t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="auto: float16 on CUDA, bfloat16 on a CPU with native support, else float32")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")
     t.add_argument("--name", default="pixelproof")
@@ -177,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", required=True)
     e.add_argument("--no-robustness", action="store_true")
     e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--precision", default="auto", choices=PRECISIONS,
+                   help="arithmetic of the forward pass; auto: as a worker on this machine would serve")
     e.set_defaults(func=_evaluate)
     return p
 

@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default.safetensors"
+
+# Arithmetic of the forward pass (shared.modeling.device.compute_dtype); "auto" follows the hardware.
+Precision = Literal["auto", "float32", "bfloat16", "float16"]
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 
 class SettingsError(SystemExit):
@@ -33,6 +37,7 @@ class Settings(BaseSettings):
     # The model.
     model_path: Path = DEFAULT_CHECKPOINT
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
+    precision: Precision = "auto"
     batch_size: int = Field(default=128, ge=1, le=4096)
     decode_threads: int = Field(default=2, ge=1, le=64)
     torch_threads: int = Field(default=0, ge=0, le=256)  # 0: let the worker pick from its CPU share

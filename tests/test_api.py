@@ -155,6 +155,8 @@ def test_web_config_error_fails_at_start(make_app, stack_env):
 
     with pytest.raises(SettingsError, match="PIXELPROOF_BATCH_SIZE|BATCH_SIZE"):
         make_app({**stack_env, "PIXELPROOF_BATCH_SIZE": "zero"})
+    with pytest.raises(SettingsError, match="PRECISION"):
+        make_app({**stack_env, "PIXELPROOF_PRECISION": "half"})
 
 
 def test_database_down_is_503_not_a_stack_trace(make_app, stack_env, mini_dir):

@@ -28,10 +28,15 @@ def test_each_model_trains_and_round_trips(arch, mini_dir, tmp_path):
     again, _ = load_checkpoint(path)
     x = torch.from_numpy(np.stack([preprocess_bytes(p.read_bytes(), loaded.preprocessing)
                                    for p in sorted(mini_dir.rglob("*.jpg"))[:16]]))
-    served, _ = load_for_inference(path)  # batchnorm folded, channels-last: what workers and evaluate run
+    served, _ = load_for_inference(path, precision="float32")  # batchnorm folded, channels-last, as workers run it
+    halved, _ = load_for_inference(path, precision="bfloat16")
     with torch.inference_mode():
         assert torch.equal(model(x), again(x))
-        torch.testing.assert_close(served(x.contiguous(memory_format=torch.channels_last)), model(x), atol=1e-4, rtol=1e-4)
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        torch.testing.assert_close(served(x_cl), model(x), atol=1e-4, rtol=1e-4)
+        # bfloat16 keeps 8 bits of mantissa: logits move by a few hundredths, and come back as float32
+        assert halved(x_cl).dtype == torch.float32
+        torch.testing.assert_close(halved(x_cl), model(x), atol=0.1, rtol=0.05)
     if any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()):
         assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in served.modules())
     assert (tmp_path / "history.json").exists()
@@ -125,7 +130,10 @@ def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
         unavailable("CIFAKE parquet not found")
     card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
     assert card["summary"]["version"] == read_meta(DEFAULT_CHECKPOINT).version
-    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False)
+    # The card states the arithmetic its numbers were measured in; the same arithmetic must reproduce them.
+    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False,
+                      precision=card["summary"].get("precision", "float32"))
+    assert report["summary"]["precision"] == card["summary"].get("precision", "float32")
     fresh, quoted = report["results"]["test"], card["results"]["test"]
     for key in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1", "confusion_matrix"):
         # 1e-6, not 0: kernels differ across CPUs in the last float bits, which can swap two near-equal scores
@@ -211,3 +219,15 @@ def test_fine_tune_with_ema_and_shift_starts_from_our_checkpoint(mini_dir, tmp_p
     source, _ = load_checkpoint(first)
     changed = [k for k, v in model.state_dict().items() if not torch.equal(v, source.state_dict()[k])]
     assert changed  # it trained: the EMA copy moved away from the starting weights
+
+
+def test_precision_follows_the_hardware_unless_named():
+    from shared.modeling.device import bf16_native, compute_dtype
+
+    assert compute_dtype("cpu", "float32") is None
+    assert compute_dtype("cpu", "bfloat16") == torch.bfloat16
+    assert compute_dtype("cuda", "auto") == torch.float16
+    assert compute_dtype("mps", "auto") is None
+    assert compute_dtype("cpu", "auto") == (torch.bfloat16 if bf16_native() else None)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        compute_dtype("cpu", "int8")

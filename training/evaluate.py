@@ -17,7 +17,7 @@ from PIL import Image
 
 from shared.imaging import RESIZE_MODES, ImageRejected, Preprocessing, preprocess_bytes
 from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
-from shared.modeling.device import as_input
+from shared.modeling.device import as_input, precision_name
 
 from . import plots
 from .augment import down_up
@@ -59,10 +59,10 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], batch: int = 51
 
 
 def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_domain: str | None = None,
-             robustness: bool = True, limit: int = 0) -> dict:
+             robustness: bool = True, limit: int = 0, precision: str = "auto") -> dict:
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, meta = load_for_inference(checkpoint)
+    model, meta = load_for_inference(checkpoint, precision=precision)
     sets = load_image_sets(data, meta.preprocessing, splits=(split,), keep_raw=(split,))
     test = sets[split]
     if limit:
@@ -104,7 +104,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
     drops = robustness_drops(results, split)
     summary = {
         "checkpoint": str(checkpoint), "version": meta.version, "architecture": meta.architecture,
-        "temperature": meta.temperature,
+        "temperature": meta.temperature, "precision": precision_name(model.dtype),
         **{name: {k: r[k] for k in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1")} for name, r in results.items()},
         "robustness_drop_points": {name: round(d, 2) for name, d in drops.items()},
     }

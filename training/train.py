@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from shared.modeling.device import as_input, memory_format, pick_device
+from shared.modeling.device import as_input, autocast, compute_dtype, memory_format, pick_device
 from shared.modeling.registry import build_model
 
 from .augment import Augment
@@ -46,6 +46,7 @@ class TrainConfig:
     augment: bool = True
     p_shift: float = 0.0  # probability of a whole-pixel mirrored shift (up to 3 px) in augmentation
     threads: int = 0
+    precision: str = "auto"  # shared.modeling.device.compute_dtype: float16 on CUDA, bfloat16 on a CPU that has it
     resume: bool = False
     init_from: str = ""  # a checkpoint whose architecture and weights this run starts from (fine-tuning)
     name: str = "pixelproof"
@@ -95,11 +96,13 @@ def seed_everything(seed: int) -> None:
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device) -> tuple[np.ndarray, np.ndarray]:
+def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
+                   dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
     model.eval()
     logits, labels = [], []
     for x, y in loader:
-        logits.append(model(as_input(x, device)).float().cpu())
+        with autocast(device, dtype):
+            logits.append(model(as_input(x, device)).float().cpu())
         labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
 
@@ -141,7 +144,8 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         rng = np.random.default_rng(cfg.seed)
         train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
         val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
-    log.info("data source=%s train=%d val=%d device=%s", cfg.data, len(train_set), len(val_set), device)
+    log.info("data source=%s train=%d val=%d device=%s precision=%s", cfg.data, len(train_set), len(val_set), device,
+             compute_dtype(device, cfg.precision) or torch.float32)
 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -173,8 +177,9 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     # AveragedModel also averages the BatchNorm statistics, so the averaged copy is complete on its own.
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
                                                use_buffers=True) if cfg.ema_decay > 0 else None)
-    use_amp = device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    amp_dtype = compute_dtype(device, cfg.precision)
+    # float16 needs its gradients scaled to stay in range; bfloat16 has float32's exponent and does not.
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     loss_fn = nn.BCEWithLogitsLoss()
 
     history: list[dict] = []
@@ -203,7 +208,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         for x, y in bar:
             x = as_input(x, device)
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+            with autocast(device, amp_dtype):
                 logits = model(x)
                 loss = loss_fn(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -218,7 +223,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
             correct += ((logits.detach() > 0).float() == y).sum().item()
             bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
         scored = ema.module if ema is not None else model
-        v_logits, v_labels = predict_logits(scored, val_loader, device)
+        v_logits, v_labels = predict_logits(scored, val_loader, device, amp_dtype)
         v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
         v_acc = float(((v_logits > 0).astype(int) == v_labels).mean())
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
@@ -240,7 +245,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
 
     model.load_state_dict(best_state)
     model = model.to(memory_format=torch.contiguous_format)
-    v_logits, v_labels = predict_logits(model, val_loader, device)
+    v_logits, v_labels = predict_logits(model, val_loader, device, amp_dtype)
     temperature = fit_temperature(v_logits, v_labels)
     val_metrics = classification_report(v_labels, sigmoid(v_logits / temperature))
     cfg_dict = _config_dict(cfg, {"preprocessing"})

@@ -13,7 +13,7 @@ import torch
 
 from shared.imaging import ImageRejected, preprocess_bytes
 from shared.modeling.checkpoint import load_for_inference
-from shared.modeling.device import as_input, pick_device
+from shared.modeling.device import as_input, pick_device, precision_name
 
 log = logging.getLogger(__name__)
 
@@ -28,13 +28,14 @@ class Outcome:
 
 class Classifier:
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, decode_threads: int = 2,
-                 max_pixels: int = 40_000_000):
+                 max_pixels: int = 40_000_000, precision: str = "auto"):
         self.device = pick_device(device)
-        self.model, self.meta = load_for_inference(checkpoint, device=self.device)
+        self.model, self.meta = load_for_inference(checkpoint, device=self.device, precision=precision)
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
-        log.info("model loaded version=%s device=%s arch=%s", self.version, self.device, self.meta.architecture)
+        log.info("model loaded version=%s device=%s precision=%s arch=%s", self.version, self.device,
+                 precision_name(self.model.dtype), self.meta.architecture)
 
     @property
     def version(self) -> str:

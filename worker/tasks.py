@@ -37,7 +37,8 @@ class WorkerContext:
             if self._classifier is None:
                 s = self.settings
                 torch.set_num_threads(default_torch_threads(s.torch_threads, self.processes))
-                self._classifier = Classifier(s.model_path, s.device, s.batch_size, s.decode_threads, s.max_pixels)
+                self._classifier = Classifier(s.model_path, s.device, s.batch_size, s.decode_threads, s.max_pixels,
+                                              precision=s.precision)
             return self._classifier
 
     def after_fork(self) -> None:

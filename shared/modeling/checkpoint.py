@@ -14,7 +14,7 @@ from torch import nn
 
 from shared.imaging import Preprocessing
 
-from .device import memory_format
+from .device import autocast, compute_dtype, memory_format
 from .registry import build_model
 
 log = logging.getLogger(__name__)
@@ -144,8 +144,25 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         return model
 
 
-def load_for_inference(path: Path, device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointMeta]:
-    """The model as every scorer runs it (worker, evaluation, benchmarks), so that what is measured is what serves."""
+class InPrecision(nn.Module):
+    """Runs a float32 model under autocast and hands back float32 logits, so callers never see the precision."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.model(x).float()
+
+
+def load_for_inference(path: Path, device: str | torch.device = "cpu",
+                       precision: str = "auto") -> tuple[InPrecision, CheckpointMeta]:
+    """The model as every scorer runs it (worker, evaluation, benchmarks), so that what is measured is what serves.
+
+    ``precision`` (shared.modeling.device.compute_dtype) is the arithmetic of the forward pass; the model card
+    states which one its numbers were measured in."""
     model, meta = load_checkpoint(path, device="cpu")
     device = torch.device(device)
-    return fold_batchnorm(model).to(device, memory_format=memory_format(device)), meta
+    folded = fold_batchnorm(model).to(device, memory_format=memory_format(device))
+    return InPrecision(folded, device, compute_dtype(device, precision)).eval(), meta
