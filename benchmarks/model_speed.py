@@ -17,9 +17,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from shared.modeling.checkpoint import load_for_inference  # noqa: E402
-from shared.modeling.device import as_input  # noqa: E402
+from shared.modeling.device import as_input, precision_name  # noqa: E402
 from shared.modeling.registry import build_model  # noqa: E402
-from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from shared.settings import DEFAULT_CHECKPOINT, PRECISIONS  # noqa: E402
 
 
 def images_per_second(model: torch.nn.Module, size: int, batch: int, repeats: int = 5, rounds: int = 3) -> float:
@@ -41,15 +41,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("checkpoints", nargs="*", default=[str(DEFAULT_CHECKPOINT)])
     ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--precision", nargs="+", default=["auto", "float32"], choices=PRECISIONS,
+                    help="one row per precision; auto is what a worker on this machine serves in")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"| checkpoint | version | parameters | file size | images/s (batch {args.batch}, {args.threads} threads) |")
-    print("| --- | --- | --- | --- | --- |")
+    print(f"| checkpoint | version | parameters | file size | precision | images/s (batch {args.batch}, {args.threads} threads) |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for path in args.checkpoints:
-        model, meta = load_for_inference(Path(path))
-        params = sum(p.numel() for p in build_model(meta.architecture, **meta.arch_args).parameters())  # before folding
-        rate = images_per_second(model, meta.preprocessing.input_size, args.batch)
-        print(f"| {path} | {meta.version} | {params:,} | {Path(path).stat().st_size / 1e6:.1f} MB | {rate:,.0f} |")
+        done = set()
+        for precision in args.precision:
+            model, meta = load_for_inference(Path(path), precision=precision)
+            name = precision_name(model.dtype)
+            if name in done:  # auto resolved to a precision already measured
+                continue
+            done.add(name)
+            params = sum(p.numel() for p in build_model(meta.architecture, **meta.arch_args).parameters())  # before folding
+            rate = images_per_second(model, meta.preprocessing.input_size, args.batch)
+            served = " (served here)" if precision == "auto" else ""
+            print(f"| {path} | {meta.version} | {params:,} | {Path(path).stat().st_size / 1e6:.1f} MB | {name}{served} | {rate:,.0f} |")
     return 0
 
 
