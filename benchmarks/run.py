@@ -34,6 +34,7 @@ from pixelproof.stack import web_command, worker_command  # noqa: E402
 from pixelproof.submit import Client  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.modeling.checkpoint import read_meta  # noqa: E402
+from shared.modeling.device import compute_dtype, precision_name  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
@@ -380,7 +381,8 @@ def main(argv: list[str] | None = None) -> int:
                   "GPU (`PIXELPROOF_DEVICE=auto`).")
     table = "| measurement | figure | ratio |\n| --- | --- | --- |\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
     report = (f"# Benchmark results\n\nMachine: {machine()}\n\nModel: `{read_meta(DEFAULT_CHECKPOINT).version}` "
-              f"(the default checkpoint, which every worker serves)\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
+              f"(the default checkpoint, which every worker serves), forward pass in "
+              f"{precision_name(compute_dtype('cpu'))} (`PIXELPROOF_PRECISION=auto` on this CPU)\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
               f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
               f"`python benchmarks/run.py{' --smoke' if args.smoke else ''}`\n\n{table}\n\n{notes}\n")
     print("\n" + table)
