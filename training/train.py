@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from shared.modeling.device import as_input, autocast, compute_dtype, memory_format, pick_device
+from shared.modeling.device import as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
 from shared.modeling.registry import build_model
 
 from .augment import Augment
@@ -145,7 +145,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
         val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
     log.info("data source=%s train=%d val=%d device=%s precision=%s", cfg.data, len(train_set), len(val_set), device,
-             compute_dtype(device, cfg.precision) or torch.float32)
+             precision_name(compute_dtype(device, cfg.precision)))
 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
