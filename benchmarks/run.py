@@ -35,7 +35,7 @@ from pixelproof.submit import Client  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.modeling.checkpoint import read_meta  # noqa: E402
 from shared.modeling.device import compute_dtype, precision_name  # noqa: E402
-from shared.settings import DEFAULT_CHECKPOINT  # noqa: E402
+from shared.settings import DEFAULT_CHECKPOINT, load_settings  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
 
@@ -171,7 +171,8 @@ def ceiling(files: list[Path], batch_size: int, cores: int) -> tuple[float, str]
     best = (0.0, "")
     for torch_threads, decode_threads in {(cores, 1), (cores, 2), (1, 1), (1, 2)}:
         torch.set_num_threads(torch_threads)
-        clf = Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=batch_size, decode_threads=decode_threads)
+        clf = Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=batch_size, decode_threads=decode_threads,
+                         precision=load_settings().precision)
         clf.classify([p.read_bytes for p in files[:batch_size]])  # warm-up
         t0 = time.perf_counter()
         for start in range(0, len(files), batch_size):
@@ -207,7 +208,7 @@ def _ceiling_part(files, batch_size, start, done) -> None:
     from worker.inference import Classifier
 
     torch.set_num_threads(1)
-    clf = Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=batch_size, decode_threads=1)
+    clf = Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=batch_size, decode_threads=1, precision=load_settings().precision)
     clf.classify([p.read_bytes for p in files[:batch_size]])  # warm-up
     start.wait()
     for i in range(0, len(files), batch_size):
@@ -380,9 +381,10 @@ def main(argv: list[str] | None = None) -> int:
                   "GPU utilisation) are not measured here. On a CUDA host the same command runs the workers on the "
                   "GPU (`PIXELPROOF_DEVICE=auto`).")
     table = "| measurement | figure | ratio |\n| --- | --- | --- |\n" + "\n".join(f"| {a} | {b} | {c} |" for a, b, c in rows)
+    precision = load_settings().precision  # the workers, the ceilings and the synchronous server all read this one
     report = (f"# Benchmark results\n\nMachine: {machine()}\n\nModel: `{read_meta(DEFAULT_CHECKPOINT).version}` "
               f"(the default checkpoint, which every worker serves), forward pass in "
-              f"{precision_name(compute_dtype('cpu'))} (`PIXELPROOF_PRECISION=auto` on this CPU)\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
+              f"{precision_name(compute_dtype('cpu', precision))} (`PIXELPROOF_PRECISION={precision}` on this CPU)\n\nImages: {args.small} CIFAKE test JPEGs (32x32) + "
               f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
               f"`python benchmarks/run.py{' --smoke' if args.smoke else ''}`\n\n{table}\n\n{notes}\n")
     print("\n" + table)

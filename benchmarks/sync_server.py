@@ -6,10 +6,12 @@ import os
 import torch
 from flask import Flask, jsonify, request
 
+from shared.settings import load_settings
 from worker.inference import Classifier
 
 torch.set_num_threads(int(os.environ.get("PIXELPROOF_TORCH_THREADS", "1")) or 1)
-classifier = Classifier(os.environ["PIXELPROOF_MODEL_PATH"], "cpu", batch_size=1, decode_threads=1)
+classifier = Classifier(os.environ["PIXELPROOF_MODEL_PATH"], "cpu", batch_size=1, decode_threads=1,
+                        precision=load_settings().precision)
 app = Flask(__name__)
 
 
