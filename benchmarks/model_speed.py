@@ -16,7 +16,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from shared.modeling.checkpoint import load_for_inference  # noqa: E402
+from shared.modeling.checkpoint import load_for_inference, read_meta  # noqa: E402
 from shared.modeling.device import as_input, precision_name  # noqa: E402
 from shared.modeling.registry import build_model  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT, PRECISIONS  # noqa: E402
@@ -48,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| checkpoint | version | parameters | file size | precision | images/s (batch {args.batch}, {args.threads} threads) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for path in args.checkpoints:
+        meta = read_meta(Path(path))
+        params = sum(p.numel() for p in build_model(meta.architecture, **meta.arch_args).parameters())  # before folding
         done = set()
         for precision in args.precision:
             model, meta = load_for_inference(Path(path), precision=precision)
@@ -55,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
             if name in done:  # auto resolved to a precision already measured
                 continue
             done.add(name)
-            params = sum(p.numel() for p in build_model(meta.architecture, **meta.arch_args).parameters())  # before folding
             rate = images_per_second(model, meta.preprocessing.input_size, args.batch)
             served = " (served here)" if precision == "auto" else ""
             print(f"| {path} | {meta.version} | {params:,} | {Path(path).stat().st_size / 1e6:.1f} MB | {name}{served} | {rate:,.0f} |")
