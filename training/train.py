@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from shared.modeling.device import as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
+from shared.modeling.device import InPrecision, as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
 from shared.modeling.registry import build_model
 
 from .augment import Augment
@@ -98,11 +98,10 @@ def seed_everything(seed: int) -> None:
 @torch.inference_mode()
 def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
                    dtype: torch.dtype | None = None) -> tuple[np.ndarray, np.ndarray]:
-    model.eval()
+    scorer = InPrecision(model.eval(), device, dtype)  # validated in the arithmetic it trains and serves in
     logits, labels = [], []
     for x, y in loader:
-        with autocast(device, dtype):
-            logits.append(model(as_input(x, device)).float().cpu())
+        logits.append(scorer(as_input(x, device)).cpu())
         labels.append(y)
     return torch.cat(logits).numpy(), torch.cat(labels).numpy().astype(int)
 
@@ -144,8 +143,9 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         rng = np.random.default_rng(cfg.seed)
         train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
         val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
+    amp_dtype = compute_dtype(device, cfg.precision)
     log.info("data source=%s train=%d val=%d device=%s precision=%s", cfg.data, len(train_set), len(val_set), device,
-             precision_name(compute_dtype(device, cfg.precision)))
+             precision_name(amp_dtype))
 
     gen = torch.Generator().manual_seed(cfg.seed)
     train_loader = DataLoader(
@@ -177,7 +177,6 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     # AveragedModel also averages the BatchNorm statistics, so the averaged copy is complete on its own.
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
                                                use_buffers=True) if cfg.ema_decay > 0 else None)
-    amp_dtype = compute_dtype(device, cfg.precision)
     # float16 needs its gradients scaled to stay in range; bfloat16 has float32's exponent and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     loss_fn = nn.BCEWithLogitsLoss()

@@ -14,7 +14,7 @@ from torch import nn
 
 from shared.imaging import Preprocessing
 
-from .device import autocast, compute_dtype, memory_format
+from .device import InPrecision, compute_dtype, memory_format
 from .registry import build_model
 
 log = logging.getLogger(__name__)
@@ -142,18 +142,6 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     except Exception as exc:  # an architecture with data-dependent control flow still serves, unfolded
         log.warning("batchnorm folding skipped arch=%s reason=%r", type(model).__name__, str(exc))
         return model
-
-
-class InPrecision(nn.Module):
-    """Runs a float32 model under autocast and hands back float32 logits, so callers never see the precision."""
-
-    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None):
-        super().__init__()
-        self.model, self.device, self.dtype = model, device, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with autocast(self.device, self.dtype):
-            return self.model(x).float()
 
 
 def load_for_inference(path: Path, device: str | torch.device = "cpu",

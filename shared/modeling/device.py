@@ -4,6 +4,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 import torch
+from torch import nn
 
 from shared.settings import PRECISIONS
 
@@ -62,3 +63,15 @@ def precision_name(dtype: torch.dtype | None) -> str:
 def autocast(device: str | torch.device, dtype: torch.dtype | None) -> AbstractContextManager:
     """Mixed precision for the forward pass; the weights stay float32, so one checkpoint serves every precision."""
     return torch.autocast(torch.device(device).type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+class InPrecision(nn.Module):
+    """Runs a float32 model under autocast and hands back float32 logits, so callers never see the precision."""
+
+    def __init__(self, model: nn.Module, device: torch.device, dtype: torch.dtype | None):
+        super().__init__()
+        self.model, self.device, self.dtype = model, device, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device, self.dtype):
+            return self.model(x).float()
