@@ -130,10 +130,10 @@ def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
         unavailable("CIFAKE parquet not found")
     card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
     assert card["summary"]["version"] == read_meta(DEFAULT_CHECKPOINT).version
-    # The card states the arithmetic its numbers were measured in; the same arithmetic must reproduce them.
-    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False,
-                      precision=card["summary"].get("precision", "float32"))
-    assert report["summary"]["precision"] == card["summary"].get("precision", "float32")
+    # Only float32 is the same arithmetic on every CPU: bfloat16 is native on some and emulated (with other
+    # rounding, and minutes slower) on the rest, so numbers measured in it cannot be checked everywhere.
+    assert card["summary"]["precision"] == "float32", "measure the card's numbers with --precision float32"
+    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False, precision="float32")
     fresh, quoted = report["results"]["test"], card["results"]["test"]
     for key in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1", "confusion_matrix"):
         # 1e-6, not 0: kernels differ across CPUs in the last float bits, which can swap two near-equal scores
