@@ -24,24 +24,8 @@ class KeyValueFormatter(logging.Formatter):
         return line
 
 
-class CurrentStderrHandler(logging.StreamHandler):
-    """Writes to whatever sys.stderr is when a line is logged, not when logging was set up: a caller that swaps
-    stderr (pytest's capture, an embedding host) and closes its copy must not leave the handler on a dead file."""
-
-    def __init__(self) -> None:
-        logging.Handler.__init__(self)
-
-    @property
-    def stream(self):  # type: ignore[override]
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value) -> None:  # StreamHandler.setStream assigns; the stream is never stored
-        pass
-
-
 def setup_logging(level: str = "INFO") -> None:
-    handler = CurrentStderrHandler()
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(KeyValueFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
