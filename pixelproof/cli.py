@@ -42,6 +42,8 @@ def _train(args: argparse.Namespace) -> int:
         optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
         device=args.device, limit=args.limit, augment=not args.no_augment, p_shift=args.shift, threads=args.threads,
         precision=args.precision, resume=args.resume, name=args.name, init_from=args.init_from or "",
+        teacher=args.teacher or "", distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
+        workers=args.workers,
         preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
     )
     path, meta = train(cfg)
@@ -168,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="auto: float16 on CUDA, bfloat16 on a CPU with native support, else float32")
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")
+    t.add_argument("--teacher", help="distil: also learn from this checkpoint's softened scores")
+    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the loss given to the teacher")
+    t.add_argument("--distill-temperature", type=float, default=2.0)
+    t.add_argument("--workers", type=int, default=0, help="data-loading processes (GPU training wants several)")
     t.add_argument("--name", default="pixelproof")
     t.add_argument("--input-size", type=int, default=32)
     t.add_argument("--resize", default="squash", choices=["squash", "center_crop"])

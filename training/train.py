@@ -49,6 +49,10 @@ class TrainConfig:
     precision: str = "auto"  # shared.modeling.device.compute_dtype: float16 on CUDA, bfloat16 on a CPU that has it
     resume: bool = False
     init_from: str = ""  # a checkpoint whose architecture and weights this run starts from (fine-tuning)
+    teacher: str = ""  # a checkpoint whose scores this run also learns from (knowledge distillation)
+    distill_weight: float = 0.7  # share of the loss taken by the teacher's softened scores
+    distill_temperature: float = 2.0
+    workers: int = 0  # DataLoader processes decoding and augmenting; a GPU outruns one CPU core
     name: str = "pixelproof"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
@@ -58,7 +62,7 @@ class RunMismatch(ValueError):
 
 
 # What may differ between an interrupted run and its resumption: these do not change what is trained.
-_RESUMABLE_CHANGES = {"resume", "threads", "device", "patience"}
+_RESUMABLE_CHANGES = {"resume", "threads", "device", "patience", "workers"}
 
 
 def _config_dict(cfg: TrainConfig, leave_out: set[str]) -> dict:
@@ -84,6 +88,24 @@ class ArrayDataset(Dataset):
         if self.augment is not None:
             img = self.augment(img)
         return torch.from_numpy(to_array(img, self.spec)), torch.tensor(float(self.images.labels[i]))
+
+
+def _seed_worker_augment(worker_id: int) -> None:
+    """Each loader process starts with a copy of the same augmentation stream; give each its own.
+
+    torch.initial_seed() differs per worker and per epoch and follows from the loader's generator, so a
+    run is still reproducible for a given --workers.
+    """
+    info = torch.utils.data.get_worker_info()
+    if info is not None and info.dataset.augment is not None:
+        info.dataset.augment.rng.seed(torch.initial_seed())
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Binary knowledge distillation (Hinton et al. 2015): cross-entropy against the teacher's softened
+    P(fake), scaled by T^2 so its gradients keep their size as T changes."""
+    soft = torch.sigmoid(teacher.float() / temperature)
+    return nn.functional.binary_cross_entropy_with_logits(student.float() / temperature, soft) * temperature**2
 
 
 def seed_everything(seed: int) -> None:
@@ -148,11 +170,13 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
              precision_name(amp_dtype))
 
     gen = torch.Generator().manual_seed(cfg.seed)
+    loader_opts = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
     train_loader = DataLoader(
         ArrayDataset(train_set, spec, Augment(p_shift=cfg.p_shift, seed=cfg.seed) if cfg.augment else None),
         batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_set) > cfg.batch_size,
+        worker_init_fn=_seed_worker_augment, **loader_opts,
     )
-    val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512)
+    val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512, **loader_opts)
 
     provenance: dict[str, str] = {}
     if cfg.init_from:
@@ -167,6 +191,15 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     else:
         model = build_model(cfg.arch, **cfg.arch_args).to(device)
     model = model.to(memory_format=memory_format(device))
+    teacher = None
+    if cfg.teacher:
+        teacher, teacher_meta = load_checkpoint(Path(cfg.teacher))
+        if teacher_meta.preprocessing.to_dict() != spec.to_dict():
+            raise RunMismatch(f"teacher {cfg.teacher} was trained with different preprocessing: "
+                              f"{teacher_meta.preprocessing.to_dict()}")
+        teacher = teacher.eval().requires_grad_(False).to(device).to(memory_format=memory_format(device))
+        provenance["teacher_version"] = teacher_meta.version
+        log.info("teacher checkpoint=%s version=%s", cfg.teacher, teacher_meta.version)
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     else:
@@ -202,14 +235,23 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
 
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        # Running sums stay on the device: reading them every step would stall a GPU at each batch.
+        t0, seen = time.time(), 0
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device)
         bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
-        for x, y in bar:
+        for step, (x, y) in enumerate(bar):
             x = as_input(x, device)
             y = y.to(device, non_blocking=True)
             with autocast(device, amp_dtype):
                 logits = model(x)
-                loss = loss_fn(logits.float(), y)
+                hard = loss_fn(logits.float(), y)  # what train_loss reports: the same measure as val_loss
+                loss = hard
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+                    loss = (1 - cfg.distill_weight) * hard + cfg.distill_weight * distillation_loss(
+                        logits, t_logits, cfg.distill_temperature)
             opt.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -218,9 +260,11 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
             if ema is not None:
                 ema.update_parameters(model)
             seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += ((logits.detach() > 0).float() == y).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}", refresh=False)
+            loss_sum += hard.detach() * len(y)
+            correct += ((logits.detach() > 0).float() == y).sum()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+        loss_sum, correct = loss_sum.item(), correct.item()
         scored = ema.module if ema is not None else model
         v_logits, v_labels = predict_logits(scored, val_loader, device, amp_dtype)
         v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
