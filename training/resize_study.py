@@ -1,6 +1,7 @@
 """How should a large photo reach a 32x32 model? Score a labelled folder under several candidate routes.
 
-Usage: python -m training.resize_study --checkpoint models/default.safetensors --folder ../shared/datasets/mixed100
+Usage: python -m training.resize_study --checkpoint models/default.safetensors --folder ../shared/datasets/mixed100 \
+    [--precision float32]
 
 Candidates: the whole image squashed to the input size (what serving does); the whole image resized to k times
 the input size and cut into k x k tiles whose P(fake) is averaged; and random crops at the file's native
@@ -20,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 from shared.imaging import fit, load_rgb, to_array
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import as_input
+from shared.settings import PRECISIONS
 
 from .data import folder_files
 
@@ -28,8 +30,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--checkpoint", required=True)
     ap.add_argument("--folder", required=True)
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS,
+                    help="float32 reproduces on every CPU; auto is what a worker here would serve in")
     args = ap.parse_args(argv)
-    model, meta = load_for_inference(Path(args.checkpoint))
+    model, meta = load_for_inference(Path(args.checkpoint), precision=args.precision)
     spec = meta.preprocessing
     size = spec.input_size
     items = folder_files(Path(args.folder))
