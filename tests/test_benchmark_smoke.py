@@ -22,6 +22,6 @@ def test_benchmark_harness_smoke(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
     for row in ("1. ceiling", "2. end to end, 1 worker", "3. synchronous", "4. one-image job latency",
-                "5. end to end, 2 workers", "peak RSS, web", "peak RSS, worker"):
+                "5. end to end, 2 workers", "peak RSS, web", "peak RSS, worker", "7. CPU per image"):
         assert row in text
     assert "Machine:" in text and "images/s" in proc.stdout
