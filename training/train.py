@@ -108,6 +108,14 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
     return nn.functional.binary_cross_entropy_with_logits(student.float() / temperature, soft) * temperature**2
 
 
+def _checkpoint_with_preprocessing(path: str, spec: Preprocessing, role: str) -> tuple[nn.Module, CheckpointMeta]:
+    """A checkpoint this run builds on (fine-tuning or teaching); one made for other inputs is refused."""
+    model, meta = load_checkpoint(Path(path))
+    if meta.preprocessing.to_dict() != spec.to_dict():
+        raise RunMismatch(f"{role}{path} was trained with different preprocessing: {meta.preprocessing.to_dict()}")
+    return model, meta
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -181,11 +189,9 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     provenance: dict[str, str] = {}
     if cfg.init_from:
         # Start from our own earlier checkpoint: its architecture wins, and its version is recorded below.
-        model, source = load_checkpoint(Path(cfg.init_from))
+        model, source = _checkpoint_with_preprocessing(cfg.init_from, spec, "")
         provenance["init_from_version"] = source.version
         cfg.arch, cfg.arch_args = source.architecture, dict(source.arch_args)
-        if source.preprocessing.to_dict() != spec.to_dict():
-            raise RunMismatch(f"{cfg.init_from} was trained with different preprocessing: {source.preprocessing.to_dict()}")
         model = model.train().to(device)
         log.info("init_from checkpoint=%s version=%s", cfg.init_from, source.version)
     else:
@@ -193,10 +199,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     model = model.to(memory_format=memory_format(device))
     teacher = None
     if cfg.teacher:
-        teacher, teacher_meta = load_checkpoint(Path(cfg.teacher))
-        if teacher_meta.preprocessing.to_dict() != spec.to_dict():
-            raise RunMismatch(f"teacher {cfg.teacher} was trained with different preprocessing: "
-                              f"{teacher_meta.preprocessing.to_dict()}")
+        teacher, teacher_meta = _checkpoint_with_preprocessing(cfg.teacher, spec, "teacher ")
         teacher = teacher.eval().requires_grad_(False).to(device).to(memory_format=memory_format(device))
         provenance["teacher_version"] = teacher_meta.version
         log.info("teacher checkpoint=%s version=%s", cfg.teacher, teacher_meta.version)
