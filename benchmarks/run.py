@@ -76,6 +76,15 @@ def rss_peak_mb(pid: int) -> float:
     return 0.0
 
 
+def process_tree(pid: int) -> list[psutil.Process]:
+    """A process and its children (none if it has gone)."""
+    try:
+        root = psutil.Process(pid)
+        return [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return []
+
+
 class MemoryWatch:
     """Samples VmHWM of process trees until stopped (children come and go; the peak is kept)."""
 
@@ -93,12 +102,8 @@ class MemoryWatch:
         while not self._stop.wait(0.25):
             for name, pids in list(self.roots.items()):
                 for pid in pids:
-                    try:
-                        tree = [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
-                    except psutil.NoSuchProcess:
-                        continue
-                    for p in tree:
-                        self.peak[name] = max(self.peak.get(name, 0.0), rss_peak_mb(p))
+                    for p in process_tree(pid):
+                        self.peak[name] = max(self.peak.get(name, 0.0), rss_peak_mb(p.pid))
 
     def stop(self):
         self._stop.set()
@@ -109,11 +114,7 @@ def cpu_seconds(pids: list[int]) -> float:
     """User + system CPU of these processes and their children so far."""
     total = 0.0
     for pid in pids:
-        try:
-            tree = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
-        except psutil.NoSuchProcess:
-            continue
-        for p in tree:
+        for p in process_tree(pid):
             try:
                 t = p.cpu_times()
                 total += t.user + t.system
@@ -243,14 +244,15 @@ def end_to_end(stack: Stack, files: list[Path], folder: Path) -> float:
     """First upload request to last result committed, through the API as a client would use it."""
     from datetime import datetime
 
-    from sqlalchemy import create_engine, func, select
+    from sqlalchemy import func, select
 
+    from shared.db import Database
     from shared.models import Prediction
 
-    engine = create_engine(stack.db_url)
-    with engine.connect() as c:
-        cached = c.scalar(select(func.count()).select_from(Prediction))
-    engine.dispose()
+    db = Database(stack.db_url)
+    with db.session() as s:
+        cached = s.scalar(select(func.count()).select_from(Prediction))
+    db.engine.dispose()
     # Workers reuse a stored prediction for the same bytes and model: with any in the database, this would
     # time cache lookups instead of classification.
     assert cached == 0, f"{cached} predictions already stored: end to end needs a fresh database"
