@@ -7,19 +7,32 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.imaging import ImageRejected, Preprocessing, load_rgb, preprocess_bytes, thumbnail_png
+from shared.imaging import (
+    ImageRejected,
+    Preprocessing,
+    crop_boxes,
+    load_rgb,
+    load_rgb_array,
+    normalise,
+    pad_to,
+    preprocess_bytes,
+    thumbnail_png,
+)
 
 from .corpus import corpus, exif_rotated_jpeg
 
 CASES = corpus()
+NATIVE = Preprocessing(input_size=128, resize="native_crops", max_crops=9)
 
 
 @pytest.mark.parametrize("name, data, expected", CASES, ids=[c[0] for c in CASES])
 def test_corpus_file_is_classified_or_refused_clearly(name, data, expected):
     spec = Preprocessing()
     if expected == "ok":
-        arr = preprocess_bytes(data, spec)
-        assert arr.shape == (3, 32, 32) and arr.dtype == np.float32 and np.isfinite(arr).all()
+        arr = preprocess_bytes(data, spec).inputs
+        assert arr.shape == (1, 3, 32, 32) and arr.dtype == np.float32 and np.isfinite(arr).all()
+        crops = preprocess_bytes(data, NATIVE).inputs  # every accepted file also reaches a crop-based model
+        assert crops.shape[1:] == (3, 128, 128) and np.isfinite(crops).all()
     else:
         with pytest.raises(ImageRejected) as err:
             preprocess_bytes(data, spec)
@@ -38,7 +51,7 @@ def test_raw_size_never_reaches_the_model():
     small, big = io.BytesIO(), io.BytesIO()
     base.save(small, "PNG")
     base.resize((1024, 1024), Image.NEAREST).save(big, "PNG")
-    a, b = preprocess_bytes(small.getvalue(), Preprocessing()), preprocess_bytes(big.getvalue(), Preprocessing())
+    a, b = (preprocess_bytes(x.getvalue(), Preprocessing()).inputs[0] for x in (small, big))
     assert a.shape == b.shape == (3, 32, 32)
     assert np.abs(a - b).mean() < 0.15
 
@@ -47,3 +60,59 @@ def test_thumbnail_is_a_fresh_png():
     data = [d for n, d, e in CASES if n == "cmyk.jpg"][0]
     png = thumbnail_png(data, 10**8)
     assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size[0] <= 96
+
+
+def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.asarray(Image.fromarray(rng.integers(0, 255, (h // 4 + 1, w // 4 + 1, 3), dtype=np.uint8))
+                      .resize((w, h), Image.BICUBIC))
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_fast_jpeg_decoder_gives_pillows_pixels_upright(orientation, subsampling):
+    """The native route decodes JPEG with simplejpeg; it must hand the model exactly what Pillow would."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(_photo(70, 40)).save(buf, "JPEG", quality=85, subsampling=subsampling, exif=exif)
+    ours = load_rgb_array(buf.getvalue(), 10**8)
+    np.testing.assert_array_equal(ours, np.asarray(load_rgb(buf.getvalue(), 10**8)))
+
+
+def test_crop_grid_covers_an_image_and_is_bounded_for_large_ones():
+    def covered(w, h):
+        mask = np.zeros((h, w), bool)
+        for b in crop_boxes(w, h, NATIVE):
+            assert 0 <= b.x and b.x + b.w <= w and 0 <= b.y and b.y + b.h <= h
+            mask[b.y: b.y + b.h, b.x: b.x + b.w] = True
+        return mask.all()
+
+    assert len(crop_boxes(256, 256, NATIVE)) == 4 and covered(256, 256)
+    assert len(crop_boxes(384, 300, NATIVE)) == 9 and covered(384, 300)
+    big = crop_boxes(4032, 3024, NATIVE)
+    assert len(big) == 9  # bounded: a 12-megapixel photo is sampled by a 3 x 3 grid, corner to corner
+    assert {(b.x, b.y) for b in big} >= {(0, 0), (4032 - 128, 3024 - 128)}
+    assert crop_boxes(4032, 3024, NATIVE) == big  # deterministic
+
+
+def test_native_crops_are_the_files_own_pixels_never_resampled():
+    arr = _photo(300, 200)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    prepared = preprocess_bytes(buf.getvalue(), NATIVE)
+    assert (prepared.width, prepared.height) == (300, 200)
+    for crop, b in zip(prepared.inputs, prepared.boxes):
+        np.testing.assert_allclose(crop, normalise(arr[None, b.y: b.y + 128, b.x: b.x + 128], NATIVE)[0])
+
+
+def test_an_image_smaller_than_a_crop_is_mirrored_up_to_it():
+    arr = _photo(50, 30)
+    padded = pad_to(arr, 128)
+    assert padded.shape == (128, 128, 3)
+    np.testing.assert_array_equal(padded[:30, :50], arr)
+    np.testing.assert_array_equal(padded[:30, 50:100], arr[:, ::-1])  # mirrored, no interpolated pixel
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    prepared = preprocess_bytes(buf.getvalue(), NATIVE)
+    assert prepared.inputs.shape == (1, 3, 128, 128) and prepared.boxes[0].w == 50 and prepared.boxes[0].h == 30
