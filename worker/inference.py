@@ -1,4 +1,8 @@
-"""The model in a worker process: load once, then decode in threads while the forward pass runs."""
+"""The model in a worker process: load once, then decode in threads while the forward pass runs.
+
+An image reaches the model as one or more crops (shared.imaging.preprocess_bytes); crops of many images share
+a forward pass, and each image's crop scores are aggregated, calibrated and labelled by shared.scoring.
+"""
 from __future__ import annotations
 
 import logging
@@ -8,12 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-import torch
 
-from shared.imaging import ImageRejected, preprocess_bytes
+from shared.imaging import ImageRejected, Prepared, preprocess_bytes
 from shared.modeling.checkpoint import load_for_inference
-from shared.modeling.device import as_input, pick_device, precision_name
+from shared.modeling.device import pick_device, precision_name
+from shared.modeling.scorer import score_prepared
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +26,7 @@ class Outcome:
     p_fake: float | None = None
     label: str | None = None
     error: str | None = None
+    details: dict | None = None  # where the model looked: image size, each crop's box and P(fake), the thresholds
     cacheable: bool = True  # a fault of ours (missing file) must not be remembered as a property of the bytes
 
 
@@ -41,7 +45,7 @@ class Classifier:
     def version(self) -> str:
         return self.meta.version
 
-    def _prepare(self, read: Callable[[], bytes]) -> np.ndarray | Outcome:
+    def _prepare(self, read: Callable[[], bytes]) -> Prepared | Outcome:
         try:
             data = read()
         except FileNotFoundError:
@@ -54,27 +58,28 @@ class Classifier:
             log.exception("decode failed")
             return Outcome(error=f"the image could not be decoded ({type(exc).__name__})")
 
-    @torch.inference_mode()
-    def _forward(self, arrays: list[np.ndarray]) -> np.ndarray:
-        logits = self.model(as_input(torch.from_numpy(np.stack(arrays)), self.device)).float()
-        return torch.sigmoid(logits / self.meta.temperature).cpu().numpy()
+    def _outcome(self, prepared: Prepared, scored) -> Outcome:
+        details = {"width": prepared.width, "height": prepared.height, "thresholds": self.meta.label_rule.to_dict(),
+                   "regions": [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "p_fake": round(float(q), 4)}
+                               for b, q in zip(prepared.boxes, scored.crop_p)]}
+        return Outcome(p_fake=scored.p_fake, label=scored.label, details=details)
 
     def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:
         """Decoding runs ahead in the thread pool while the model works on the part already decoded.
 
         A task's images go through the model in two halves at least, so decoding the second half overlaps
-        the forward pass of the first instead of the model waiting for the whole task to be decoded.
+        the forward pass of the first instead of the model waiting for the whole task to be decoded. A forward
+        pass takes about batch_size crops (an image's crops are never split between passes).
         """
         chunk = max(1, min(self.batch_size, (len(readers) + 1) // 2))
         outcomes: list[Outcome | None] = [None] * len(readers)
         pending_idx: list[int] = []
-        pending: list[np.ndarray] = []
+        pending: list[Prepared] = []
+        crops = 0
 
         def flush() -> None:
-            probs = self._forward(pending)
-            threshold = self.meta.threshold
-            for i, p in zip(pending_idx, probs):
-                outcomes[i] = Outcome(p_fake=float(p), label="fake" if p >= threshold else "real")
+            for i, prepared, scored in zip(pending_idx, pending, score_prepared(self.model, self.meta, pending, self.device)):
+                outcomes[i] = self._outcome(prepared, scored)
             pending_idx.clear()
             pending.clear()
 
@@ -84,8 +89,10 @@ class Classifier:
                 continue
             pending_idx.append(i)
             pending.append(prepared)
-            if len(pending) >= chunk:
+            crops += len(prepared.inputs)
+            if len(pending) >= chunk or crops >= self.batch_size:
                 flush()
+                crops = 0
         if pending:
             flush()
         return outcomes  # type: ignore[return-value]

@@ -43,12 +43,13 @@ def _claim(db: Database, image_ids: Sequence[int]) -> list[tuple[int, str, str]]
 def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
     with db.session() as s:
         found = s.scalars(select(Prediction).where(Prediction.sha256.in_(shas), Prediction.model_version == version))
-        return {p.sha256: Outcome(p_fake=p.p_fake, label=p.label, error=p.error) for p in found}
+        return {p.sha256: Outcome(p_fake=p.p_fake, label=p.label, error=p.error, details=p.details) for p in found}
 
 
 def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) -> None:
     rows = [
-        {"sha256": sha, "model_version": version, "p_fake": o.p_fake, "label": o.label, "error": o.error}
+        {"sha256": sha, "model_version": version, "p_fake": o.p_fake, "label": o.label, "error": o.error,
+         "details": o.details}
         for sha, o in fresh.items() if o.cacheable
     ]
     if not rows:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.imaging import Preprocessing
+from shared.scoring import Thresholds
 
 from .device import InPrecision, compute_dtype, memory_format
 from .registry import build_model
@@ -33,11 +34,19 @@ class CheckpointMeta:
     preprocessing: Preprocessing
     classes: tuple[str, ...] = ("real", "fake")
     temperature: float = 1.0  # logits are divided by this before the sigmoid (fitted on validation)
-    threshold: float = 0.5  # on the calibrated P(fake)
+    threshold: float = 0.5  # on the calibrated P(fake); the two-label rule of checkpoints without thresholds
+    # {"real_below": a, "fake_from": b}: the three-label rule (shared.scoring.Thresholds), chosen on validation
+    thresholds: dict = field(default_factory=dict)
     name: str = "pixelproof"
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     version: str = ""  # derived from content on save; never set by hand
+
+    @property
+    def label_rule(self) -> Thresholds:
+        if self.thresholds:
+            return Thresholds(**self.thresholds)
+        return Thresholds(self.threshold, self.threshold)
 
     def to_json(self) -> str:
         data = {
@@ -53,6 +62,8 @@ class CheckpointMeta:
             "metrics": self.metrics,
             "version": self.version,
         }
+        if self.thresholds:  # absent from older checkpoints, whose content versions must not change
+            data["thresholds"] = self.thresholds
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -67,6 +78,7 @@ class CheckpointMeta:
             classes=tuple(data["classes"]),
             temperature=float(data["temperature"]),
             threshold=float(data["threshold"]),
+            thresholds=dict(data.get("thresholds") or {}),
             name=data.get("name", "pixelproof"),
             training=data.get("training", {}),
             metrics=data.get("metrics", {}),
