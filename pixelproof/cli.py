@@ -1,6 +1,6 @@
 """`pixelproof` console command: the composition root, importing each side lazily.
 
-Subcommands: up (whole stack on embedded defaults), web, worker, migrate, submit, train, evaluate.
+Subcommands: up (whole stack on embedded defaults), web, worker, migrate, submit, train, evaluate, calibrate.
 """
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+from shared.imaging import ROUTES
 from shared.settings import PRECISIONS
 
 
@@ -43,8 +44,9 @@ def _train(args: argparse.Namespace) -> int:
         device=args.device, limit=args.limit, augment=not args.no_augment, p_shift=args.shift, threads=args.threads,
         precision=args.precision, resume=args.resume, name=args.name, init_from=args.init_from or "",
         teacher=args.teacher or "", distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        workers=args.workers,
-        preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize),
+        workers=args.workers, holdout=tuple(h for h in (args.holdout or "").split(",") if h),
+        crops_per_image=args.crops_per_image, crop_augment=json.loads(args.crop_augment), max_minutes=args.max_minutes,
+        preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize, max_crops=args.max_crops),
     )
     path, meta = train(cfg)
     print(f"checkpoint {path} version {meta.version}")
@@ -58,8 +60,22 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     setup_logging()
     report = evaluate(Path(args.checkpoint), args.data, Path(args.out), split=args.split, precision=args.precision,
-                      cross_domain=args.cross_domain, robustness=not args.no_robustness, limit=args.limit)
+                      cross_domain=args.cross_domain, robustness=not args.no_robustness, limit=args.limit,
+                      sources=tuple(s for s in (args.sources or "").split(",") if s), held_out=args.held_out,
+                      device=args.device)
     print(json.dumps(report["summary"], indent=2))
+    return 0
+
+
+@_user_errors_exit_2
+def _calibrate(args: argparse.Namespace) -> int:
+    from shared.logs import setup_logging
+    from training.calibrate import calibrate
+
+    setup_logging()
+    report = calibrate(Path(args.checkpoint), [Path(f) for f in args.folds], args.data, Path(args.out),
+                       args.max_false_fake, args.max_false_real)
+    print(json.dumps(report, indent=2))
     return 0
 
 
@@ -174,15 +190,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--distill-weight", type=float, default=0.7, help="share of the loss given to the teacher")
     t.add_argument("--distill-temperature", type=float, default=2.0)
     t.add_argument("--workers", type=int, default=0, help="data-loading processes (GPU training wants several)")
+    t.add_argument("--max-minutes", type=float, default=0.0,
+                   help="after the first epoch, shorten the schedule to the epochs that fit in this many minutes")
     t.add_argument("--name", default="pixelproof")
-    t.add_argument("--input-size", type=int, default=32)
-    t.add_argument("--resize", default="squash", choices=["squash", "center_crop"])
+    t.add_argument("--input-size", type=int, default=32, help="the model's input side; with native_crops, the crop side")
+    t.add_argument("--resize", default="squash", choices=list(ROUTES),
+                   help="squash/center_crop: the whole image resized to the input; native_crops: a grid of crops "
+                        "at the image's own resolution")
+    t.add_argument("--max-crops", type=int, default=9, help="native_crops: crops scored per image at most")
+    t.add_argument("--holdout", help="native_crops: comma-separated sources (file names <source>__<id>) kept out of "
+                                     "training and scored at the end")
+    t.add_argument("--crops-per-image", type=int, default=1, help="native_crops: random crops of each image per epoch")
+    t.add_argument("--crop-augment", default="{}", help="native_crops: JSON overrides of the augmentation, e.g. "
+                                                        "'{\"p_jpeg\": 0.8}' (training.native.CropAugment)")
     t.set_defaults(func=_train)
 
     e = sub.add_parser("evaluate", help="metrics, robustness table and plots for a checkpoint")
     e.add_argument("--checkpoint", required=True)
     e.add_argument("--data", required=True)
-    e.add_argument("--split", default="test")
+    e.add_argument("--split", default="test", help="split of a parquet or hub dataset (an image folder is scored whole)")
+    e.add_argument("--sources", help="score only these comma-separated sources (file names <source>__<id>)")
+    e.add_argument("--held-out", action="store_true", help="score only the sources the checkpoint's run held out")
+    e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where the model runs")
     e.add_argument("--cross-domain", default=None, help="image folder (real/, fake/) scored through upload preprocessing")
     e.add_argument("--out", required=True)
     e.add_argument("--no-robustness", action="store_true")
@@ -190,6 +219,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic of the forward pass; auto: as a worker on this machine would serve")
     e.set_defaults(func=_evaluate)
+
+    c = sub.add_parser("calibrate", help="refit a checkpoint's temperature and label thresholds on out-of-fold scores "
+                                         "of source-held-out fold checkpoints")
+    c.add_argument("--checkpoint", required=True, help="the checkpoint trained on every source")
+    c.add_argument("--folds", nargs="+", required=True, help="checkpoints of the same recipe trained with --holdout")
+    c.add_argument("--data", required=True, help="the data the fold runs held their sources out of")
+    c.add_argument("--out", required=True, help="where the recalibrated copy is written")
+    c.add_argument("--max-false-fake", type=float, default=0.01, help="share of real photos the fake threshold lets through")
+    c.add_argument("--max-false-real", type=float, default=0.05, help="share of generated images labelled real at most")
+    c.set_defaults(func=_calibrate)
     return p
 
 

@@ -1,131 +1,229 @@
 """Evaluate a checkpoint exactly as the service would score uploads, and write a report folder.
 
-Every image goes through :func:`shared.imaging.preprocess_bytes` from its
-file bytes; the robustness rows re-encode those bytes first (JPEG q75; half-size and back, saved losslessly).
+Every image goes through :func:`shared.imaging.preprocess_bytes` from its file bytes and is scored by
+:func:`shared.modeling.scorer.score_prepared`, the worker's own path. The robustness rows alter those bytes
+first, as happens to uploads on the way: JPEG quality 75, a half-size copy, a screenshot-like PNG re-save and
+a centre crop.
 """
 from __future__ import annotations
 
 import io
 import json
 import logging
-from dataclasses import replace
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from shared.imaging import RESIZE_MODES, ImageRejected, Preprocessing, preprocess_bytes
+from shared.imaging import ImageRejected, load_rgb, preprocess_bytes
 from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
-from shared.modeling.device import as_input, precision_name
+from shared.modeling.device import precision_name
+from shared.modeling.scorer import score_prepared
 
 from . import plots
-from .augment import down_up
-from .data import folder_files, load_image_sets
-from .metrics import classification_report, reliability_bins, roc_points
+from .data import DatasetUnavailable, _bytes_of, _label_map, _load_hf, folder_files
+from .metrics import classification_report, label_shares, reliability_bins, roc_points
+from .native import source_of
 
 log = logging.getLogger(__name__)
 
 
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 def _jpeg75(data: bytes) -> bytes:
     buf = io.BytesIO()
-    Image.open(io.BytesIO(data)).convert("RGB").save(buf, format="JPEG", quality=75)
+    load_rgb(data, 10**9).save(buf, format="JPEG", quality=75)
     return buf.getvalue()
 
 
-def _half_and_back(data: bytes) -> bytes:
-    buf = io.BytesIO()
-    down_up(Image.open(io.BytesIO(data)).convert("RGB"), 0.5).save(buf, format="PNG")
-    return buf.getvalue()
+def _half_size(data: bytes) -> bytes:
+    img = load_rgb(data, 10**9)
+    return _png(img.resize((max(1, img.width // 2), max(1, img.height // 2)), Image.Resampling.BICUBIC, reducing_gap=3.0))
+
+
+def _png_resave(data: bytes) -> bytes:
+    """What a screenshot of the image shown at 100% gives: the same pixels, saved losslessly as PNG."""
+    return _png(load_rgb(data, 10**9))
+
+
+def _centre_crop(data: bytes) -> bytes:
+    img = load_rgb(data, 10**9)
+    w, h = img.size
+    return _png(img.crop((w // 4, h // 4, w // 4 + max(1, w // 2), h // 4 + max(1, h // 2))))
+
+
+PERTURBATIONS: dict[str, Callable[[bytes], bytes]] = {
+    "jpeg75": _jpeg75, "half_size": _half_size, "png_resave": _png_resave, "centre_crop": _centre_crop,
+}
 
 
 @torch.inference_mode()
-def score_bytes(model, meta: CheckpointMeta, files: list[bytes], batch: int = 512, spec: Preprocessing | None = None) -> np.ndarray:
-    """Calibrated P(fake) for each file's bytes (NaN where the file cannot be decoded)."""
+def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int = 2048, device: str = "cpu",
+                logits: bool = False) -> np.ndarray:
+    """Calibrated P(fake) for each file's bytes, or the raw aggregated logits (NaN where a file cannot be decoded)."""
     out = np.full(len(files), np.nan)
-    spec = spec or meta.preprocessing
-    for start in range(0, len(files), batch):
-        arrays, idx = [], []
-        for i in range(start, min(start + batch, len(files))):
-            try:
-                arrays.append(preprocess_bytes(files[i], spec))
-                idx.append(i)
-            except ImageRejected as exc:
-                log.warning("undecodable index=%d reason=%r", i, str(exc))
-        if arrays:
-            logits = model(as_input(torch.from_numpy(np.stack(arrays)), "cpu")).float()
-            out[idx] = torch.sigmoid(logits / meta.temperature).numpy()
+    pending, idx = [], []
+
+    def flush():
+        for i, s in zip(idx, score_prepared(model, meta, pending, device)):
+            out[i] = s.logit if logits else s.p_fake
+        pending.clear()
+        idx.clear()
+
+    for i, data in enumerate(files):
+        try:
+            pending.append(preprocess_bytes(data, meta.preprocessing, 10**9))
+            idx.append(i)
+        except ImageRejected as exc:
+            log.warning("undecodable index=%d reason=%r", i, str(exc))
+        if sum(len(p.inputs) for p in pending) >= max_crops:
+            flush()
+    flush()
     return out
 
 
+def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = ()) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """(file bytes, labels, names) of an image folder (all of it) or of a parquet / hub dataset's split,
+    restricted to the named sources (file names ``<source>__<id>``) when any are given."""
+    path = Path(source)
+    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
+        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
+    else:
+        from datasets import Image as HFImage
+
+        ds = _load_hf(source)
+        if split not in ds:
+            raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(ds)})")
+        part = ds[split]
+        mapping = _label_map(part.features)
+        part = part.cast_column("image", HFImage(decode=False))
+        names = part["filename"] if "filename" in part.column_names else [str(i) for i in range(len(part))]
+        items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(part["image"], part["label"], names)]
+    if sources:
+        items = [it for it in items if source_of(it[2]) in sources]
+    if not items:
+        raise DatasetUnavailable(f"no labelled images in {source}" + (f" from sources {', '.join(sources)}" if sources else ""))
+    return [it[0] for it in items], np.array([it[1] for it in items]), [it[2] for it in items]
+
+
 def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_domain: str | None = None,
-             robustness: bool = True, limit: int = 0, precision: str = "auto") -> dict:
+             robustness: bool = True, limit: int = 0, precision: str = "auto", sources: tuple[str, ...] = (),
+             held_out: bool = False, device: str = "cpu") -> dict:
+    """``held_out``: score only the sources the checkpoint's training run held out (its --holdout)."""
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    model, meta = load_for_inference(checkpoint, precision=precision)
-    sets = load_image_sets(data, meta.preprocessing, splits=(split,), keep_raw=(split,))
-    test = sets[split]
+    model, meta = load_for_inference(checkpoint, device=device, precision=precision)
+    if held_out:
+        sources = tuple(meta.training.get("config", {}).get("holdout") or ())
+        if not sources:
+            raise DatasetUnavailable(f"{checkpoint} was trained without --holdout: it has no held-out sources")
+    files, labels, names = labelled_files(data, split, sources)
     if limit:
-        test = test.subset(np.arange(min(limit, len(test))))
-    labels = test.labels
-    files = test.raw
+        pick = np.sort(np.random.default_rng(0).permutation(len(files))[:limit])
+        files, labels, names = [files[i] for i in pick], labels[pick], [names[i] for i in pick]
+    rule = meta.label_rule
+    name = "held_out" if held_out else split
     results: dict[str, dict] = {}
     curves, rel = {}, {}
 
-    def record(name: str, y: np.ndarray, p: np.ndarray) -> None:
+    def scores(files: list[bytes]) -> np.ndarray:
+        return score_bytes(model, meta, files, device=device)
+
+    def record(row: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
         ok = ~np.isnan(p)
-        rep = classification_report(y[ok], p[ok], meta.threshold)
+        rep = classification_report(y[ok], p[ok], rule.fake_from)
+        rep.update(label_shares(y[ok], rule.labels(p[ok])))
         rep["undecodable"] = int((~ok).sum())
-        results[name] = rep
+        results[row] = rep
         if rep["n"] and len(np.unique(y[ok])) == 2:
             fpr, tpr = roc_points(y[ok], p[ok])
-            curves[name] = (fpr, tpr, rep["roc_auc"])
-            rel[name] = reliability_bins(y[ok], p[ok])
-        log.info("eval set=%s n=%d accuracy=%.4f roc_auc=%.4f ece=%.4f", name, rep["n"], rep["accuracy"], rep["roc_auc"], rep["ece"])
+            curves[row] = (fpr, tpr, rep["roc_auc"])
+            rel[row] = reliability_bins(y[ok], p[ok])
+        log.info("eval set=%s n=%d accuracy=%.4f roc_auc=%.4f tpr_at_fpr_5=%.3f ece=%.4f", row, rep["n"], rep["accuracy"],
+                 rep["roc_auc"], rep["tpr_at_fpr_5"], rep["ece"])
+        return p
 
-    record(split, labels, score_bytes(model, meta, files))
+    p_main = record(name, labels, scores(files))
     if robustness:
-        record(f"{split}+jpeg75", labels, score_bytes(model, meta, [_jpeg75(b) for b in files]))
-        record(f"{split}+half_and_back", labels, score_bytes(model, meta, [_half_and_back(b) for b in files]))
+        for kind, perturb in PERTURBATIONS.items():
+            record(f"{name}+{kind}", labels, scores([perturb(b) for b in files]))
+    per_source = source_rows(labels, p_main, names, rule)
     if cross_domain:
-        # The checkpoint's own preprocessing is the row that counts; the other resize modes are measured
-        # beside it so the choice of how a large photo reaches the model rests on numbers.
         items = folder_files(Path(cross_domain))
         y = np.array([lab for _, lab in items])
-        blobs = [p.read_bytes() for p, _ in items]
-        own = meta.preprocessing.resize
-        for mode in [own] + [m for m in RESIZE_MODES if m != own]:
-            name = Path(cross_domain).name + ("" if mode == own else f"[resize={mode}]")
-            record(name, y, score_bytes(model, meta, blobs, batch=16, spec=replace(meta.preprocessing, resize=mode)))
+        record(Path(cross_domain).name, y, scores([p.read_bytes() for p, _ in items]))
 
     plots.training_curves(meta.training.get("history", []), out / "training_curves.png")
     plots.roc(curves, out / "roc.png")
     plots.reliability(rel, out / "reliability.png")
-    drops = robustness_drops(results, split)
+    drops = robustness_drops(results, name)
     summary = {
         "checkpoint": str(checkpoint), "version": meta.version, "architecture": meta.architecture,
-        "temperature": meta.temperature, "precision": precision_name(model.dtype),
-        **{name: {k: r[k] for k in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1")} for name, r in results.items()},
-        "robustness_drop_points": {name: round(d, 2) for name, d in drops.items()},
+        "temperature": meta.temperature, "thresholds": rule.to_dict(), "precision": precision_name(model.dtype),
+        "sources": list(sources),
+        **{row: {k: r[k] for k in ("n", "accuracy", "roc_auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "ece",
+                                   "real_called_fake", "fake_called_fake", "precision", "recall", "f1")}
+           for row, r in results.items()},
+        "robustness_auc_drop": {row: round(d, 4) for row, d in drops.items()},
     }
-    report = {"summary": summary, "results": results}
+    report = {"summary": summary, "results": results, "per_source": per_source,
+              "scores": {"names": names, "labels": labels.tolist(), "p_fake": [round(float(v), 5) for v in p_main]}}
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown_table(results, drops))
+    (out / "report.md").write_text(markdown_table(results, drops) + "\n" + source_table(per_source))
     return report
 
 
-def robustness_drops(results: dict[str, dict], split: str) -> dict[str, float]:
-    """Accuracy points lost by each perturbed copy of the split (named split+perturbation)."""
-    base = results[split]["accuracy"]
-    return {name: 100 * (base - r["accuracy"]) for name, r in results.items() if name.startswith(split + "+")}
+def source_rows(labels: np.ndarray, p: np.ndarray, names: list[str], rule) -> dict[str, dict]:
+    """Per source: how its images were labelled, and ROC-AUC of that source against the other class's images."""
+    srcs = np.array([source_of(n) or "(unnamed)" for n in names])
+    rows = {}
+    for src in sorted(set(srcs)):
+        for cls, word in ((0, "real"), (1, "fake")):
+            mask = (srcs == src) & (labels == cls) & ~np.isnan(p)
+            if not mask.any():
+                continue
+            other = (labels != cls) & ~np.isnan(p)
+            y = np.r_[labels[mask], labels[other]]
+            q = np.r_[p[mask], p[other]]
+            named = rule.labels(p[mask])
+            rows[f"{src} ({word})"] = {
+                "n": int(mask.sum()), "mean_p_fake": float(p[mask].mean()),
+                "called_fake": float((named == "fake").mean()), "called_uncertain": float((named == "uncertain").mean()),
+                "called_real": float((named == "real").mean()),
+                "roc_auc_vs_other_class": classification_report(y, q)["roc_auc"] if other.any() else float("nan"),
+            }
+    return rows
+
+
+def robustness_drops(results: dict[str, dict], base: str) -> dict[str, float]:
+    """ROC-AUC lost by each altered copy of the set (named base+alteration)."""
+    auc = results[base]["roc_auc"]
+    return {name: auc - r["roc_auc"] for name, r in results.items() if name.startswith(base + "+")}
 
 
 def markdown_table(results: dict[str, dict], drops: dict[str, float]) -> str:
     """The table the model card quotes, so its numbers come straight from an evaluate run."""
-    lines = ["| set | n | accuracy | ROC-AUC | ECE | precision | recall | F1 | drop vs clean (points) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set | n | ROC-AUC | TPR @1% FPR | TPR @5% FPR | ECE | accuracy | real called fake | fake called fake "
+             "| uncertain (real / fake) | AUC drop |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
-        drop = f"{drops[name]:.2f}" if name in drops else ""
-        lines.append(f"| {name} | {r['n']} | {r['accuracy']:.4f} | {r['roc_auc']:.4f} | {r['ece']:.4f} | "
-                     f"{r['precision']:.4f} | {r['recall']:.4f} | {r['f1']:.4f} | {drop} |")
+        drop = f"{drops[name]:.4f}" if name in drops else ""
+        lines.append(f"| {name} | {r['n']} | {r['roc_auc']:.4f} | {r['tpr_at_fpr_1']:.3f} | {r['tpr_at_fpr_5']:.3f} | "
+                     f"{r['ece']:.4f} | {r['accuracy']:.4f} | {r['real_called_fake']:.3f} | {r['fake_called_fake']:.3f} | "
+                     f"{r['real_called_uncertain']:.3f} / {r['fake_called_uncertain']:.3f} | {drop} |")
+    return "\n".join(lines) + "\n"
+
+
+def source_table(rows: dict[str, dict]) -> str:
+    lines = ["| source (class) | n | mean P(fake) | called fake | uncertain | called real | ROC-AUC vs the other class |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['n']} | {r['mean_p_fake']:.3f} | {r['called_fake']:.3f} | {r['called_uncertain']:.3f} | "
+                     f"{r['called_real']:.3f} | {r['roc_auc_vs_other_class']:.4f} |")
     return "\n".join(lines) + "\n"

@@ -34,6 +34,26 @@ def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> d
     return {"edges": edges.tolist(), "mean_p": mean_p, "frac_fake": frac, "count": count}
 
 
+def tpr_at_fpr(labels: np.ndarray, probs: np.ndarray, fpr: float) -> float:
+    """Share of fakes caught by the best threshold that calls at most ``fpr`` of the reals fake."""
+    labels = np.asarray(labels).astype(int)
+    if len(np.unique(labels)) < 2:
+        return float("nan")
+    f, t, _ = roc_curve(labels, probs)
+    return float(t[f <= fpr + 1e-12].max())
+
+
+def label_shares(labels: np.ndarray, names: np.ndarray) -> dict:
+    """What the three labels did to each class: the false-alarm rate is real_called_fake."""
+    labels, names = np.asarray(labels).astype(int), np.asarray(names)
+    out = {}
+    for cls, word in ((0, "real"), (1, "fake")):
+        mask = labels == cls
+        for name in ("real", "fake", "uncertain"):
+            out[f"{word}_called_{name}"] = float((names[mask] == name).mean()) if mask.any() else float("nan")
+    return out
+
+
 def classification_report(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -48,6 +68,8 @@ def classification_report(labels: np.ndarray, probs: np.ndarray, threshold: floa
         "recall": float(recall),
         "f1": float(f1),
         "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
+        "tpr_at_fpr_1": tpr_at_fpr(labels, probs, 0.01),
+        "tpr_at_fpr_5": tpr_at_fpr(labels, probs, 0.05),
         "ece": expected_calibration_error(labels, probs),
         "confusion_matrix": {"tn": int(cm[0, 0]), "fp": int(cm[0, 1]), "fn": int(cm[1, 0]), "tp": int(cm[1, 1])},
     }

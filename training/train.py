@@ -5,6 +5,7 @@ import json
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,10 @@ from shared.imaging import Preprocessing, to_array
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from shared.modeling.device import InPrecision, as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
 from shared.modeling.registry import build_model
+from shared.scoring import calibrated, choose_thresholds, image_logits
+from shared.scoring import sigmoid
 
+from . import native
 from .augment import Augment
 from .data import ImageSet, load_image_sets, pil_from_uint8, split_validation
 from .metrics import classification_report
@@ -53,6 +57,13 @@ class TrainConfig:
     distill_weight: float = 0.7  # share of the loss taken by the teacher's softened scores
     distill_temperature: float = 2.0
     workers: int = 0  # DataLoader processes decoding and augmenting; a GPU outruns one CPU core
+    # Crop-based checkpoints (preprocessing.resize == "native_crops"):
+    holdout: tuple[str, ...] = ()  # sources (file-name prefixes) kept out of training and scored at the end
+    crops_per_image: int = 1  # random crops of each training image per epoch
+    crop_augment: dict = field(default_factory=dict)  # overrides of training.native.CropAugment's arguments
+    max_false_fake: float = 0.01  # the three-label thresholds (shared.scoring.choose_thresholds)
+    max_false_real: float = 0.05
+    max_minutes: float = 0.0  # > 0: after the first epoch, shorten the schedule to the epochs that fit in this time
     name: str = "pixelproof"
     preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
@@ -62,7 +73,7 @@ class RunMismatch(ValueError):
 
 
 # What may differ between an interrupted run and its resumption: these do not change what is trained.
-_RESUMABLE_CHANGES = {"resume", "threads", "device", "patience", "workers"}
+_RESUMABLE_CHANGES = {"resume", "threads", "device", "patience", "workers", "max_minutes"}
 
 
 def _config_dict(cfg: TrainConfig, leave_out: set[str]) -> dict:
@@ -154,8 +165,71 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(log_t.exp().item())
 
 
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * x))  # the logistic function, without exp overflow for large |x|
+@dataclass
+class RunData:
+    """What the loop needs from the data, whichever route the checkpoint takes to the model."""
+
+    train: Dataset
+    n_train: int
+    n_val: int
+    validate: Callable[..., tuple[np.ndarray, np.ndarray]]  # (model[, images]) -> (image logits, labels)
+    held_out: native.NativeSet | None = None
+
+
+def _resized_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
+    spec = cfg.preprocessing
+    if cfg.holdout:
+        raise RunMismatch("--holdout needs a crop-based run (--resize native_crops): the whole-image data has no sources")
+    sets = load_image_sets(cfg.data, spec, splits=("train",))
+    train_set, val_set = split_validation(sets["train"], cfg.val_fraction, cfg.seed)
+    if cfg.limit:
+        rng = np.random.default_rng(cfg.seed)
+        train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
+        val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
+    val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512, num_workers=cfg.workers,
+                            persistent_workers=cfg.workers > 0)
+    augment = Augment(p_shift=cfg.p_shift, seed=cfg.seed) if cfg.augment else None
+    return RunData(ArrayDataset(train_set, spec, augment), len(train_set), len(val_set),
+                   lambda model: predict_logits(model, val_loader, device, amp_dtype))
+
+
+def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
+    """Native-resolution images: held-out sources set aside first, then a validation split stratified by source."""
+    spec = cfg.preprocessing
+    everything = native.load_native_set(cfg.data)
+    pool, held_out = everything.without_sources(tuple(cfg.holdout)) if cfg.holdout else (everything, None)
+    train_set, val_set = native.split_validation(pool, cfg.val_fraction, cfg.seed)
+    if cfg.limit:
+        rng = np.random.default_rng(cfg.seed)
+        train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
+        val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[: max(cfg.limit // 5, 16)]))
+    if cfg.augment:
+        augment = native.CropAugment(spec.input_size, seed=cfg.seed, **cfg.crop_augment)
+    else:  # still a random crop: the images are larger than the model's input
+        augment = native.CropAugment(spec.input_size, p_resize=0, p_jpeg=0, p_small=0, p_flip=0, seed=cfg.seed)
+
+    def validate(model: nn.Module, images: native.NativeSet = val_set) -> tuple[np.ndarray, np.ndarray]:
+        scorer = InPrecision(model.eval(), device, amp_dtype)
+        logits, counts = native.crop_logits(scorer, images, spec, device)
+        return image_logits(logits, counts, spec.aggregate), images.labels
+
+    train_data = native.CropDataset(train_set, spec, augment, samples=len(train_set) * cfg.crops_per_image)
+    return RunData(train_data, len(train_set), len(val_set), validate, held_out)
+
+
+def _fit_schedule(cfg: TrainConfig, opt, sched, steps_per_epoch: int, done: int, seconds: float):
+    """--max-minutes: from the first epoch's time, the epochs that fit; the one-cycle schedule is redrawn over
+    them (at the point already reached), so the rate still anneals to its end instead of stopping mid-way.
+    cfg.epochs is updated, so the checkpoint records the schedule that was run."""
+    fit = max(done, int(cfg.max_minutes * 60 / max(seconds / done, 1e-6)))
+    if fit >= cfg.epochs:
+        return sched
+    log.info("schedule shortened to fit max_minutes=%s epochs=%d (was %d)", cfg.max_minutes, fit, cfg.epochs)
+    cfg.epochs = fit
+    fresh = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, fit * steps_per_epoch), pct_start=0.15)
+    for _ in range(min(done * steps_per_epoch, fit * steps_per_epoch - 1)):
+        fresh.step()
+    return fresh
 
 
 def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
@@ -167,24 +241,14 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     device = pick_device(cfg.device)
     spec = cfg.preprocessing
 
-    sets = load_image_sets(cfg.data, spec, splits=("train",))
-    train_set, val_set = split_validation(sets["train"], cfg.val_fraction, cfg.seed)
-    if cfg.limit:
-        rng = np.random.default_rng(cfg.seed)
-        train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
-        val_set = val_set.subset(np.arange(min(len(val_set), max(cfg.limit // 5, 16))))
     amp_dtype = compute_dtype(device, cfg.precision)
-    log.info("data source=%s train=%d val=%d device=%s precision=%s", cfg.data, len(train_set), len(val_set), device,
-             precision_name(amp_dtype))
-
+    data = _native_data(cfg, device, amp_dtype) if spec.native else _resized_data(cfg, device, amp_dtype)
+    log.info("data source=%s train=%d val=%d held_out=%d device=%s precision=%s", cfg.data, data.n_train, data.n_val,
+             len(data.held_out) if data.held_out is not None else 0, device, precision_name(amp_dtype))
     gen = torch.Generator().manual_seed(cfg.seed)
     loader_opts = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(
-        ArrayDataset(train_set, spec, Augment(p_shift=cfg.p_shift, seed=cfg.seed) if cfg.augment else None),
-        batch_size=cfg.batch_size, shuffle=True, generator=gen, drop_last=len(train_set) > cfg.batch_size,
-        worker_init_fn=_seed_worker_augment, **loader_opts,
-    )
-    val_loader = DataLoader(ArrayDataset(val_set, spec, None), batch_size=512, **loader_opts)
+    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                              drop_last=len(data.train) > cfg.batch_size, worker_init_fn=_seed_worker_augment, **loader_opts)
 
     provenance: dict[str, str] = {}
     if cfg.init_from:
@@ -236,7 +300,9 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         torch.set_rng_state(st["rng"])
         log.info("resumed from epoch=%d", start_epoch)
 
-    for epoch in range(start_epoch, cfg.epochs):
+    started = time.time()
+    epoch = start_epoch
+    while epoch < cfg.epochs:
         model.train()
         # Running sums stay on the device: reading them every step would stall a GPU at each batch.
         t0, seen = time.time(), 0
@@ -269,13 +335,15 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
         loss_sum, correct = loss_sum.item(), correct.item()
         scored = ema.module if ema is not None else model
-        v_logits, v_labels = predict_logits(scored, val_loader, device, amp_dtype)
+        v_logits, v_labels = data.validate(scored)
         v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
         v_acc = float(((v_logits > 0).astype(int) == v_labels).mean())
         row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                "val_loss": v_loss, "val_acc": v_acc, "seconds": round(time.time() - t0, 1)}
         history.append(row)
         log.info("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        if cfg.max_minutes and epoch == start_epoch:
+            sched = _fit_schedule(cfg, opt, sched, len(train_loader), epoch + 1, time.time() - started)
         if v_loss < best_val - 1e-4:
             best_val, bad_epochs = v_loss, 0
             best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
@@ -288,20 +356,31 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
         if bad_epochs >= cfg.patience:
             log.info("early stop epoch=%d best_val_loss=%.4f", epoch + 1, best_val)
             break
+        epoch += 1
 
     model.load_state_dict(best_state)
     model = model.to(memory_format=torch.contiguous_format)
-    v_logits, v_labels = predict_logits(model, val_loader, device, amp_dtype)
+    v_logits, v_labels = data.validate(model)
     temperature = fit_temperature(v_logits, v_labels)
-    val_metrics = classification_report(v_labels, sigmoid(v_logits / temperature))
+    v_p = calibrated(v_logits, temperature)
+    thresholds = {}
+    if spec.native:  # crop-based checkpoints give three labels; the older ones keep their one threshold
+        thresholds = choose_thresholds(v_labels, v_p, cfg.max_false_fake, cfg.max_false_real).to_dict()
+    metrics = {"validation": classification_report(v_labels, v_p)}
+    if data.held_out is not None and len(data.held_out):
+        h_logits, h_labels = data.validate(model, data.held_out)
+        metrics["held_out"] = {"sources": list(cfg.holdout), **classification_report(h_labels, calibrated(h_logits, temperature))}
+        log.info("held_out sources=%s n=%d roc_auc=%.4f", ",".join(cfg.holdout), len(h_labels), metrics["held_out"]["roc_auc"])
     cfg_dict = _config_dict(cfg, {"preprocessing"})
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
-        training={"config": cfg_dict, "history": history, "n_train": len(train_set), "n_val": len(val_set),
+        thresholds=thresholds,
+        training={"config": cfg_dict, "history": history, "n_train": data.n_train, "n_val": data.n_val,
                   "torch": torch.__version__, "device": str(device), **provenance},
-        metrics={"validation": val_metrics},
+        metrics=metrics,
     )
     path = out / "model.safetensors"
     meta = save_checkpoint(model.cpu(), meta, path)
-    log.info("saved checkpoint=%s version=%s temperature=%.3f val_acc=%.4f", path, meta.version, temperature, val_metrics["accuracy"])
+    log.info("saved checkpoint=%s version=%s temperature=%.3f val_acc=%.4f val_auc=%.4f", path, meta.version, temperature,
+             metrics["validation"]["accuracy"], metrics["validation"]["roc_auc"])
     return path, meta

@@ -1,0 +1,140 @@
+"""Crop-based checkpoints: training on native-resolution crops, held-out sources, three labels, evaluation."""
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from shared.imaging import Preprocessing, preprocess_bytes
+from shared.modeling.checkpoint import load_for_inference, read_meta
+from shared.modeling.registry import NeighbourResidual
+from shared.modeling.scorer import score_prepared
+from shared.scoring import Thresholds, choose_thresholds, image_logits
+from training.native import CropAugment, load_native_set, source_of, split_validation
+from training.train import TrainConfig, train
+
+NATIVE = Preprocessing(input_size=64, resize="native_crops", max_crops=4)
+
+
+def _toy_image(rng: np.random.Generator, fake: bool) -> np.ndarray:
+    """A stand-in for the two classes with a known, pixel-level difference: 'generated' images are up-sampled
+    by nearest neighbour (neighbouring pixels tied in 2 x 2 blocks, as a generator's last up-sampling leaves
+    them), 'camera' images carry independent per-pixel noise. The scenes themselves are drawn alike."""
+    w, h = (int(v) for v in rng.integers(90, 170, 2) // 2 * 2)
+    scene = np.asarray(Image.fromarray(rng.integers(0, 255, (h // 8, w // 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC))
+    if fake:
+        half = scene[::2, ::2]
+        return half.repeat(2, axis=0).repeat(2, axis=1)
+    return np.clip(scene + rng.normal(0, 6, scene.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("toy")
+    rng = np.random.default_rng(0)
+    for label, sources in (("real", ("cam-a", "cam-b")), ("fake", ("gen-a", "gen-b"))):
+        (root / label).mkdir()
+        for src in sources:
+            for i in range(20):
+                Image.fromarray(_toy_image(rng, label == "fake")).save(root / label / f"{src}__{i:03d}.png")
+    return root
+
+
+def test_sources_come_from_file_names_and_validation_keeps_every_source(toy_dir):
+    data = load_native_set(str(toy_dir))
+    assert len(data) == 80 and set(data.sources) == {"cam-a", "cam-b", "gen-a", "gen-b"}
+    assert source_of("fake/gen-a__003.png") == "gen-a" and source_of("plain.jpg") == ""
+    rest, held = data.without_sources(("cam-b", "gen-b"))
+    assert set(held.sources) == {"cam-b", "gen-b"} and set(rest.sources) == {"cam-a", "gen-a"}
+    train_part, val_part = split_validation(rest, 0.25, seed=0)
+    assert set(val_part.sources) == set(train_part.sources) == {"cam-a", "gen-a"} and len(val_part) == 10
+    assert not set(train_part.names) & set(val_part.names)
+
+
+def test_crop_augmentation_cuts_native_pixels_and_pads_small_crops():
+    img = np.random.default_rng(0).integers(0, 256, (100, 90, 3), dtype=np.uint8)
+    plain = CropAugment(64, p_resize=0, p_jpeg=0, p_small=0, p_flip=0, seed=1)
+    crop = plain(img)
+    assert crop.shape == (64, 64, 3) and crop.dtype == np.uint8
+    hits = [(y, x) for y in range(37) for x in range(27) if np.array_equal(img[y:y + 64, x:x + 64], crop)]
+    assert hits  # an exact window of the image: nothing resampled or re-encoded
+    small = CropAugment(64, p_resize=0, p_jpeg=0, p_small=1.0, p_flip=0, seed=3)
+    shapes = {tuple(small(img).shape) for _ in range(20)}
+    assert shapes == {(64, 64, 3)}  # always the model's input size, smaller crops padded up to it
+    busy = CropAugment(64, p_resize=1.0, p_jpeg=1.0, seed=2)
+    assert all(busy(img).shape == (64, 64, 3) for _ in range(20))
+
+
+def test_neighbour_residual_is_zero_on_nearest_upsampled_input():
+    x = torch.randn(1, 3, 8, 8).repeat_interleave(2, 2).repeat_interleave(2, 3)
+    out = NeighbourResidual()(x)
+    assert out.shape == (1, 6, 16, 16)
+    torch.testing.assert_close(out[:, :3], x)
+    assert out[:, 3:].abs().max() == 0
+    assert NeighbourResidual()(torch.randn(1, 3, 16, 16))[:, 3:].abs().max() > 0
+
+
+def test_thresholds_bound_false_alarms_on_validation_scores():
+    labels = np.array([0] * 100 + [1] * 100)
+    p = np.r_[np.linspace(0.0, 0.6, 100), np.linspace(0.3, 1.0, 100)]
+    t = choose_thresholds(labels, p, max_false_fake=0.01, max_false_real=0.05)
+    assert (p[:100] >= t.fake_from).mean() <= 0.01 and (p[:100] >= t.fake_from).sum() == 1
+    assert (p[100:] < t.real_below).mean() <= 0.05 and (p[100:] < t.real_below).sum() == 5
+    assert t.real_below < t.fake_from
+    assert [t.label(v) for v in (0.0, 0.45, 0.99)] == ["real", "uncertain", "fake"]
+    # Scores that separate perfectly: one threshold keeps both promises, and nothing is uncertain.
+    crossed = choose_thresholds(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9]), 0.0, 0.5)
+    assert crossed.real_below == crossed.fake_from and 0.2 < crossed.fake_from < 0.21
+    with pytest.raises(ValueError):
+        Thresholds(0.8, 0.2)
+    assert list(image_logits(np.array([1.0, 3.0, -2.0]), [2, 1])) == [2.0, -2.0]
+
+
+def test_crop_model_trains_holds_out_sources_and_labels_in_three(toy_dir, tmp_path):
+    cfg = TrainConfig(data=str(toy_dir), out=tmp_path, arch="tiny_resnet", epochs=6, batch_size=32, lr=3e-3,
+                      arch_args={"widths": [8, 16, 32], "input_filter": "npr"}, threads=1, crops_per_image=16,
+                      holdout=("cam-b", "gen-b"), val_fraction=0.25, precision="float32", patience=6, preprocessing=NATIVE,
+                      crop_augment={"p_jpeg": 0.0, "p_resize": 0.0})
+    path, meta = train(cfg)
+    assert meta.preprocessing == NATIVE and list(meta.training["config"]["holdout"]) == ["cam-b", "gen-b"]
+    rule = meta.label_rule
+    assert set(meta.thresholds) == {"real_below", "fake_from"} and rule.real_below <= rule.fake_from
+    # The pixel-level difference transfers to the sources it never saw.
+    assert meta.metrics["held_out"]["n"] == 40 and meta.metrics["held_out"]["roc_auc"] > 0.9
+
+    model, loaded = load_for_inference(path, precision="float32")
+    data = (toy_dir / "fake" / "gen-b__000.png").read_bytes()
+    prepared = preprocess_bytes(data, loaded.preprocessing)
+    [scored] = score_prepared(model, loaded, [prepared])
+    assert len(scored.crop_p) == len(prepared.boxes) >= 1 and scored.label in ("real", "fake", "uncertain")
+    assert scored.label == rule.label(scored.p_fake)
+
+
+def test_evaluate_scores_held_out_sources_with_robustness_and_source_rows(toy_dir, tmp_path):
+    from pixelproof.cli import main
+
+    path, _ = train(TrainConfig(data=str(toy_dir), out=tmp_path / "run", epochs=1, batch_size=32, threads=1,
+                                arch_args={"widths": [8, 16]}, holdout=("cam-b", "gen-b"), preprocessing=NATIVE))
+    assert main(["evaluate", "--checkpoint", str(path), "--data", str(toy_dir), "--held-out",
+                 "--cross-domain", str(toy_dir), "--out", str(tmp_path / "report")]) == 0
+    report = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    assert report["results"]["held_out"]["n"] == 40
+    assert {f"held_out+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop")} <= set(report["results"])
+    assert set(report["per_source"]) == {"cam-b (real)", "gen-b (fake)"}
+    row = report["results"]["held_out"]
+    assert abs(row["real_called_fake"] + row["real_called_uncertain"] + row["real_called_real"] - 1) < 1e-9
+    assert "| held_out |" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_small_and_odd_images_reach_a_crop_model(tmp_path):
+    """Sizes below a crop, odd sides and extreme aspect ratios all give a score and stay inside the image."""
+    for w, h in ((17, 9), (65, 3), (301, 64), (1000, 70)):
+        buf = io.BytesIO()
+        Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
+        prepared = preprocess_bytes(buf.getvalue(), NATIVE)
+        assert prepared.inputs.shape[1:] == (3, 64, 64) and 1 <= len(prepared.inputs) <= 4
+        assert all(b.x + b.w <= w and b.y + b.h <= h for b in prepared.boxes)

@@ -1,0 +1,195 @@
+"""Training data for crop-based checkpoints: images kept at their own resolution, cut into random crops.
+
+Every file is decoded by :func:`shared.imaging.load_rgb_array`, the worker's own decoder, and kept whole (up
+to ``keep_side`` a side, centre region). Training then cuts a random crop of the checkpoint's crop size from
+it each time it is drawn, so a few thousand images give millions of different inputs; validation and
+evaluation score the fixed grid that serving scores (:func:`shared.imaging.native_crops`).
+
+File names of the form ``<source>__<id>.<ext>`` name their source, so whole sources can be held out.
+"""
+from __future__ import annotations
+
+import io
+import logging
+import math
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from shared.imaging import ImageRejected, Preprocessing, load_rgb_array, native_crops, normalise, pad_to
+
+from .data import DatasetUnavailable, folder_files
+
+log = logging.getLogger(__name__)
+
+_FILTERS = (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS, Image.Resampling.BOX)
+
+
+def source_of(name: str) -> str:
+    """``<source>__<id>.jpg`` -> ``<source>``; names without the separator belong to no named source."""
+    stem = Path(name).name
+    return stem.split("__", 1)[0] if "__" in stem else ""
+
+
+@dataclass
+class NativeSet:
+    images: list[np.ndarray]  # upright H x W x 3 uint8, native resolution
+    labels: np.ndarray  # 0 = real, 1 = fake
+    names: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def sources(self) -> np.ndarray:
+        return np.array([source_of(n) for n in self.names])
+
+    def subset(self, idx) -> NativeSet:
+        idx = np.asarray(idx, dtype=int)
+        return NativeSet([self.images[i] for i in idx], self.labels[idx], [self.names[i] for i in idx])
+
+    def without_sources(self, held_out: tuple[str, ...]) -> tuple[NativeSet, NativeSet]:
+        """(the images of every other source, the images of the held-out ones)."""
+        unknown = set(held_out) - set(self.sources)
+        if unknown:
+            raise DatasetUnavailable(f"no images of source(s) {', '.join(sorted(unknown))} in the data "
+                                     f"(sources: {', '.join(sorted(set(self.sources)))})")
+        out = np.isin(self.sources, list(held_out))
+        return self.subset(np.flatnonzero(~out)), self.subset(np.flatnonzero(out))
+
+
+def _centre(arr: np.ndarray, keep_side: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    top, left = max(0, (h - keep_side) // 2), max(0, (w - keep_side) // 2)
+    return np.ascontiguousarray(arr[top: top + keep_side, left: left + keep_side])
+
+
+def load_native_set(source: str, keep_side: int = 512) -> NativeSet:
+    """An image folder (``real/``, ``fake/``) or a parquet / Hugging Face dataset's train split."""
+    path = Path(source)
+    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
+        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
+    else:
+        from .data import _bytes_of, _label_map, _load_hf
+
+        split = _load_hf(source)["train"]
+        from datasets import Image as HFImage
+
+        mapping = _label_map(split.features)
+        split = split.cast_column("image", HFImage(decode=False))
+        names = split["filename"] if "filename" in split.column_names else [str(i) for i in range(len(split))]
+        items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(split["image"], split["label"], names)]
+    if not items:
+        raise DatasetUnavailable(f"{source} holds no labelled images (expected real/ and fake/ folders)")
+    images, labels, names = [], [], []
+    for data, label, name in items:
+        try:
+            images.append(_centre(load_rgb_array(data, 10**9), keep_side))
+        except ImageRejected as exc:
+            log.warning("skipping undecodable training image name=%s reason=%r", name, str(exc))
+            continue
+        labels.append(label)
+        names.append(name)
+    return NativeSet(images, np.array(labels, dtype=np.int64), names)
+
+
+def split_validation(data: NativeSet, fraction: float, seed: int) -> tuple[NativeSet, NativeSet]:
+    """A random split stratified by source, so every source is seen in training and checked in validation."""
+    rng = np.random.default_rng(seed)
+    val = []
+    sources = data.sources
+    for src in sorted(set(sources)):
+        for label in (0, 1):
+            idx = np.flatnonzero((sources == src) & (data.labels == label))
+            val += list(rng.permutation(idx)[: int(round(len(idx) * fraction))])
+    val_mask = np.zeros(len(data), dtype=bool)
+    val_mask[val] = True
+    return data.subset(np.flatnonzero(~val_mask)), data.subset(np.flatnonzero(val_mask))
+
+
+def jpeg(arr: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+class CropAugment:
+    """One random crop of an image, passed through what happens to real uploads on the way, for both classes
+    alike so none of it can tell them apart: resampling (a resize by 0.5-1.5x with a random filter), JPEG
+    re-encoding (quality 50-100, 4:4:4 or 4:2:0 chroma), horizontal flips, and now and then a crop smaller
+    than the model's input, padded the way serving pads small images (shared.imaging.pad_to)."""
+
+    def __init__(self, side: int, p_resize: float = 0.3, scale: tuple[float, float] = (0.5, 1.5),
+                 p_jpeg: float = 0.6, quality: tuple[int, int] = (50, 100), p_small: float = 0.05,
+                 p_flip: float = 0.5, seed: int = 0):
+        self.side, self.p_resize, self.scale, self.p_jpeg, self.quality = side, p_resize, scale, p_jpeg, quality
+        self.p_small, self.p_flip = p_small, p_flip
+        self.rng = random.Random(seed)
+
+    def __call__(self, img: np.ndarray) -> np.ndarray:
+        r, side = self.rng, self.side
+        h, w = img.shape[:2]
+        out = side + 8  # a margin, so the JPEG block grid falls at a random offset inside the final crop
+        scale = math.exp(r.uniform(*map(math.log, self.scale))) if r.random() < self.p_resize else 1.0
+        rh, rw = min(h, math.ceil(out / scale)), min(w, math.ceil(out / scale))
+        y, x = r.randint(0, h - rh), r.randint(0, w - rw)
+        region = img[y: y + rh, x: x + rw]
+        if scale != 1.0:
+            size = (max(1, round(rw * scale)), max(1, round(rh * scale)))
+            region = np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize(size, r.choice(_FILTERS)))
+        if r.random() < self.p_jpeg:
+            region = jpeg(np.ascontiguousarray(region), r.randint(*self.quality), r.choice((0, 2)))
+        ch, cw = min(side, region.shape[0]), min(side, region.shape[1])
+        if r.random() < self.p_small:
+            ch, cw = r.randint(min(ch, side // 4), ch), r.randint(min(cw, side // 4), cw)
+        y, x = r.randint(0, region.shape[0] - ch), r.randint(0, region.shape[1] - cw)
+        crop = region[y: y + ch, x: x + cw]
+        if r.random() < self.p_flip:
+            crop = crop[:, ::-1]
+        return pad_to(np.ascontiguousarray(crop), side)
+
+
+class CropDataset(Dataset):
+    """``samples`` random crops an epoch, each from an image drawn in turn (index modulo the image count)."""
+
+    def __init__(self, data: NativeSet, spec: Preprocessing, augment: CropAugment, samples: int = 0):
+        self.data, self.spec, self.augment = data, spec, augment
+        self.samples = samples or len(data)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int):
+        i %= len(self.data)
+        crop = self.augment(self.data.images[i])
+        return torch.from_numpy(normalise(crop[None], self.spec)[0]), torch.tensor(float(self.data.labels[i]))
+
+
+@torch.inference_mode()
+def crop_logits(model, data: NativeSet, spec: Preprocessing, device: torch.device, batch: int = 256) -> tuple[np.ndarray, list[int]]:
+    """Every image's serving grid through the model: (all crop logits in order, crops per image)."""
+    from shared.modeling.device import as_input
+
+    counts, logits, pending = [], [], []
+
+    def flush():
+        logits.append(model(as_input(torch.from_numpy(np.concatenate(pending)), device)).float().cpu().numpy())
+        pending.clear()
+
+    n_pending = 0
+    for img in data.images:
+        inputs = native_crops(img, spec).inputs
+        counts.append(len(inputs))
+        pending.append(inputs)
+        n_pending += len(inputs)
+        if n_pending >= batch:
+            flush()
+            n_pending = 0
+    if pending:
+        flush()
+    return np.concatenate(logits) if logits else np.zeros(0), counts
