@@ -105,7 +105,7 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
     items = client.results(job["id"])
     model = job["model"]["version"] if job.get("model") else "?"
     print(f"done: {job['total']} images, real {job['counts']['real']}, AI-generated {job['counts']['fake']}, "
-          f"errors {job['errors']} (model {model})")
+          f"uncertain {job['counts'].get('uncertain', 0)}, errors {job['errors']} (model {model})")
     if out:
         write_results(items, out, fmt)
         print(f"results written to {out}")
@@ -115,7 +115,7 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
 def write_results(items: list[dict], out: Path, fmt: str) -> None:
     import csv
 
-    from shared.models import RESULT_FIELDS
+    from shared.models import RESULT_FIELDS, csv_cells
 
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
@@ -124,4 +124,4 @@ def write_results(items: list[dict], out: Path, fmt: str) -> None:
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS, extrasaction="ignore")
         writer.writeheader()
-        writer.writerows(items)
+        writer.writerows(csv_cells(i) for i in items)

@@ -1,6 +1,7 @@
 """Jobs, their images, and the per-model prediction cache. The app database is the source of truth."""
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import datetime, timezone
 
@@ -11,6 +12,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    JSON,
     String,
     Text,
 )
@@ -18,9 +20,16 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 TERMINAL = (DONE, ERROR)
-LABELS = ("real", "fake")
-# The columns of a result as the API and the CLI export it (CSV header order).
-RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "error", "model_version")
+LABELS = ("real", "fake", "uncertain")  # shared.scoring says when each applies
+# The columns of a result as the API and the CLI export it (CSV header order). real_below and fake_from are the
+# thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake).
+RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",
+                 "model_version", "image_width", "image_height", "regions")
+
+
+def csv_cells(row: dict) -> dict:
+    """A result row as CSV cells: lists (the regions) become compact JSON instead of Python's repr."""
+    return {k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else v for k, v in row.items()}
 
 
 def utcnow() -> datetime:
@@ -82,4 +91,6 @@ class Prediction(Base):
     p_fake: Mapped[float | None] = mapped_column(Float)
     label: Mapped[str | None] = mapped_column(String(16))
     error: Mapped[str | None] = mapped_column(Text)  # a decode error is a property of the bytes: cache it too
+    # Where the model looked and by which rule it labelled: {"width", "height", "thresholds", "regions": [...]}
+    details: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

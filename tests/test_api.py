@@ -34,7 +34,7 @@ def test_create_job_commits_enqueues_and_reports(client, mini_dir, redis_server,
     assert resp.headers["Location"].endswith(f"/api/jobs/{job['id']}")
     assert len(job["id"]) >= 20  # 128 random bits, url-safe
     assert job["status"] == "queued" and job["total"] == 3 and job["done"] == 0 and job["errors"] == 0
-    assert job["counts"] == {"real": 0, "fake": 0}
+    assert job["counts"] == {"real": 0, "fake": 0, "uncertain": 0}
     # ids only through the broker: one task message holding the three image ids
     messages = Redis.from_url(redis_server.url).lrange(QUEUE, 0, -1)
     assert len(messages) == 1 and b'"pixelproof.classify"' in messages[0]
@@ -65,7 +65,8 @@ def test_results_download_csv_and_json(client, mini_dir):
     assert resp.status_code == 200 and resp.mimetype == "text/csv"
     assert "attachment" in resp.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
-    assert len(rows) == 2 and set(rows[0]) == {"filename", "sha256", "status", "label", "p_fake", "error", "model_version"}
+    assert len(rows) == 2 and set(rows[0]) == {"filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from",
+                                               "error", "model_version", "image_width", "image_height", "regions"}
     body = client.get(f"/api/jobs/{job['id']}/results?format=json&download=1").get_json()
     assert body["job_id"] == job["id"] and len(body["items"]) == 2
 

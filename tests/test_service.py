@@ -58,7 +58,8 @@ def test_classify_is_idempotent_and_errors_stay_per_image(world, classifier):
         assert item.status in ("done", "error") and item.attempts == 1
         assert item.model_version == classifier.version
         if expected.get(name, "ok") == "ok":
-            assert item.status == "done" and 0 <= item.p_fake <= 1 and item.label in ("real", "fake"), name
+            assert item.status == "done" and 0 <= item.p_fake <= 1, name
+            assert item.label == classifier.meta.label_rule.label(item.p_fake), name
         else:
             assert item.status == "error" and expected[name].lower() in item.error.lower(), (name, item.error)
     assert cached == len({sha for sha in (i.sha256 for i in rows.values())})
@@ -86,3 +87,32 @@ def test_sweeper_requeues_only_stale_unfinished_images(world, classifier):
     assert sweep_stale(db, sent.extend, stale_after=600) == 3
     assert sorted(sent) == sorted(ids[3:6])
     assert sweep_stale(db, sent.extend, stale_after=600) == 0  # touched again: not re-sent at once
+
+
+def test_predictions_record_where_the_model_looked(world, classifier):
+    """Each prediction keeps its crop boxes and scores, the image size and the thresholds it was labelled by,
+    and a cached prediction hands them back unchanged."""
+    from PIL import Image
+
+    db, storage, ids, files = world
+    big = io.BytesIO()
+    Image.effect_noise((700, 300), 40).convert("RGB").save(big, "JPEG", quality=90)
+    sha, size = storage.put_stream(io.BytesIO(big.getvalue()), 10**8)
+    with db.session() as s:
+        job = Job()
+        s.add(job)
+        [new_id] = add_images(s, job, [Upload("wide.jpg", sha, size)])
+        [again_id] = add_images(s, job, [Upload("again.jpg", sha, size)])
+        s.commit()
+    classify_images(db, storage, classifier, [new_id])
+    assert classify_images(db, storage, classifier, [again_id])["cached"] == 1
+    with db.session() as s:
+        details = s.get(Prediction, (sha, classifier.version)).details
+        item = s.get(ImageItem, again_id)
+    side = classifier.meta.preprocessing.input_size
+    assert (details["width"], details["height"]) == (700, 300)
+    assert details["thresholds"] == classifier.meta.label_rule.to_dict()
+    regions = details["regions"]
+    assert 1 < len(regions) <= classifier.meta.preprocessing.max_crops
+    assert all(r["x"] + r["w"] <= 700 and r["y"] + r["h"] <= 300 and r["w"] == min(side, 700) for r in regions)
+    assert item.label == classifier.meta.label_rule.label(item.p_fake)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from shared.imaging import ImageRejected, thumbnail_png
 from shared.logs import kv
-from shared.models import RESULT_FIELDS, ImageItem, Job
+from shared.models import RESULT_FIELDS, ImageItem, Job, csv_cells
 from shared.queue import enqueue_images
 from shared.storage import TooLarge
 
@@ -190,7 +190,7 @@ def _csv(items: list[dict], header: bool = True) -> str:
     writer = csv.DictWriter(buf, fieldnames=RESULT_FIELDS, extrasaction="ignore")
     if header:
         writer.writeheader()
-    writer.writerows(items)
+    writer.writerows(csv_cells(i) for i in items)
     return buf.getvalue()
 
 
@@ -202,8 +202,11 @@ def thumbnail(job_id: str, image_id: int):
     item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
     if item is None:
         raise ApiError(404, f"job {job_id} has no image {image_id}")
+    size = int(_float_arg("size", 96))
+    if not 16 <= size <= 512:
+        raise ApiError(400, "size must be between 16 and 512 pixels")
     try:
-        png = thumbnail_png(services().storage.read(item.sha256), services().settings.max_pixels)
+        png = thumbnail_png(services().storage.read(item.sha256), services().settings.max_pixels, size=size)
     except FileNotFoundError:
         raise ApiError(404, "the stored upload is missing") from None
     except ImageRejected as exc:

@@ -8,7 +8,7 @@ from datetime import timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job
+from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job, Prediction
 
 
 @dataclass
@@ -60,18 +60,27 @@ def job_status(session: Session, job: Job) -> dict:
         "errors": by_status.get(ERROR, 0),
         "queued": by_status.get(QUEUED, 0),
         "running": by_status.get(RUNNING, 0),
-        "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0)},
+        "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0), "uncertain": labels.get("uncertain", 0)},
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "finished_at": _iso(finished[0]) if status == "done" else None,
-        "model": _model(versions[-1]) if versions else None,
-        "models": [_model(v) for v in versions],
+        "model": _model(session, versions[-1]) if versions else None,
+        "models": [_model(session, v) for v in versions],
     }
 
 
-def _model(version: str) -> dict:
+_THRESHOLDS: dict[str, dict] = {}  # a version names fixed content, so its thresholds never change once seen
+
+
+def _model(session: Session, version: str) -> dict:
+    """A model version and the label thresholds its predictions were given by (recorded with each prediction)."""
     name = version.rsplit("-", 1)[0] if "-" in version else version
-    return {"name": name, "version": version}
+    if version not in _THRESHOLDS:
+        details = session.scalar(select(Prediction.details).where(Prediction.model_version == version,
+                                                                  Prediction.details.is_not(None)).limit(1))
+        if details and details.get("thresholds"):
+            _THRESHOLDS[version] = details["thresholds"]
+    return {"name": name, "version": version, "thresholds": _THRESHOLDS.get(version)}
 
 
 def _iso(dt) -> str | None:
@@ -82,7 +91,9 @@ def _iso(dt) -> str | None:
     return dt.isoformat()
 
 
-def result_row(item: ImageItem) -> dict:
+def result_row(item: ImageItem, details: dict | None = None) -> dict:
+    details = details or {}
+    thresholds = details.get("thresholds") or {}
     return {
         "id": item.id,
         "filename": item.filename,
@@ -91,18 +102,26 @@ def result_row(item: ImageItem) -> dict:
         "status": item.status,
         "label": item.label,
         "p_fake": item.p_fake,
+        "real_below": thresholds.get("real_below"),
+        "fake_from": thresholds.get("fake_from"),
         "error": item.error,
         "model_version": item.model_version,
+        "image_width": details.get("width"),
+        "image_height": details.get("height"),
+        "regions": details.get("regions"),
     }
 
 
 def results_page(session: Session, job_id: str, after_id: int, limit: int) -> tuple[list[dict], int | None]:
-    items = session.scalars(
-        select(ImageItem).where(ImageItem.job_id == job_id, ImageItem.id > after_id).order_by(ImageItem.id).limit(limit + 1)
+    """A page of results with what the worker recorded about each prediction (crop scores, thresholds)."""
+    rows = session.execute(
+        select(ImageItem, Prediction.details)
+        .outerjoin(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
+        .where(ImageItem.job_id == job_id, ImageItem.id > after_id).order_by(ImageItem.id).limit(limit + 1)
     ).all()
-    more = len(items) > limit
-    items = items[:limit]
-    return [result_row(i) for i in items], (items[-1].id if more else None)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return [result_row(item, details) for item, details in rows], (rows[-1][0].id if more else None)
 
 
 def iter_results(session: Session, job_id: str, chunk: int = 1000) -> Iterator[dict]:

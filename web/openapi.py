@@ -20,7 +20,14 @@ _ACCEPTED = {
 
 OPENAPI = {
     "openapi": "3.1.0",
-    "info": {"title": "Pixelproof", "version": "1", "description": "Classify images as real photos or AI-generated, in batches."},
+    "info": {"title": "Pixelproof", "version": "1", "description": (
+        "Classify images as real photos or AI-generated, in batches. Each result has `p_fake`, the calibrated "
+        "P(AI-generated), and a `label`: `fake` when p_fake >= `fake_from`, `real` when p_fake < `real_below`, "
+        "`uncertain` in between. Both thresholds come from the model's checkpoint, where they were chosen on "
+        "validation data so that few real photos (about 1 in 100) are labelled `fake`, and each result carries "
+        "the ones it was labelled by. A crop-based model scores a grid of crops at the image's own resolution; "
+        "`regions` lists each crop's box (pixels of the upright image) and P(AI-generated), and p_fake comes from "
+        "the mean of the crops' logits. Checkpoints without three-label thresholds have real_below == fake_from.")},
     "components": {
         "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         "schemas": {
@@ -30,18 +37,33 @@ OPENAPI = {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done"]},
                 "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
                 "queued": {"type": "integer"}, "running": {"type": "integer"},
-                "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"}}},
+                "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
+                                                            "uncertain": {"type": "integer"}}},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                "model": {"type": ["object", "null"], "properties": {"name": {"type": "string"}, "version": {"type": "string"}}},
+                "model": {"type": ["object", "null"], "properties": {
+                    "name": {"type": "string"}, "version": {"type": "string"},
+                    "thresholds": {"$ref": "#/components/schemas/Thresholds"}}},
             }},
+            "Thresholds": {"type": ["object", "null"], "description": "label = fake if p_fake >= fake_from, "
+                           "real if p_fake < real_below, else uncertain",
+                           "properties": {"real_below": {"type": "number"}, "fake_from": {"type": "number"}}},
+            "Region": {"type": "object", "description": "one crop the model scored, in pixels of the upright image",
+                       "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}, "w": {"type": "integer"},
+                                      "h": {"type": "integer"}, "p_fake": {"type": "number"}}},
             "Result": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "filename": {"type": "string"}, "sha256": {"type": "string"},
                 "size_bytes": {"type": "integer"},
-                "status": {"enum": ["queued", "running", "done", "error"]}, "label": {"enum": ["real", "fake", None]},
-                "p_fake": {"type": ["number", "null"]}, "error": {"type": ["string", "null"]},
+                "status": {"enum": ["queued", "running", "done", "error"]},
+                "label": {"enum": ["real", "fake", "uncertain", None]},
+                "p_fake": {"type": ["number", "null"]},
+                "real_below": {"type": ["number", "null"]}, "fake_from": {"type": ["number", "null"]},
+                "error": {"type": ["string", "null"]},
                 "model_version": {"type": ["string", "null"]},
+                "image_width": {"type": ["integer", "null"]}, "image_height": {"type": ["integer", "null"]},
+                "regions": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Region"},
+                            "description": "in CSV: the same list as compact JSON"},
             }},
         },
     },
@@ -75,8 +97,10 @@ OPENAPI = {
                 "text/csv": {"schema": {"type": "string"}}}}, "400": _ERR, "404": _ERR}}},
         "/api/jobs/{job_id}/images/{image_id}/thumbnail": {"get": {
             "summary": "A re-encoded PNG thumbnail",
-            "parameters": [_JOB_ID, {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}],
-            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "404": _ERR, "422": _ERR}}},
+            "parameters": [_JOB_ID, {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+                           {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 512},
+                            "description": "longest side in pixels (default 96); the aspect ratio is kept"}],
+            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "400": _ERR, "404": _ERR, "422": _ERR}}},
         "/healthz": {"get": {"summary": "Database and broker reachability",
                              "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},

@@ -78,7 +78,61 @@
     $("job-text").textContent = `${job.done} / ${job.total}` + (job.errors ? ` (${job.errors} errors)` : "");
     $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
     $("status").dataset.status = job.status;
-    $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}`;
+    $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
+      ` · uncertain: ${job.counts.uncertain || 0}`;
+    const t = job.model && job.model.thresholds;
+    if (t) {
+      $("legend").textContent = t.real_below === t.fake_from
+        ? `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)}, real below it.`
+        : `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)} (chosen so that about 1 in 100 ` +
+          `real photos of its validation set reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
+      $("legend").hidden = false;
+    }
+  }
+
+  const LABEL_TEXT = { fake: "AI-generated", real: "real", uncertain: "uncertain" };
+
+  // Green for crops that look real, red for crops that look generated; the further from 0.5, the stronger.
+  function heat(p) {
+    const a = Math.min(0.75, Math.abs(p - 0.5) * 1.5).toFixed(2);
+    return p >= 0.5 ? `rgba(176, 0, 32, ${a})` : `rgba(27, 127, 59, ${a})`;
+  }
+
+  function openDetail(jobId, r, q) {
+    $("detail-name").textContent = r.filename;
+    const verdict = LABEL_TEXT[r.label] || r.label;
+    let why = "";
+    if (r.fake_from != null) {
+      why = r.label === "fake" ? ` (P ≥ ${r.fake_from.toFixed(3)})`
+        : r.label === "real" ? ` (P < ${r.real_below.toFixed(3)})`
+        : ` (between ${r.real_below.toFixed(3)} and ${r.fake_from.toFixed(3)})`;
+    }
+    $("detail-verdict").textContent = `${verdict}: P(AI-generated) = ${r.p_fake.toFixed(3)}${why}` +
+      (r.image_width ? ` · ${r.image_width} × ${r.image_height} px` : "") + ` · model ${r.model_version}`;
+    const map = $("detail-map");
+    map.textContent = "";
+    const tbody = $("detail-regions").querySelector("tbody");
+    tbody.textContent = "";
+    for (const g of r.regions || []) {
+      const box = document.createElement("div");
+      box.style.left = `${(100 * g.x) / r.image_width}%`;
+      box.style.top = `${(100 * g.y) / r.image_height}%`;
+      box.style.width = `${(100 * g.w) / r.image_width}%`;
+      box.style.height = `${(100 * g.h) / r.image_height}%`;
+      box.style.background = heat(g.p_fake);
+      box.title = `P(AI-generated) ${g.p_fake.toFixed(3)}`;
+      map.appendChild(box);
+      const tr = document.createElement("tr");
+      for (const text of [`${g.x}, ${g.y}, ${g.w} × ${g.h}`, g.p_fake.toFixed(3)]) {
+        const td = document.createElement("td");
+        td.textContent = text;
+        tr.appendChild(td);
+      }
+      tbody.appendChild(tr);
+    }
+    $("detail-regions").hidden = !(r.regions || []).length;
+    $("detail-img").src = `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512${q}`;
+    $("detail").showModal();
   }
 
   // Long-poll: the server answers as soon as `done` moves, so a one-image job shows up without delay.
@@ -121,7 +175,8 @@
         img.alt = "";
         img.loading = "lazy";
         if (r.status !== "error") img.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail?${q.slice(1)}`;
-        const cells = [img, r.filename, r.status === "error" ? "error" : (r.label === "fake" ? "AI-generated" : r.label),
+        if (r.status === "done") tr.addEventListener("click", () => openDetail(jobId, r, q));
+        const cells = [img, r.filename, r.status === "error" ? "error" : (LABEL_TEXT[r.label] || r.label || ""),
                        r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
         cells.forEach((c, k) => {
           const td = document.createElement("td");
