@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 
 from shared.imaging import Preprocessing, preprocess_bytes
-from shared.modeling.checkpoint import load_for_inference, read_meta
+from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.registry import NeighbourResidual
 from shared.modeling.scorer import score_prepared
 from shared.scoring import Thresholds, choose_thresholds, image_logits
-from training.native import CropAugment, load_native_set, source_of, split_validation
+from training.data import source_of
+from training.native import CropAugment, load_native_set, split_validation
 from training.train import TrainConfig, train
 
 NATIVE = Preprocessing(input_size=64, resize="native_crops", max_crops=4)
@@ -138,3 +139,39 @@ def test_small_and_odd_images_reach_a_crop_model(tmp_path):
         prepared = preprocess_bytes(buf.getvalue(), NATIVE)
         assert prepared.inputs.shape[1:] == (3, 64, 64) and 1 <= len(prepared.inputs) <= 4
         assert all(b.x + b.w <= w and b.y + b.h <= h for b in prepared.boxes)
+
+
+def test_calibrate_fits_temperature_and_thresholds_on_out_of_fold_scores(toy_dir, tmp_path):
+    from pixelproof.cli import main
+    from shared.modeling.checkpoint import load_checkpoint, read_meta
+
+    def run(name, holdout=()):
+        cfg = TrainConfig(data=str(toy_dir), out=tmp_path / name, epochs=1, batch_size=32, threads=1, holdout=holdout,
+                          arch_args={"widths": [8, 16]}, preprocessing=NATIVE)
+        return train(cfg)[0]
+
+    full = run("full")
+    folds = [run("a", ("cam-a", "gen-a")), run("b", ("cam-b", "gen-b"))]
+    out = tmp_path / "calibrated.safetensors"
+    assert main(["calibrate", "--checkpoint", str(full), "--folds", *map(str, folds), "--data", str(toy_dir),
+                 "--out", str(out)]) == 0
+    before, after = read_meta(full), read_meta(out)
+    oof = after.metrics["out_of_fold"]
+    assert oof["n"] == 80 and after.temperature == oof["temperature"] and after.thresholds == oof["thresholds"]
+    assert after.version != before.version and after.training["calibrated_on"]["folds"] == list(map(str, folds))
+    a, _ = load_checkpoint(full)
+    b, _ = load_checkpoint(out)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # weights untouched
+    # a fold model of another recipe cannot stand in for this one's unseen sources
+    other = train(TrainConfig(data=str(toy_dir), out=tmp_path / "other", epochs=1, batch_size=32, threads=1,
+                              holdout=("cam-a", "gen-a"), arch_args={"widths": [8, 8]}, preprocessing=NATIVE))[0]
+    assert main(["calibrate", "--checkpoint", str(full), "--folds", str(other), "--data", str(toy_dir),
+                 "--out", str(tmp_path / "x.safetensors")]) == 2
+
+
+def test_max_minutes_shortens_the_schedule_to_what_fits(toy_dir, tmp_path):
+    cfg = TrainConfig(data=str(toy_dir), out=tmp_path, epochs=50, patience=50, batch_size=32, threads=1,
+                      arch_args={"widths": [8, 16]}, preprocessing=NATIVE, max_minutes=0.0001)
+    _, meta = train(cfg)
+    epochs = meta.training["config"]["epochs"]
+    assert epochs < 50 and len(meta.training["history"]) == epochs  # the redrawn schedule ran to its end

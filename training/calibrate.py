@@ -18,7 +18,8 @@ import numpy as np
 from shared.modeling.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
 from shared.scoring import calibrated, choose_thresholds
 
-from .evaluate import labelled_files, score_bytes
+from .data import labelled_files
+from .evaluate import score_bytes
 from .metrics import classification_report
 from .train import RunMismatch, fit_temperature
 

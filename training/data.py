@@ -138,6 +138,12 @@ def split_validation(train: ImageSet, fraction: float, seed: int) -> tuple[Image
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
 
+def source_of(name: str) -> str:
+    """``<source>__<id>.jpg`` -> ``<source>``; names without the separator belong to no named source."""
+    stem = Path(name).name
+    return stem.split("__", 1)[0] if "__" in stem else ""
+
+
 def folder_files(root: Path) -> list[tuple[Path, int]]:
     """(path, label) for an image-folder layout with real/ and fake/ (or any synonyms)."""
     items = []
@@ -152,3 +158,27 @@ def folder_files(root: Path) -> list[tuple[Path, int]]:
 
 def pil_from_uint8(arr: np.ndarray) -> Image.Image:
     return Image.fromarray(arr, "RGB")
+
+
+def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = ()) -> tuple[list[bytes], np.ndarray, list[str]]:
+    """(file bytes, labels, names) of an image folder (all of it) or of a parquet / hub dataset's split,
+    restricted to the named sources (file names ``<source>__<id>``) when any are given."""
+    path = Path(source)
+    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
+        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
+    else:
+        from datasets import Image as HFImage
+
+        ds = _load_hf(source)
+        if split not in ds:
+            raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(ds)})")
+        part = ds[split]
+        mapping = _label_map(part.features)
+        part = part.cast_column("image", HFImage(decode=False))
+        names = part["filename"] if "filename" in part.column_names else [str(i) for i in range(len(part))]
+        items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(part["image"], part["label"], names)]
+    if sources:
+        items = [it for it in items if source_of(it[2]) in sources]
+    if not items:
+        raise DatasetUnavailable(f"no labelled images in {source}" + (f" from sources {', '.join(sources)}" if sources else ""))
+    return [it[0] for it in items], np.array([it[1] for it in items]), [it[2] for it in items]

@@ -23,9 +23,8 @@ from shared.modeling.device import precision_name
 from shared.modeling.scorer import score_prepared
 
 from . import plots
-from .data import DatasetUnavailable, _bytes_of, _label_map, _load_hf, folder_files
+from .data import DatasetUnavailable, folder_files, labelled_files, source_of
 from .metrics import classification_report, label_shares, reliability_bins, roc_points
-from .native import source_of
 
 log = logging.getLogger(__name__)
 
@@ -86,30 +85,6 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int 
             flush()
     flush()
     return out
-
-
-def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = ()) -> tuple[list[bytes], np.ndarray, list[str]]:
-    """(file bytes, labels, names) of an image folder (all of it) or of a parquet / hub dataset's split,
-    restricted to the named sources (file names ``<source>__<id>``) when any are given."""
-    path = Path(source)
-    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
-        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
-    else:
-        from datasets import Image as HFImage
-
-        ds = _load_hf(source)
-        if split not in ds:
-            raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(ds)})")
-        part = ds[split]
-        mapping = _label_map(part.features)
-        part = part.cast_column("image", HFImage(decode=False))
-        names = part["filename"] if "filename" in part.column_names else [str(i) for i in range(len(part))]
-        items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(part["image"], part["label"], names)]
-    if sources:
-        items = [it for it in items if source_of(it[2]) in sources]
-    if not items:
-        raise DatasetUnavailable(f"no labelled images in {source}" + (f" from sources {', '.join(sources)}" if sources else ""))
-    return [it[0] for it in items], np.array([it[1] for it in items]), [it[2] for it in items]
 
 
 def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_domain: str | None = None,

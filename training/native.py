@@ -14,7 +14,6 @@ import logging
 import math
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,17 +22,11 @@ from torch.utils.data import Dataset
 
 from shared.imaging import ImageRejected, Preprocessing, load_rgb_array, native_crops, normalise, pad_to
 
-from .data import DatasetUnavailable, folder_files
+from .data import DatasetUnavailable, labelled_files, source_of
 
 log = logging.getLogger(__name__)
 
 _FILTERS = (Image.Resampling.BICUBIC, Image.Resampling.BILINEAR, Image.Resampling.LANCZOS, Image.Resampling.BOX)
-
-
-def source_of(name: str) -> str:
-    """``<source>__<id>.jpg`` -> ``<source>``; names without the separator belong to no named source."""
-    stem = Path(name).name
-    return stem.split("__", 1)[0] if "__" in stem else ""
 
 
 @dataclass
@@ -71,31 +64,15 @@ def _centre(arr: np.ndarray, keep_side: int) -> np.ndarray:
 
 def load_native_set(source: str, keep_side: int = 512) -> NativeSet:
     """An image folder (``real/``, ``fake/``) or a parquet / Hugging Face dataset's train split."""
-    path = Path(source)
-    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
-        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
-    else:
-        from .data import _bytes_of, _label_map, _load_hf
-
-        split = _load_hf(source)["train"]
-        from datasets import Image as HFImage
-
-        mapping = _label_map(split.features)
-        split = split.cast_column("image", HFImage(decode=False))
-        names = split["filename"] if "filename" in split.column_names else [str(i) for i in range(len(split))]
-        items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(split["image"], split["label"], names)]
-    if not items:
-        raise DatasetUnavailable(f"{source} holds no labelled images (expected real/ and fake/ folders)")
-    images, labels, names = [], [], []
-    for data, label, name in items:
+    files, labels, names = labelled_files(source, split="train")
+    images, kept = [], []
+    for i, (data, name) in enumerate(zip(files, names)):
         try:
             images.append(_centre(load_rgb_array(data, 10**9), keep_side))
+            kept.append(i)
         except ImageRejected as exc:
             log.warning("skipping undecodable training image name=%s reason=%r", name, str(exc))
-            continue
-        labels.append(label)
-        names.append(name)
-    return NativeSet(images, np.array(labels, dtype=np.int64), names)
+    return NativeSet(images, labels[kept], [names[i] for i in kept])
 
 
 def split_validation(data: NativeSet, fraction: float, seed: int) -> tuple[NativeSet, NativeSet]:

@@ -20,7 +20,6 @@ from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_che
 from shared.modeling.device import InPrecision, as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
 from shared.modeling.registry import build_model
 from shared.scoring import calibrated, choose_thresholds, image_logits
-from shared.scoring import sigmoid
 
 from . import native
 from .augment import Augment
