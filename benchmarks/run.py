@@ -38,6 +38,8 @@ from shared.modeling.device import compute_dtype, precision_name  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT, load_settings  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
+# benchmarks/photos.py owns the section of RESULTS.md from this marker on; this script keeps it as it is.
+PHOTOS_SECTION = "<!-- photos: written by benchmarks/photos.py -->"
 
 
 # ---------------------------------------------------------------- data
@@ -435,7 +437,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{args.large} upscaled 1536x1536 JPEG photos; batch size {args.batch_size}; command: "
               f"`python benchmarks/run.py{' --smoke' if args.smoke else ''}`\n\n{table}\n\n{notes}\n")
     print("\n" + table)
-    Path(args.out).write_text(report)
+    out = Path(args.out)
+    old = out.read_text() if out.exists() else ""
+    out.write_text(report + ("\n" + old[old.index(PHOTOS_SECTION):] if PHOTOS_SECTION in old else ""))
     print(f"\nwritten to {args.out}")
     return 0
 

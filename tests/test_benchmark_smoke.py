@@ -25,3 +25,16 @@ def test_benchmark_harness_smoke(tmp_path):
                 "5. end to end, 2 workers", "peak RSS, web", "peak RSS, worker", "7. CPU per image"):
         assert row in text
     assert "Machine:" in text and "images/s" in proc.stdout
+
+
+def test_photo_benchmark_smoke(tmp_path):
+    if not (DATASETS / "cifake").is_dir():
+        unavailable("CIFAKE parquet not found")
+    out = tmp_path / "RESULTS.md"
+    out.write_text("# Benchmark results\n\nearlier rows\n")
+    proc = subprocess.run([sys.executable, "benchmarks/photos.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert text.startswith("# Benchmark results\n\nearlier rows")  # the other script's rows are kept
+    assert "| 800x600 photos |" in text and "| CIFAKE 32x32 |" in text and "x ceiling" in text
