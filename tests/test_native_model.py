@@ -175,3 +175,16 @@ def test_max_minutes_shortens_the_schedule_to_what_fits(toy_dir, tmp_path):
     _, meta = train(cfg)
     epochs = meta.training["config"]["epochs"]
     assert epochs < 50 and len(meta.training["history"]) == epochs  # the redrawn schedule ran to its end
+
+
+def test_residual_energy_ignores_flat_colour_and_brightness():
+    """Its filters sum to zero, so a uniform shift of any channel, i.e. colour cast or brightness, cannot
+    change what it sees; a change of fine detail does."""
+    from shared.modeling.registry import build_model
+
+    model = build_model("residual_energy").eval()
+    x = torch.randn(2, 3, 64, 64)
+    shift = torch.tensor([0.7, -0.3, 1.1]).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x + shift), model(x), atol=1e-5, rtol=1e-5)
+        assert not torch.allclose(model(x * 0.5), model(x), atol=1e-3)

@@ -128,3 +128,34 @@ def tiny_resnet(widths: tuple[int, ...] | list[int] = (16, 32, 64, 128), blocks:
                 dropout: float = 0.1, input_filter: str = "none") -> nn.Module:
     return TinyResNet(widths=tuple(widths), blocks=tuple(blocks) if blocks else None, dropout=dropout,
                       input_filter=input_filter)
+
+
+class ResidualEnergy(nn.Module):
+    """How much high-frequency energy a crop holds, in which directions and bands, and nothing else.
+
+    A bank of learned zero-sum filters (the constrained convolution of Bayar & Stamm, 2016: each filter's
+    weights sum to zero, so it cannot pass flat colour or brightness, only residual detail), the log of each
+    filter's mean energy over the crop, then a small MLP. Pooling over the whole crop leaves no layout,
+    subject or colour for it to key on; with a few thousand training images, those content shortcuts are what
+    the residual networks here learned instead of anything that held on unseen sources (model card).
+    """
+
+    def __init__(self, filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2):
+        super().__init__()
+        self.filters = nn.Parameter(torch.randn(filters, 3, kernel, kernel) * 0.1)
+        self.scales = scales
+        self.head = nn.Sequential(nn.Linear(filters * 2 * scales, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.filters - self.filters.mean(dim=(2, 3), keepdim=True)
+        feats = []
+        for _ in range(self.scales):
+            r = nn.functional.conv2d(x, w)
+            feats += [torch.log(r.pow(2).mean(dim=(2, 3)) + 1e-6), torch.log(r.abs().mean(dim=(2, 3)) + 1e-4)]
+            x = nn.functional.avg_pool2d(x, 2)
+        return self.head(torch.cat(feats, dim=1)).squeeze(1)
+
+
+@register("residual_energy")
+def residual_energy(filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2) -> nn.Module:
+    return ResidualEnergy(filters=filters, kernel=kernel, hidden=hidden, scales=scales)
