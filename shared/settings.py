@@ -13,7 +13,8 @@ from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default.safetensors"
+DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default.safetensors"  # crop-based detector for real uploads
+CIFAKE_CHECKPOINT = REPO_ROOT / "models" / "cifake" / "cifake.safetensors"  # the earlier 32x32 CIFAKE model
 
 # Arithmetic of the forward pass (shared.modeling.device.compute_dtype); "auto" follows the hardware.
 Precision = Literal["auto", "float32", "bfloat16", "float16"]

@@ -1,7 +1,9 @@
 """The whole path on real parts: app -> real Redis -> real Celery worker processes -> SQLite/PostgreSQL."""
 from __future__ import annotations
 
+import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -9,7 +11,7 @@ import time
 import pytest
 
 from shared.modeling.checkpoint import read_meta
-from shared.settings import DEFAULT_CHECKPOINT
+from shared.settings import CIFAKE_CHECKPOINT, DEFAULT_CHECKPOINT
 
 from .conftest import service_env
 from .processes import start_worker
@@ -51,6 +53,7 @@ def all_results(client, job_id):
 
 
 def test_every_mini_image_gets_a_result(make_app, stack_env, mini_dir, tmp_path, db_url):
+    """The default, crop-based model through the whole stack: three labels by its thresholds, crop regions."""
     worker = start_worker(stack_env, tmp_path / "worker.log")
     try:
         client = make_app(stack_env).test_client()
@@ -58,23 +61,46 @@ def test_every_mini_image_gets_a_result(make_app, stack_env, mini_dir, tmp_path,
         assert len(files) == 500
         job = upload_all(client, files)
         job = wait_done(client, job["id"])
+        csv_text = client.get(f"/api/jobs/{job['id']}/results?format=csv&download=1").get_data(as_text=True)
     finally:
         worker.stop()
-    version = read_meta(DEFAULT_CHECKPOINT).version
+    meta = read_meta(DEFAULT_CHECKPOINT)
+    version, rule = meta.version, meta.label_rule
     assert job["total"] == 500 and job["done"] == 500 and job["errors"] == 0
-    assert job["counts"]["real"] + job["counts"]["fake"] == 500
-    assert job["model"] == {"name": version.rsplit("-", 1)[0], "version": version}
+    assert sum(job["counts"].values()) == 500 and set(job["counts"]) == {"real", "fake", "uncertain"}
+    assert job["model"] == {"name": version.rsplit("-", 1)[0], "version": version, "thresholds": rule.to_dict()}
     items = all_results(client, job["id"])
     assert sorted(i["filename"] for i in items) == sorted(name for _, name in files)
     for item in items:
         assert item["status"] == "done" and item["error"] is None
-        assert item["label"] in ("real", "fake") and 0.0 <= item["p_fake"] <= 1.0
+        assert item["label"] == rule.label(item["p_fake"]) and 0.0 <= item["p_fake"] <= 1.0
+        assert (item["real_below"], item["fake_from"]) == (rule.real_below, rule.fake_from)
         assert item["model_version"] == version and len(item["sha256"]) == 64
-    # the default model must actually separate the classes, not call everything one label
-    correct = sum((i["label"] == "fake") == i["filename"].startswith("fake/") for i in items)
-    assert correct / len(items) > 0.85
+        # a 32x32 image is smaller than a crop: one region, the whole image, padded for the model
+        assert (item["image_width"], item["image_height"]) == (32, 32)
+        [region] = item["regions"]
+        assert (region["x"], region["y"], region["w"], region["h"]) == (0, 0, 32, 32) and 0 <= region["p_fake"] <= 1
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert len(rows) == 500 and rows[0]["label"] in ("real", "fake", "uncertain")
+    assert json.loads(rows[0]["regions"])[0]["w"] == 32 and float(rows[0]["fake_from"]) == rule.fake_from
     # the job id travels in every worker log line about it
     assert f"job_id={job['id']}" in worker.text()
+
+
+def test_the_cifake_model_still_serves_and_separates_its_own_images(make_app, stack_env, mini_dir, tmp_path):
+    """The earlier default stays servable by PIXELPROOF_MODEL_PATH, and on CIFAKE images it is right."""
+    env = {**stack_env, "PIXELPROOF_MODEL_PATH": str(CIFAKE_CHECKPOINT)}
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        client = make_app(env).test_client()
+        job = wait_done(client, upload_all(client, mini_files(mini_dir))["id"])
+    finally:
+        worker.stop()
+    version = read_meta(CIFAKE_CHECKPOINT).version
+    assert job["done"] == 500 and job["model"]["version"] == version and job["counts"]["uncertain"] == 0
+    items = all_results(client, job["id"])
+    correct = sum((i["label"] == "fake") == i["filename"].startswith("fake/") for i in items)
+    assert correct / len(items) > 0.85  # it separates the classes, not calls everything one label
 
 
 def test_two_workers_share_one_job(make_app, pg_url, redis_server, mini_dir, tmp_path):
@@ -142,7 +168,7 @@ def test_hostile_corpus_every_file_ends_with_result_or_clear_error(make_app, sta
     for name, _, expected in cases:
         item = items[name]
         if expected == "ok":
-            assert item["status"] == "done" and item["label"] in ("real", "fake"), item
+            assert item["status"] == "done" and item["label"] in ("real", "fake", "uncertain"), item
         else:
             assert item["status"] == "error" and expected.lower() in item["error"].lower(), item
     assert job["errors"] == sum(1 for *_, e in cases if e != "ok")

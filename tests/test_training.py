@@ -26,8 +26,8 @@ def test_each_model_trains_and_round_trips(arch, mini_dir, tmp_path):
 
     model, loaded = load_checkpoint(path)
     again, _ = load_checkpoint(path)
-    x = torch.from_numpy(np.stack([preprocess_bytes(p.read_bytes(), loaded.preprocessing)
-                                   for p in sorted(mini_dir.rglob("*.jpg"))[:16]]))
+    x = torch.from_numpy(np.concatenate([preprocess_bytes(p.read_bytes(), loaded.preprocessing).inputs
+                                         for p in sorted(mini_dir.rglob("*.jpg"))[:16]]))
     served, _ = load_for_inference(path, precision="float32")  # batchnorm folded, channels-last, as workers run it
     halved, _ = load_for_inference(path, precision="bfloat16")
     with torch.inference_mode():
@@ -61,7 +61,7 @@ def test_training_and_serving_preprocessing_are_identical(mini_dir):
     sets = load_image_sets(str(mini_dir), spec, splits=("train",), keep_raw=("train",), cache_dir=None)
     train_set = sets["train"]
     for i in range(0, len(train_set), 50):
-        served = preprocess_bytes(train_set.raw[i], spec)
+        served = preprocess_bytes(train_set.raw[i], spec).inputs[0]
         from training.data import pil_from_uint8
         trained = to_array(pil_from_uint8(train_set.images[i]), spec)
         assert served.dtype == np.float32 and served.shape == (3, 32, 32)
@@ -94,8 +94,9 @@ def test_cli_evaluate_writes_report(mini_dir, tmp_path):
     assert main(["evaluate", "--checkpoint", str(path), "--data", str(mini_dir), "--split", "train",
                  "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
-    assert report["results"]["train"]["n"] == 500
-    assert {"train+jpeg75", "train+half_and_back"} <= set(report["results"])
+    assert report["results"]["cifake-mini"]["n"] == 500  # a folder's row is named after the folder
+    assert {f"cifake-mini+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop")} <= set(report["results"])
+    assert 0 <= report["results"]["cifake-mini"]["tpr_at_fpr_5"] <= 1
     for png in ("training_curves.png", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
@@ -119,26 +120,49 @@ def test_resume_refuses_a_run_folder_written_with_other_arguments(mini_dir, tmp_
     assert main([*args, "--epochs", "1", "--resume", "--threads", "2"]) == 0  # threads do not change what is trained
 
 
-def test_model_card_numbers_are_reproduced_by_evaluate(tmp_path):
-    """The committed checkpoint, evaluated on the CIFAKE test split, gives the numbers its card quotes."""
+def test_default_card_numbers_are_reproduced_by_evaluate(tmp_path):
+    """The default checkpoint, evaluated on mixed100 through the service's own scoring, gives the numbers its
+    card quotes: the same thresholds, the same labels, the same ROC-AUC."""
     from shared.settings import DEFAULT_CHECKPOINT
+    from training.evaluate import evaluate
+
+    from .conftest import DATASETS, unavailable
+
+    if not (DATASETS / "mixed100").is_dir():
+        unavailable("mixed100 not found")
+    card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
+    meta = read_meta(DEFAULT_CHECKPOINT)
+    assert card["summary"]["version"] == meta.version and card["summary"]["precision"] == "float32"
+    assert card["summary"]["thresholds"] == meta.label_rule.to_dict() and meta.thresholds  # three labels
+    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "mixed100"), tmp_path, robustness=False, precision="float32")
+    fresh, quoted = report["results"]["mixed100"], card["results"]["mixed100"]
+    for key in ("n", "accuracy", "roc_auc", "ece", "tpr_at_fpr_5", "real_called_fake", "fake_called_fake",
+                "real_called_uncertain", "confusion_matrix"):
+        assert fresh[key] == pytest.approx(quoted[key], abs=1e-6), key
+    card_text = (DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
+    assert meta.version in card_text and f"| mixed100 | {quoted['n']} | {quoted['roc_auc']:.4f} |" in card_text
+
+
+def test_cifake_card_numbers_are_reproduced_by_evaluate(tmp_path):
+    """The CIFAKE checkpoint, evaluated on the CIFAKE test split, gives the numbers its card quotes."""
+    from shared.settings import CIFAKE_CHECKPOINT
     from training.evaluate import evaluate
 
     from .conftest import DATASETS, unavailable
 
     if not (DATASETS / "cifake").is_dir():
         unavailable("CIFAKE parquet not found")
-    card = json.loads((DEFAULT_CHECKPOINT.parent / "default.metrics.json").read_text())
-    assert card["summary"]["version"] == read_meta(DEFAULT_CHECKPOINT).version
+    card = json.loads((CIFAKE_CHECKPOINT.parent / "metrics.json").read_text())
+    assert card["summary"]["version"] == read_meta(CIFAKE_CHECKPOINT).version
     # Only float32 is the same arithmetic on every CPU: bfloat16 is native on some and emulated (with other
     # rounding, and minutes slower) on the rest, so numbers measured in it cannot be checked everywhere.
     assert card["summary"]["precision"] == "float32", "measure the card's numbers with --precision float32"
-    report = evaluate(DEFAULT_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False, precision="float32")
+    report = evaluate(CIFAKE_CHECKPOINT, str(DATASETS / "cifake"), tmp_path, robustness=False, precision="float32")
     fresh, quoted = report["results"]["test"], card["results"]["test"]
     for key in ("n", "accuracy", "roc_auc", "ece", "precision", "recall", "f1", "confusion_matrix"):
         # 1e-6, not 0: kernels differ across CPUs in the last float bits, which can swap two near-equal scores
         assert fresh[key] == pytest.approx(quoted[key], abs=1e-6), key
-    card_text = (DEFAULT_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
+    card_text = (CIFAKE_CHECKPOINT.parent / "MODEL_CARD.md").read_text()
     assert f"| test | {quoted['n']} | {quoted['accuracy']:.4f} | {quoted['roc_auc']:.4f} |" in card_text
 
 

@@ -138,6 +138,11 @@ def split_validation(train: ImageSet, fraction: float, seed: int) -> tuple[Image
     return train.subset(np.sort(order[n_val:])), train.subset(np.sort(order[:n_val]))
 
 
+def is_image_folder(source: str) -> bool:
+    path = Path(source)
+    return path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet"))
+
+
 def source_of(name: str) -> str:
     """``<source>__<id>.jpg`` -> ``<source>``; names without the separator belong to no named source."""
     stem = Path(name).name
@@ -164,7 +169,7 @@ def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = 
     """(file bytes, labels, names) of an image folder (all of it) or of a parquet / hub dataset's split,
     restricted to the named sources (file names ``<source>__<id>``) when any are given."""
     path = Path(source)
-    if path.is_dir() and not any(path.glob("*.parquet")) and not any(path.glob("*/*.parquet")):
+    if is_image_folder(source):
         items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
     else:
         from datasets import Image as HFImage

@@ -23,7 +23,7 @@ from shared.modeling.device import precision_name
 from shared.modeling.scorer import score_prepared
 
 from . import plots
-from .data import DatasetUnavailable, folder_files, labelled_files, source_of
+from .data import DatasetUnavailable, folder_files, is_image_folder, labelled_files, source_of
 from .metrics import classification_report, label_shares, reliability_bins, roc_points
 
 log = logging.getLogger(__name__)
@@ -103,7 +103,8 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
         pick = np.sort(np.random.default_rng(0).permutation(len(files))[:limit])
         files, labels, names = [files[i] for i in pick], labels[pick], [names[i] for i in pick]
     rule = meta.label_rule
-    name = "held_out" if held_out else split
+    # rows are named after what was scored: the held-out sources, a folder by its name, a dataset by its split
+    name = "held_out" if held_out else Path(data).name if is_image_folder(data) else split
     results: dict[str, dict] = {}
     curves, rel = {}, {}
 

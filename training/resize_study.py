@@ -1,6 +1,6 @@
 """How should a large photo reach a 32x32 model? Score a labelled folder under several candidate routes.
 
-Usage: python -m training.resize_study --checkpoint models/default.safetensors --folder ../shared/datasets/mixed100 \
+Usage: python -m training.resize_study --checkpoint models/cifake/cifake.safetensors --folder ../shared/datasets/mixed100 \
     [--precision float32]
 
 Candidates: the whole image squashed to the input size (what serving does); the whole image resized to k times
@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     model, meta = load_for_inference(Path(args.checkpoint), precision=args.precision)
     spec = meta.preprocessing
+    if spec.native:
+        ap.error(f"{args.checkpoint} reads native-resolution crops; this study compares the whole-image routes")
     size = spec.input_size
     items = folder_files(Path(args.folder))
     files = [p.read_bytes() for p, _ in items]

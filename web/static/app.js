@@ -84,8 +84,8 @@
     if (t) {
       $("legend").textContent = t.real_below === t.fake_from
         ? `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)}, real below it.`
-        : `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)} (chosen so that about 1 in 100 ` +
-          `real photos of its validation set reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
+        : `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)} (chosen on calibration data so that about 1 in 100 ` +
+          `real photos reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
       $("legend").hidden = false;
     }
   }
