@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="one row per precision; auto is what a worker on this machine serves in")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    print(f"| checkpoint | version | parameters | file size | precision | images/s (batch {args.batch}, {args.threads} threads) |")
+    print(f"| checkpoint | version | parameters | file size | precision | inputs/s (batch {args.batch}, {args.threads} threads; "
+          "an input is a crop for a crop-based checkpoint) |")
     print("| --- | --- | --- | --- | --- | --- |")
     for path in args.checkpoints:
         meta = read_meta(Path(path))

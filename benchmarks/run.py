@@ -242,7 +242,7 @@ def _ceiling_part(files, batch_size, start, done) -> None:
     done.put(True)
 
 
-def end_to_end(stack: Stack, files: list[Path], folder: Path) -> float:
+def end_to_end(stack: Stack, files: list[Path], folder: Path, per_request: int = 200) -> float:
     """First upload request to last result committed, through the API as a client would use it."""
     from datetime import datetime
 
@@ -262,8 +262,8 @@ def end_to_end(stack: Stack, files: list[Path], folder: Path) -> float:
     names = [(p, str(p.relative_to(folder))) for p in files]
     t0 = time.time()
     job = None
-    for start in range(0, len(names), 200):
-        job = client.upload(names[start:start + 200], job["id"] if job else None)
+    for start in range(0, len(names), per_request):
+        job = client.upload(names[start:start + per_request], job["id"] if job else None)
     while job["status"] != "done":
         job = client.job(job["id"], wait=20, done=job["done"])
     finished = datetime.fromisoformat(job["finished_at"]).timestamp()
