@@ -18,9 +18,10 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.scoring import LABELS  # noqa: F401 - the label names, owned by the rule that gives them
+
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 TERMINAL = (DONE, ERROR)
-LABELS = ("real", "fake", "uncertain")  # shared.scoring says when each applies
 # The columns of a result as the API and the CLI export it (CSV header order). real_below and fake_from are the
 # thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake).
 RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",

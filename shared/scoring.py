@@ -80,5 +80,4 @@ def choose_thresholds(labels: np.ndarray, p: np.ndarray, max_false_fake: float =
     # Largest t with mean(fake < t) <= max_false_real: the j-th smallest fake score.
     j = int(np.floor(max_false_real * len(fake)))
     real_below = float(fake[j]) if j < len(fake) else 1.0
-    fake_from = min(max(fake_from, 0.0), 1.0)
     return Thresholds(real_below=min(real_below, fake_from), fake_from=fake_from)

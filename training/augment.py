@@ -14,9 +14,10 @@ from PIL import Image
 from shared.imaging import _RESAMPLE
 
 
-def jpeg_reencode(img: Image.Image, quality: int) -> Image.Image:
+def jpeg_reencode(img: Image.Image, quality: int, subsampling: int = -1) -> Image.Image:
+    """subsampling: Pillow's chroma layout (0 = 4:4:4, 2 = 4:2:0, -1 = its default)."""
     buf = io.BytesIO()
-    img.save(buf, format="JPEG", quality=quality)
+    img.save(buf, format="JPEG", quality=quality, subsampling=subsampling)
     buf.seek(0)
     return Image.open(buf).convert("RGB")
 

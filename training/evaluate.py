@@ -20,7 +20,7 @@ from PIL import Image
 from shared.imaging import ImageRejected, load_rgb, preprocess_bytes
 from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
 from shared.modeling.device import precision_name
-from shared.modeling.scorer import score_prepared
+from shared.modeling.scorer import in_batches, score_prepared
 
 from . import plots
 from .data import DatasetUnavailable, folder_files, is_image_folder, labelled_files, source_of
@@ -67,23 +67,17 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int 
                 logits: bool = False) -> np.ndarray:
     """Calibrated P(fake) for each file's bytes, or the raw aggregated logits (NaN where a file cannot be decoded)."""
     out = np.full(len(files), np.nan)
-    pending, idx = [], []
 
-    def flush():
-        for i, s in zip(idx, score_prepared(model, meta, pending, device)):
+    def prepared():
+        for i, data in enumerate(files):
+            try:
+                yield i, preprocess_bytes(data, meta.preprocessing, 10**9)
+            except ImageRejected as exc:
+                log.warning("undecodable index=%d reason=%r", i, str(exc))
+
+    for run in in_batches(prepared(), lambda item: len(item[1].inputs), max_crops):
+        for (i, _), s in zip(run, score_prepared(model, meta, [p for _, p in run], device)):
             out[i] = s.logit if logits else s.p_fake
-        pending.clear()
-        idx.clear()
-
-    for i, data in enumerate(files):
-        try:
-            pending.append(preprocess_bytes(data, meta.preprocessing, 10**9))
-            idx.append(i)
-        except ImageRejected as exc:
-            log.warning("undecodable index=%d reason=%r", i, str(exc))
-        if sum(len(p.inputs) for p in pending) >= max_crops:
-            flush()
-    flush()
     return out
 
 

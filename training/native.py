@@ -9,7 +9,6 @@ File names of the form ``<source>__<id>.<ext>`` name their source, so whole sour
 """
 from __future__ import annotations
 
-import io
 import logging
 import math
 import random
@@ -21,7 +20,9 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from shared.imaging import ImageRejected, Preprocessing, load_rgb_array, native_crops, normalise, pad_to
+from shared.modeling import scorer
 
+from .augment import jpeg_reencode
 from .data import DatasetUnavailable, labelled_files, source_of
 
 log = logging.getLogger(__name__)
@@ -89,12 +90,6 @@ def split_validation(data: NativeSet, fraction: float, seed: int) -> tuple[Nativ
     return data.subset(np.flatnonzero(~val_mask)), data.subset(np.flatnonzero(val_mask))
 
 
-def jpeg(arr: np.ndarray, quality: int, subsampling: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
-    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
-
-
 class CropAugment:
     """One random crop of an image, passed through what happens to real uploads on the way, for both classes
     alike so none of it can tell them apart: resampling (a resize by 0.5-1.5x with a random filter), JPEG
@@ -120,7 +115,8 @@ class CropAugment:
             size = (max(1, round(rw * scale)), max(1, round(rh * scale)))
             region = np.asarray(Image.fromarray(np.ascontiguousarray(region)).resize(size, r.choice(_FILTERS)))
         if r.random() < self.p_jpeg:
-            region = jpeg(np.ascontiguousarray(region), r.randint(*self.quality), r.choice((0, 2)))
+            region = np.asarray(jpeg_reencode(Image.fromarray(np.ascontiguousarray(region)), r.randint(*self.quality),
+                                              subsampling=r.choice((0, 2))))
         ch, cw = min(side, region.shape[0]), min(side, region.shape[1])
         if r.random() < self.p_small:
             ch, cw = r.randint(min(ch, side // 4), ch), r.randint(min(cw, side // 4), cw)
@@ -147,26 +143,11 @@ class CropDataset(Dataset):
         return torch.from_numpy(normalise(crop[None], self.spec)[0]), torch.tensor(float(self.data.labels[i]))
 
 
-@torch.inference_mode()
 def crop_logits(model, data: NativeSet, spec: Preprocessing, device: torch.device, batch: int = 256) -> tuple[np.ndarray, list[int]]:
     """Every image's serving grid through the model: (all crop logits in order, crops per image)."""
-    from shared.modeling.device import as_input
-
-    counts, logits, pending = [], [], []
-
-    def flush():
-        logits.append(model(as_input(torch.from_numpy(np.concatenate(pending)), device)).float().cpu().numpy())
-        pending.clear()
-
-    n_pending = 0
-    for img in data.images:
-        inputs = native_crops(img, spec).inputs
-        counts.append(len(inputs))
-        pending.append(inputs)
-        n_pending += len(inputs)
-        if n_pending >= batch:
-            flush()
-            n_pending = 0
-    if pending:
-        flush()
-    return np.concatenate(logits) if logits else np.zeros(0), counts
+    logits, counts = [], []
+    prepared = (native_crops(img, spec) for img in data.images)
+    for run in scorer.in_batches(prepared, lambda p: len(p.inputs), batch):
+        logits.append(scorer.crop_logits(model, run, device))
+        counts += [len(p.inputs) for p in run]
+    return (np.concatenate(logits) if logits else np.zeros(0)), counts

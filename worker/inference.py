@@ -12,7 +12,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from shared.imaging import ImageRejected, Prepared, preprocess_bytes
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
@@ -35,6 +34,7 @@ class Classifier:
                  max_pixels: int = 40_000_000, precision: str = "auto"):
         self.device = pick_device(device)
         self.model, self.meta = load_for_inference(checkpoint, device=self.device, precision=precision)
+        self.thresholds = self.meta.label_rule.to_dict()  # recorded with every prediction
         self.batch_size = batch_size
         self.max_pixels = max_pixels
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
@@ -59,7 +59,7 @@ class Classifier:
             return Outcome(error=f"the image could not be decoded ({type(exc).__name__})")
 
     def _outcome(self, prepared: Prepared, scored) -> Outcome:
-        details = {"width": prepared.width, "height": prepared.height, "thresholds": self.meta.label_rule.to_dict(),
+        details = {"width": prepared.width, "height": prepared.height, "thresholds": self.thresholds,
                    "regions": [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "p_fake": round(float(q), 4)}
                                for b, q in zip(prepared.boxes, scored.crop_p)]}
         return Outcome(p_fake=scored.p_fake, label=scored.label, details=details)
