@@ -107,9 +107,11 @@ def _exec(cmd: list[str]) -> int:
 def _web(args: argparse.Namespace) -> int:
     from shared.settings import load_settings
 
-    from .stack import web_command
+    from .stack import refuse_open_exposure, web_command
 
-    return _exec(web_command(load_settings().port, workers=args.workers, threads=args.threads))
+    settings = load_settings()
+    refuse_open_exposure(settings)
+    return _exec(web_command(settings.port, workers=args.workers, threads=args.threads, host=settings.host))
 
 
 def _worker(args: argparse.Namespace) -> int:

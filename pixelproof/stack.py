@@ -15,12 +15,12 @@ from pathlib import Path
 from shared.logs import kv, setup_logging
 from shared.migrate import upgrade
 from shared.queue import QUEUE
-from shared.settings import REPO_ROOT, Settings, load_settings
+from shared.settings import REPO_ROOT, Settings, SettingsError, load_settings
 
 from .embedded_redis import EmbeddedRedis
 
 
-def web_command(port: int, workers: int = 2, threads: int = 8, host: str = "0.0.0.0") -> list[str]:
+def web_command(port: int, workers: int = 2, threads: int = 8, host: str = "127.0.0.1") -> list[str]:
     """How the web runs everywhere: `pixelproof up`, `pixelproof web`, the tests and the benchmark."""
     # gthread: long-polling requests wait in threads without holding a whole worker process.
     return [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{host}:{port}", "--workers", str(workers),
@@ -45,9 +45,22 @@ def beat_schedule_path(settings: Settings) -> Path:
     return settings.data_dir.resolve() / "celerybeat-schedule"
 
 
+def refuse_open_exposure(settings: Settings) -> None:
+    """Stop before listening when the web would be open to the network with no token required."""
+    problem = settings.exposure_problem()
+    if problem:
+        raise SettingsError(f"Pixelproof will not start: {problem}")
+
+
+def url_of(settings: Settings) -> str:
+    host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+    return f"http://{host}:{settings.port}/"
+
+
 def up() -> int:
     settings = load_settings()
     setup_logging(settings.log_level)
+    refuse_open_exposure(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     redis = None
@@ -56,14 +69,14 @@ def up() -> int:
         env["REDIS_URL"] = redis.url
     upgrade(settings.db_url)
     procs = [
-        subprocess.Popen(web_command(settings.port), cwd=REPO_ROOT, env=env),
+        subprocess.Popen(web_command(settings.port, host=settings.host), cwd=REPO_ROOT, env=env),
         # One single-threaded model process per core beats one multi-threaded process on a shared host.
         subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1,
                                         beat_schedule=beat_schedule_path(settings)),
                          cwd=REPO_ROOT, env=env),
     ]
-    print(f"\nPixelproof is up: http://127.0.0.1:{settings.port}/   (Ctrl-C stops everything)\n", flush=True)
-    print(kv(event="stack_up", url=f"http://127.0.0.1:{settings.port}/", database=settings.db_url.split("://")[0],
+    print(f"\nPixelproof is up: {url_of(settings)}   (Ctrl-C stops everything)\n", flush=True)
+    print(kv(event="stack_up", url=url_of(settings), host=settings.host, database=settings.db_url.split("://")[0],
              broker="embedded" if redis else "external"), file=sys.stderr, flush=True)
 
     stopping = False

@@ -5,6 +5,7 @@ process there with a message naming the variable, instead of failing on the firs
 """
 from __future__ import annotations
 
+import ipaddress
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, get_args
@@ -34,6 +35,9 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(default=None, validation_alias="REDIS_URL")
     storage_dir: Path | None = None
     port: int = Field(default=8000, ge=1, le=65535, validation_alias="PORT")
+    # The web listens on loopback unless told otherwise; see exposure_problem().
+    host: str = Field(default="127.0.0.1", min_length=1)
+    allow_open_access: bool = False  # listen beyond loopback with no API tokens, knowingly
 
     # The model.
     model_path: Path = DEFAULT_CHECKPOINT
@@ -50,6 +54,9 @@ class Settings(BaseSettings):
     max_files_per_job: int = Field(default=50_000, ge=1)
     max_files_per_request: int = Field(default=2_000, ge=1)
     rate_limit_per_minute: int = Field(default=0, ge=0)  # upload requests per client; 0 disables
+    # Long-polls (?wait=) each hold a web thread: at most this many per web process, and per client, at once.
+    long_poll_slots: int = Field(default=4, ge=1, le=1000)
+    long_poll_per_client: int = Field(default=2, ge=1, le=1000)
 
     # Access: when tokens are set, every API call needs one and sees only its own jobs.
     api_tokens: Annotated[tuple[str, ...], NoDecode] = ()
@@ -93,6 +100,16 @@ class Settings(BaseSettings):
     def upload_dir(self) -> Path:
         return (self.storage_dir or self.data_dir / "uploads").resolve()
 
+    def exposure_problem(self) -> str | None:
+        """Why the web must not start as configured: reachable from other machines with no token asked."""
+        if self.api_tokens or self.allow_open_access or _is_loopback(self.host):
+            return None
+        return (
+            f"PIXELPROOF_HOST={self.host} makes every job and thumbnail readable from the network, and "
+            "PIXELPROOF_API_TOKENS is empty. Set PIXELPROOF_API_TOKENS, or listen on 127.0.0.1 (the default), "
+            "or set PIXELPROOF_ALLOW_OPEN_ACCESS=true if something in front of Pixelproof already controls access."
+        )
+
     def broker_url(self) -> str:
         if not self.redis_url:
             raise SettingsError(
@@ -100,6 +117,15 @@ class Settings(BaseSettings):
                 "or start the embedded stack with `make up` / `pixelproof up`."
             )
         return self.redis_url
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
 
 
 def load_settings(**overrides: object) -> Settings:
