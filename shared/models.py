@@ -6,13 +6,13 @@ import secrets
 from datetime import datetime, timezone
 
 from sqlalchemy import (
+    JSON,
     BigInteger,
     DateTime,
     Float,
     ForeignKey,
     Index,
     Integer,
-    JSON,
     String,
     Text,
 )
@@ -28,9 +28,24 @@ RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below"
                  "model_version", "image_width", "image_height", "regions")
 
 
+# A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, CSV injection).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: object) -> object:
+    """One CSV cell, never a live formula: text that a spreadsheet would evaluate gets a leading apostrophe.
+
+    Only text is touched (a negative number stays a number); the JSON API keeps the true value.
+    """
+    if isinstance(value, list):  # the regions: compact JSON instead of Python's repr
+        value = json.dumps(value, separators=(",", ":"))
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def csv_cells(row: dict) -> dict:
-    """A result row as CSV cells: lists (the regions) become compact JSON instead of Python's repr."""
-    return {k: json.dumps(v, separators=(",", ":")) if isinstance(v, list) else v for k, v in row.items()}
+    return {k: csv_cell(v) for k, v in row.items()}
 
 
 def utcnow() -> datetime:
