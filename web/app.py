@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-
 import tempfile
 
 from flask import Flask, Request, g
@@ -14,8 +13,11 @@ from shared.storage import LocalStorage
 
 from .api import api
 from .errors import register_error_handlers
+from .headers import add_security_headers
+from .origin import refuse_cross_site_writes
 from .pages import pages
 from .ratelimit import RateLimiter
+from .watch import JobWatcher
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(api)
     app.register_blueprint(pages)
     register_error_handlers(app)
+    add_security_headers(app)
+    refuse_cross_site_writes(app)
 
     @app.teardown_appcontext
     def _close_session(_exc):  # one session per request, always returned to the pool
@@ -66,3 +70,4 @@ class Services:
         self.storage = LocalStorage(settings.upload_dir)
         self.celery = create_celery(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
+        self.watcher = JobWatcher(settings.broker_url(), settings.long_poll_slots, settings.long_poll_per_client)
