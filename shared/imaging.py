@@ -1,6 +1,6 @@
 """Decoding and preprocessing: the one definition used by training, evaluation and serving.
 
-Nothing here imports torch, so the web process can validate uploads and draw thumbnails with it. The model
+Nothing here imports torch. Uploads are decoded only by workers (and training); the web never decodes them. The model
 sees only fixed-size RGB arrays: file format, JPEG quality settings and metadata never reach it. Two routes
 lead from a file to the model, and the checkpoint names which one it was trained with:
 
@@ -14,11 +14,13 @@ from __future__ import annotations
 import io
 import math
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from shared.thumbnails import THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")  # JPEG also opens multi-picture (MPO) files
@@ -229,6 +231,7 @@ class Prepared:
     boxes: tuple[Box, ...]
     width: int
     height: int
+    thumbnails: dict[int, bytes] | None = None  # PNG renditions by size, when asked for
 
 
 def _grid(length: int, side: int, n_max: int, align: int = 8) -> list[int]:
@@ -279,18 +282,35 @@ def native_crops(arr: np.ndarray, spec: Preprocessing) -> Prepared:
     return Prepared(normalise(crops, spec), tuple(boxes), w, h)
 
 
-def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = 40_000_000) -> Prepared:
-    """File bytes -> model inputs. Serving and evaluation both call exactly this."""
+def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = 40_000_000,
+                     with_thumbnails: bool = False) -> Prepared:
+    """File bytes -> model inputs. Serving and evaluation both call exactly this.
+
+    with_thumbnails: also make the stored thumbnails, from the same decode where the route keeps full
+    resolution (a whole-image route decodes JPEG at a reduced scale, so it decodes again for them).
+    """
     if spec.native:
-        return native_crops(load_rgb_array(data, max_pixels), spec)
+        arr = load_rgb_array(data, max_pixels)
+        prepared = native_crops(arr, spec)
+        return replace(prepared, thumbnails=thumbnails(arr)) if with_thumbnails else prepared
     img = load_rgb(data, max_pixels, target=spec.input_size)
-    return Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
+    prepared = Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
+    if with_thumbnails:
+        prepared = replace(prepared, thumbnails=thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES))))
+    return prepared
 
 
-def thumbnail_png(data: bytes, max_pixels: int, size: int = 96) -> bytes:
-    """A re-encoded thumbnail: uploaded bytes are never served back as they came."""
-    img = load_rgb(data, max_pixels, target=size)
-    img.thumbnail((size, size), Image.Resampling.BICUBIC)
-    out = io.BytesIO()
-    img.save(out, format="PNG", optimize=False)
-    return out.getvalue()
+def thumbnails(pixels: np.ndarray | Image.Image) -> dict[int, bytes]:
+    """PNG renditions of an upright RGB image, largest first so each is shrunk from the one before.
+
+    Made by the worker from pixels it decoded anyway; the web only serves the stored files, so a page of
+    results never makes the web decode an upload.
+    """
+    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
+    out = {}
+    for size in sorted(THUMBNAIL_SIZES, reverse=True):
+        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+        buf = io.BytesIO()
+        img.save(buf, format="PNG", compress_level=6)
+        out[size] = buf.getvalue()
+    return out

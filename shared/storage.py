@@ -55,6 +55,27 @@ class LocalStorage:
                 os.unlink(tmp_name)
             raise
 
+    def thumbnail_path(self, sha256: str, size: int) -> Path:
+        """Thumbnails the worker made, beside the uploads (on the same shared volume) but never among them."""
+        upload = self.path(sha256)
+        return self.root / "thumbnails" / str(int(size)) / upload.parent.relative_to(self.root) / f"{sha256}.png"
+
+    def put_thumbnail(self, sha256: str, size: int, png: bytes) -> None:
+        final = self.thumbnail_path(sha256, size)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(dir=self.tmp)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(png)
+            os.replace(tmp_name, final)  # atomic: the web never serves half a PNG
+        except BaseException:
+            if os.path.exists(tmp_name):
+                os.unlink(tmp_name)
+            raise
+
+    def has_thumbnails(self, sha256: str, sizes: tuple[int, ...]) -> bool:
+        return all(self.thumbnail_path(sha256, s).exists() for s in sizes)
+
     def read(self, sha256: str) -> bytes:
         return self.path(sha256).read_bytes()
 

@@ -124,14 +124,20 @@ def make_app(monkeypatch):
 
 
 @pytest.fixture
-def live_stack(sqlite_url, redis_server, tmp_path):
+def live_stack_env():
+    """Extra environment for live_stack's processes (override in a module, e.g. to require tokens)."""
+    return {}
+
+
+@pytest.fixture
+def live_stack(sqlite_url, redis_server, tmp_path, live_stack_env):
     """gunicorn serving the app and one Celery worker, on SQLite and a real Redis; yields the base URL."""
     from pixelproof.embedded_redis import free_port
 
     from .processes import start_web, start_worker
 
     upgrade(sqlite_url)
-    env = service_env(sqlite_url, redis_server.url, tmp_path / "data")
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", **live_stack_env)
     port = free_port()
     web = start_web(env, tmp_path / "web.log", port)
     worker = start_worker(env, tmp_path / "worker.log")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -12,6 +13,31 @@ pytestmark = [pytest.mark.browser, pytest.mark.slow]
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
          "--disable-sync", "--no-first-run", "--disable-quic"]
+
+
+# Every Content-Security-Policy violation the page causes, recorded in the page itself.
+RECORD_CSP = ("window.__csp = []; document.addEventListener('securitypolicyviolation', "
+              "(e) => window.__csp.push(e.violatedDirective + ' ' + e.blockedURI));")
+
+
+def watched_page(browser):
+    """A page that records uncaught errors, console errors and CSP violations; check them with page_problems."""
+    page = browser.new_page()
+    page.add_init_script(RECORD_CSP)
+    page.problems = []
+    page.on("pageerror", lambda e: page.problems.append(f"pageerror: {e}"))
+    page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text} {m.location}"))
+    return page
+
+
+def page_problems(page) -> list[str]:
+    return page.problems + [f"csp: {v}" for v in page.evaluate("window.__csp")]
+
+
+def download_text(page, selector: str) -> str:
+    with page.expect_download() as info:
+        page.click(selector)
+    return Path(info.value.path()).read_text()
 
 
 @pytest.fixture
@@ -37,9 +63,7 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     photo = sorted((mini_dir.parent / "mixed100" / "real").iterdir())[0]  # 512x512: a grid of several crops
     shutil.copy(photo, folder / "real" / "photo.jpg")
 
-    page = browser.new_page()
-    errors = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
+    page = watched_page(browser)
     page.goto(live_stack + "/")
     page.set_input_files("#folder-input", str(folder))
     page.wait_for_selector("#results:not([hidden])", timeout=120_000)
@@ -59,16 +83,19 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     legend = page.locator("#legend")
     assert legend.is_visible() and "uncertain" in page.locator("header").inner_text()
     assert "AI-generated when P" in legend.inner_text()
-    # thumbnails are our own PNGs and they load
-    page.wait_for_function("[...document.querySelectorAll('#results img[src]')].every(i => i.complete && i.naturalWidth > 0)")
-    assert page.locator("#dl-csv").get_attribute("href").endswith("format=csv&download=1")
+    # thumbnails are our own PNGs and they load as their rows come into view
+    page.locator("#results tbody tr").last.scroll_into_view_if_needed()
+    page.wait_for_function("() => [...document.querySelectorAll('#results tr:not(.error) img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    csv_text = download_text(page, "#dl-csv")
+    assert csv_text.startswith("filename,") and len(csv_text.strip().splitlines()) == 15
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
     # the per-image view: the picture with one coloured box per crop the model scored, and their scores
     page.locator("#results tbody tr", has_text="holiday/real/photo.jpg").click()
     dialog = page.locator("#detail")
     dialog.wait_for(state="visible")
-    page.wait_for_function("document.getElementById('detail-img').complete && "
+    page.wait_for_function("() => document.getElementById('detail-img').complete && "
                            "document.getElementById('detail-img').naturalWidth > 0")
     boxes = page.locator("#detail-map div")
     assert boxes.count() == 9 and page.locator("#detail-regions tbody tr").count() == 9
@@ -80,4 +107,47 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     page.screenshot(path=str(tmp_path / "detail.png"))
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
-    assert not errors, errors
+    assert not page_problems(page)  # no script error, and nothing the Content-Security-Policy had to block
+
+
+TOKEN = "s3cret-token-for-the-browser-test"
+
+
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_API_TOKENS": TOKEN}])
+def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_path):
+    """Thumbnails, the per-image view and downloads are fetched with the header; no URL holds the token."""
+    folder = tmp_path / "pics"
+    folder.mkdir()
+    for p in sorted((mini_dir / "fake").iterdir())[:3]:
+        shutil.copy(p, folder / p.name)
+    page = watched_page(browser)
+    urls = []
+    page.on("request", lambda r: urls.append(r.url))
+    page.goto(live_stack + "/")
+    page.locator("details summary").click()
+    page.fill("#token", TOKEN)
+    page.dispatch_event("#token", "change")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#results:not([hidden])", timeout=120_000)
+    page.wait_for_function("() => [...document.querySelectorAll('#results tbody img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)")
+    assert page.locator("#results tbody tr").count() == 3
+    page.locator("#results tbody tr").first.click()
+    page.wait_for_function("() => document.getElementById('detail-img').complete && "
+                           "document.getElementById('detail-img').naturalWidth > 0")
+    page.keyboard.press("Escape")
+    assert len(download_text(page, "#dl-json")) > 100 and download_text(page, "#dl-csv").startswith("filename,")
+    assert any("/thumbnail" in u for u in urls)
+    assert not [u for u in urls if TOKEN in u], urls
+    assert not page_problems(page)
+
+
+def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
+    page = watched_page(browser)
+    requests_seen = []
+    page.on("request", lambda r: requests_seen.append(r.url))
+    page.goto(live_stack + "/?job=../../healthz%3F")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "no valid job id" in page.locator("#error").inner_text()
+    assert not [u for u in requests_seen if "healthz" in urlsplit(u).path]
+    assert [urlsplit(u).path for u in requests_seen if "/api/" in u] == []

@@ -16,8 +16,9 @@ from shared.imaging import (
     normalise,
     pad_to,
     preprocess_bytes,
-    thumbnail_png,
+    thumbnails,
 )
+from shared.thumbnails import THUMBNAIL_SIZES, rendition
 
 from .corpus import corpus, exif_rotated_jpeg
 
@@ -56,10 +57,16 @@ def test_raw_size_never_reaches_the_model():
     assert np.abs(a - b).mean() < 0.15
 
 
-def test_thumbnail_is_a_fresh_png():
+def test_thumbnails_are_fresh_pngs_of_each_rendition():
     data = [d for n, d, e in CASES if n == "cmyk.jpg"][0]
-    png = thumbnail_png(data, 10**8)
-    assert png.startswith(b"\x89PNG") and Image.open(io.BytesIO(png)).size[0] <= 96
+    prepared = preprocess_bytes(data, Preprocessing(input_size=128, resize="native_crops"), 10**8, with_thumbnails=True)
+    assert sorted(prepared.thumbnails) == sorted(THUMBNAIL_SIZES)
+    for size, png in prepared.thumbnails.items():
+        img = Image.open(io.BytesIO(png))
+        assert png.startswith(b"\x89PNG") and img.mode == "RGB" and max(img.size) <= size
+    portrait = np.zeros((1000, 600, 3), np.uint8)
+    assert Image.open(io.BytesIO(thumbnails(portrait)[128])).size == (77, 128)  # aspect kept
+    assert rendition(96) == 128 and rendition(128) == 128 and rendition(129) == 512 and rendition(512) == 512
 
 
 def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:

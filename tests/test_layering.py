@@ -1,4 +1,5 @@
-"""Imports run one way (web -> shared <- worker, training -> shared), and the web process never loads torch."""
+"""Imports run one way (web -> shared <- worker, training -> shared); the web process never loads torch, nor the
+image decoders (it serves thumbnails the workers made)."""
 from __future__ import annotations
 
 import ast
@@ -43,7 +44,7 @@ def test_web_process_does_not_import_torch(tmp_path):
         "import os, sys; os.environ['REDIS_URL']='redis://127.0.0.1:1/0';"
         f"os.environ['PIXELPROOF_DATA_DIR']={str(tmp_path)!r};"
         "import web.wsgi; app = web.wsgi.app; c = app.test_client(); c.get('/'); c.get('/api/openapi.json');"
-        "bad = [m for m in ('torch', 'torchvision', 'worker', 'training') if m in sys.modules];"
+        "bad = [m for m in ('torch', 'torchvision', 'worker', 'training', 'shared.imaging', 'simplejpeg') if m in sys.modules];"
         "print('LOADED', bad); sys.exit(1 if bad else 0)"
     )
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)

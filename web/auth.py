@@ -9,14 +9,14 @@ from flask import current_app, request
 from .errors import ApiError
 
 
-def current_owner(allow_query: bool = False) -> str | None:
+def current_owner() -> str | None:
+    """The hash of the caller's token (None when tokens are off). Tokens come in headers only, never in a URL,
+    where access logs, browser history and Referer headers would keep them."""
     tokens: tuple[str, ...] = current_app.config["PIXELPROOF"].api_tokens
     if not tokens:
         return None
     header = request.headers.get("Authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else request.headers.get("X-API-Token", "")
-    if not token and allow_query:  # <img> tags cannot send headers
-        token = request.args.get("token", "")
     if not token:
         raise ApiError(401, "an API token is required: send 'Authorization: Bearer <token>'",
                        headers={"WWW-Authenticate": "Bearer"})

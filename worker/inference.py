@@ -12,10 +12,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.imaging import ImageRejected, Prepared, preprocess_bytes
+from shared.imaging import (
+    ImageRejected,
+    Prepared,
+    load_rgb,
+    preprocess_bytes,
+    thumbnails,
+)
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared
+from shared.thumbnails import THUMBNAIL_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +34,7 @@ class Outcome:
     error: str | None = None
     details: dict | None = None  # where the model looked: image size, each crop's box and P(fake), the thresholds
     cacheable: bool = True  # a fault of ours (missing file) must not be remembered as a property of the bytes
+    thumbnails: dict[int, bytes] | None = None  # PNG renditions to store (shared.imaging.THUMBNAIL_SIZES)
 
 
 class Classifier:
@@ -51,7 +59,7 @@ class Classifier:
         except FileNotFoundError:
             return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False)
         try:
-            return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels)
+            return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True)
         except ImageRejected as exc:
             return Outcome(error=str(exc))
         except Exception as exc:  # a decoder bug must cost one image, not the batch
@@ -62,7 +70,7 @@ class Classifier:
         details = {"width": prepared.width, "height": prepared.height, "thresholds": self.thresholds,
                    "regions": [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "p_fake": round(float(q), 4)}
                                for b, q in zip(prepared.boxes, scored.crop_p)]}
-        return Outcome(p_fake=scored.p_fake, label=scored.label, details=details)
+        return Outcome(p_fake=scored.p_fake, label=scored.label, details=details, thumbnails=prepared.thumbnails)
 
     def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:
         """Decoding runs ahead in the thread pool while the model works on the part already decoded.
@@ -96,6 +104,14 @@ class Classifier:
         if pending:
             flush()
         return outcomes  # type: ignore[return-value]
+
+
+def thumbnails_of(read: Callable[[], bytes], max_pixels: int) -> dict[int, bytes] | None:
+    """Thumbnails alone, for content whose prediction was cached before thumbnails were stored."""
+    try:
+        return thumbnails(load_rgb(read(), max_pixels, target=max(THUMBNAIL_SIZES)))
+    except Exception:  # noqa: BLE001 - a cached error already says why this file is not an image
+        return None
 
 
 def default_torch_threads(requested: int, processes: int = 1) -> int:

@@ -14,11 +14,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.db import Database
+from shared.thumbnails import THUMBNAIL_SIZES
 from shared.logs import kv
 from shared.models import ERROR, QUEUED, RUNNING, TERMINAL, ImageItem, Prediction, utcnow
 from shared.storage import LocalStorage
 
-from .inference import Classifier, Outcome
+from .inference import Classifier, Outcome, thumbnails_of
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,12 @@ _FINISH = update(_images).where(_images.c.id == bindparam("b_id")).values(
 )
 
 
-def classify_images(db: Database, storage: LocalStorage, classifier: Classifier, image_ids: Sequence[int]) -> dict:
-    """Score the given images (skipping finished ones), reusing cached predictions for known content."""
+def classify_images(db: Database, storage: LocalStorage, classifier: Classifier, image_ids: Sequence[int],
+                    notify: Callable[[set[str]], None] | None = None) -> dict:
+    """Score the given images (skipping finished ones), reusing cached predictions for known content.
+
+    notify: told the ids of the jobs that moved, after the commit (wakes the web's long-polls).
+    """
     claimed = _claim(db, image_ids)
     if not claimed:
         return {"claimed": 0}
@@ -78,6 +83,7 @@ def classify_images(db: Database, storage: LocalStorage, classifier: Classifier,
     known = _cached(db, shas, version)
     todo = sorted(shas - known.keys())
     fresh = dict(zip(todo, classifier.classify([_reader(storage, sha) for sha in todo])))
+    _store_thumbnails(storage, fresh, known, classifier.max_pixels)
     _store_predictions(db, version, fresh)
     outcome = {**known, **fresh}
     now = utcnow()
@@ -90,10 +96,25 @@ def classify_images(db: Database, storage: LocalStorage, classifier: Classifier,
     with db.session() as s:
         s.execute(_FINISH, params)  # Core executemany: the ORM's bulk update by key costs more per row
         s.commit()
+    if notify:
+        notify({j for _, _, j in claimed})
     for job_id in sorted({j for _, _, j in claimed}):
         n = sum(1 for _, _, j in claimed if j == job_id)
         log.info(kv(event="classified", job_id=job_id, images=n, cached=len(known), model_version=version))
     return {"claimed": len(claimed), "cached": len(known), "computed": len(todo)}
+
+
+def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: dict[str, Outcome],
+                      max_pixels: int) -> None:
+    """Thumbnails are written before the image is marked done, so the page never asks for one too early."""
+    for sha, outcome in fresh.items():
+        if outcome.thumbnails:
+            for size, png in outcome.thumbnails.items():
+                storage.put_thumbnail(sha, size, png)
+    for sha, outcome in known.items():  # cached before thumbnails were stored: make them once now
+        if not outcome.error and not storage.has_thumbnails(sha, THUMBNAIL_SIZES):
+            for size, png in (thumbnails_of(_reader(storage, sha), max_pixels) or {}).items():
+                storage.put_thumbnail(sha, size, png)
 
 
 def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:

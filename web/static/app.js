@@ -21,8 +21,48 @@
   async function api(url) {
     const resp = await fetch(url, { headers: headers() });
     const body = await resp.json().catch(() => ({}));
-    if (!resp.ok) throw new Error(body.error || resp.statusText);
+    if (!resp.ok) {
+      const err = new Error(body.error || resp.statusText);
+      err.status = resp.status;
+      err.retryAfter = Number(resp.headers.get("Retry-After")) || 0;
+      throw err;
+    }
     return body;
+  }
+
+  // Tokens travel in a header only, never in a URL (logs, history, Referer): images and downloads are fetched
+  // with the header and handed to the page as blob: URLs.
+  async function blobUrl(url) {
+    const resp = await fetch(url, { headers: headers() });
+    if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
+    return URL.createObjectURL(await resp.blob());
+  }
+
+  async function showImage(img, url) {
+    try {
+      img.src = await blobUrl(url);
+      img.addEventListener("load", () => URL.revokeObjectURL(img.src), { once: true });
+    } catch (_) { img.alt = "no thumbnail"; }
+  }
+
+  // Thumbnails load as their rows scroll into view, like loading="lazy" would for a plain src.
+  const lazy = new IntersectionObserver((seen) => {
+    for (const e of seen) {
+      if (!e.isIntersecting) continue;
+      lazy.unobserve(e.target);
+      showImage(e.target, e.target.dataset.src);
+    }
+  }, { rootMargin: "400px" });
+
+  async function download(url, name) {
+    const href = await blobUrl(url);
+    const a = document.createElement("a");
+    a.href = href;
+    a.download = name;
+    document.body.appendChild(a);
+    a.click();
+    a.remove();
+    setTimeout(() => URL.revokeObjectURL(href), 60000);
   }
 
   // One multipart request; resolves with the job JSON. XHR because fetch has no upload progress.
@@ -98,7 +138,7 @@
     return p >= 0.5 ? `rgba(176, 0, 32, ${a})` : `rgba(27, 127, 59, ${a})`;
   }
 
-  function openDetail(jobId, r, q) {
+  function openDetail(jobId, r) {
     $("detail-name").textContent = r.filename;
     const verdict = LABEL_TEXT[r.label] || r.label;
     let why = "";
@@ -131,7 +171,8 @@
       tbody.appendChild(tr);
     }
     $("detail-regions").hidden = !(r.regions || []).length;
-    $("detail-img").src = `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512${q}`;
+    $("detail-img").removeAttribute("src");
+    showImage($("detail-img"), `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512`);
     $("detail").showModal();
   }
 
@@ -146,6 +187,10 @@
         failures = 0;
         $("error").hidden = true;
       } catch (e) {
+        if (e.status === 429 && e.retryAfter) {  // the server has too many waiting requests: wait our turn
+          await new Promise((r) => setTimeout(r, e.retryAfter * 1000));
+          continue;
+        }
         // A restarting server or a dropped connection: say so, back off, keep following the job.
         if (/no job/.test(e.message) || ++failures > 30) throw e;
         showError(`${e.message}; retrying…`);
@@ -162,8 +207,6 @@
   async function showResults(jobId) {
     const tbody = $("results").querySelector("tbody");
     tbody.innerHTML = "";
-    const t = tokenInput.value.trim();
-    const q = t ? `&token=${encodeURIComponent(t)}` : "";
     let cursor = "0";
     while (cursor !== null) {
       const page = await api(`/api/jobs/${jobId}/results?limit=1000&cursor=${cursor}`);
@@ -173,9 +216,11 @@
         tr.className = r.status === "error" ? "error" : r.label || "";
         const img = document.createElement("img");
         img.alt = "";
-        img.loading = "lazy";
-        if (r.status !== "error") img.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail?${q.slice(1)}`;
-        if (r.status === "done") tr.addEventListener("click", () => openDetail(jobId, r, q));
+        if (r.status === "done") {
+          img.dataset.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail`;
+          lazy.observe(img);
+          tr.addEventListener("click", () => openDetail(jobId, r));
+        }
         const cells = [img, r.filename, r.status === "error" ? "error" : (LABEL_TEXT[r.label] || r.label || ""),
                        r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
         cells.forEach((c, k) => {
@@ -190,8 +235,12 @@
       cursor = page.next_cursor;
     }
     $("results").hidden = false;
-    $("dl-csv").href = `/api/jobs/${jobId}/results?format=csv&download=1${q}`;
-    $("dl-json").href = `/api/jobs/${jobId}/results?format=json&download=1${q}`;
+    for (const fmt of ["csv", "json"]) {
+      $(`dl-${fmt}`).onclick = (e) => {
+        e.preventDefault();
+        run(download(`/api/jobs/${jobId}/results?format=${fmt}&download=1`, `pixelproof-${jobId}.${fmt}`));
+      };
+    }
     $("downloads").hidden = false;
   }
 
@@ -232,6 +281,9 @@
     run(fromDrop(e.dataTransfer.items).then(upload));
   });
 
+  // Only a job id (url-safe base64) is taken from the address bar, so ?job= can never point the page's
+  // authorised requests at another API path.
   const existing = new URLSearchParams(location.search).get("job");
-  if (existing) run(follow(existing, null));
+  if (existing && /^[A-Za-z0-9_-]{1,32}$/.test(existing)) run(follow(existing, null));
+  else if (existing) showError("the address names no valid job id");
 })();
