@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -46,6 +47,13 @@ def batches(files: list[tuple[Path, str]], max_files: int | None = None) -> Iter
         yield batch
 
 
+def _retry_after(resp: requests.Response, default: float = 5.0) -> float:
+    try:
+        return min(60.0, max(0.5, float(resp.headers.get("Retry-After", default))))
+    except ValueError:
+        return default
+
+
 class Client:
     def __init__(self, server: str, token: str | None = None, timeout: float = 120.0):
         self.server = server.rstrip("/")
@@ -71,7 +79,12 @@ class Client:
 
     def job(self, job_id: str, wait: float = 0, done: int | None = None) -> dict:
         params = {"wait": wait, "done": done} if wait else {}
-        return self._check(self.http.get(f"{self.server}/api/jobs/{job_id}", params=params, timeout=self.timeout + wait))
+        while True:
+            resp = self.http.get(f"{self.server}/api/jobs/{job_id}", params=params, timeout=self.timeout + wait)
+            if resp.status_code == 429 and wait:  # too many long-polls already wait on the server: take a turn later
+                time.sleep(_retry_after(resp))
+                continue
+            return self._check(resp)
 
     def results(self, job_id: str) -> list[dict]:
         items, cursor = [], "0"

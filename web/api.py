@@ -7,30 +7,41 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context, url_for
+from flask import (
+    Blueprint,
+    Response,
+    current_app,
+    g,
+    jsonify,
+    request,
+    stream_with_context,
+    url_for,
+)
 from kombu.exceptions import OperationalError as BrokerError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from shared.imaging import ImageRejected, thumbnail_png
 from shared.logs import kv
-from shared.models import RESULT_FIELDS, ImageItem, Job, csv_cells
+from shared.models import DONE, ERROR, RESULT_FIELDS, ImageItem, Job, csv_cells
 from shared.queue import enqueue_images
 from shared.storage import TooLarge
+from shared.thumbnails import rendition
 
 from . import jobs
 from .auth import current_owner
 from .errors import ApiError
 from .names import clean_filename
 from .openapi import OPENAPI
+from .watch import RECHECK_S, TooManyWaiting
 
 log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
 MAX_PAGE = 1000
 MAX_WAIT_S = 30.0
+RETRY_WAIT_S = 5
 
 
 def services():
@@ -50,9 +61,14 @@ def _job_or_404(job_id: str, owner: str | None) -> Job:
     return job
 
 
-def _check_rate() -> None:
-    client = request.headers.get("Authorization") or request.remote_addr or "?"
-    retry = services().limiter.check(client)
+def _client_key(owner: str | None) -> str:
+    """Who a limit counts against: the resolved token when tokens are on (never the raw header, which can be
+    spelt many ways), else the client's address."""
+    return f"token:{owner}" if owner else f"addr:{request.remote_addr or '?'}"
+
+
+def _check_rate(owner: str | None) -> None:
+    retry = services().limiter.check(_client_key(owner))
     if retry is not None:
         limit = services().settings.rate_limit_per_minute
         raise ApiError(429, f"too many upload requests: the limit is {limit} per minute; retry in {retry} s",
@@ -106,7 +122,7 @@ def _accept(job: Job, uploads: list[jobs.Upload], created: bool) -> Response:
 @api.post("/api/jobs")
 def create_job():
     owner = current_owner()
-    _check_rate()
+    _check_rate(owner)
     job = Job(owner=owner)
     uploads = _store_uploads(job, 0)
     db_session().add(job)
@@ -116,7 +132,7 @@ def create_job():
 @api.post("/api/jobs/<job_id>/files")
 def add_files(job_id: str):
     owner = current_owner()
-    _check_rate()
+    _check_rate(owner)
     job = _job_or_404(job_id, owner)
     uploads = _store_uploads(job, jobs.count_images(db_session(), job.id))
     return _accept(job, uploads, created=False)
@@ -124,18 +140,35 @@ def add_files(job_id: str):
 
 @api.get("/api/jobs/<job_id>")
 def get_job(job_id: str):
-    """Plain poll, or long poll with ?wait=S&done=N: answer as soon as `done` differs from N."""
+    """Plain poll, or long poll with ?wait=S&done=N: answer as soon as `done` differs from N.
+
+    A long-poll sleeps until a worker's notice for this job (web.watch), holding no database connection, and
+    takes one of a bounded number of waiting places: past the bound it is a 429 at once.
+    """
     owner = current_owner()
     session = db_session()
     job = _job_or_404(job_id, owner)
     wait = min(_float_arg("wait", 0.0), MAX_WAIT_S)
     seen = request.args.get("done", type=int)
     body = jobs.job_status(session, job)
-    deadline = time.monotonic() + wait
-    while wait and body["done"] == seen and body["status"] != "done" and time.monotonic() < deadline:
-        session.rollback()  # end the snapshot so the next read sees new commits (SQLite WAL, PostgreSQL)
-        time.sleep(0.05)
-        body = jobs.job_status(session, job)
+    if not wait > 0 or body["done"] != seen or body["status"] == "done":
+        return jsonify(body)
+    watcher = services().watcher
+    try:
+        with watcher.slot(_client_key(owner)), watcher.watching(job.id) as changed:
+            deadline = time.monotonic() + wait
+            while body["done"] == seen and body["status"] != "done":
+                session.rollback()  # end the snapshot (and free the connection) while waiting
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                changed.wait(min(RECHECK_S, left))
+                changed.clear()
+                body = jobs.job_status(session, job)
+    except TooManyWaiting as exc:
+        raise ApiError(429, f"too many requests are waiting on jobs from {exc}; ask again in {RETRY_WAIT_S} s "
+                            "(a request without ?wait= is always answered at once)",
+                       headers={"Retry-After": str(RETRY_WAIT_S)}) from None
     return jsonify(body)
 
 
@@ -196,8 +229,8 @@ def _csv(items: list[dict], header: bool = True) -> str:
 
 @api.get("/api/jobs/<job_id>/images/<int:image_id>/thumbnail")
 def thumbnail(job_id: str, image_id: int):
-    """Always a PNG we re-encoded ourselves: uploaded bytes are never served back."""
-    owner = current_owner(allow_query=True)
+    """The PNG the worker made when it classified the image: the web never decodes an upload."""
+    owner = current_owner()
     job = _job_or_404(job_id, owner)
     item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
     if item is None:
@@ -205,15 +238,17 @@ def thumbnail(job_id: str, image_id: int):
     size = int(_float_arg("size", 96))
     if not 16 <= size <= 512:
         raise ApiError(400, "size must be between 16 and 512 pixels")
+    if item.status == ERROR:
+        raise ApiError(422, f"no thumbnail: {item.error}")
+    path = services().storage.thumbnail_path(item.sha256, rendition(size))
     try:
-        png = thumbnail_png(services().storage.read(item.sha256), services().settings.max_pixels, size=size)
+        png = path.read_bytes()
     except FileNotFoundError:
-        raise ApiError(404, "the stored upload is missing") from None
-    except ImageRejected as exc:
-        raise ApiError(422, f"no thumbnail: {exc}") from None
+        if item.status != DONE:
+            raise ApiError(404, "no thumbnail yet: it is made when the image is classified") from None
+        raise ApiError(404, "the stored thumbnail is missing") from None
     resp = Response(png, mimetype="image/png")
     resp.headers["Cache-Control"] = "private, max-age=86400"
-    resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp
 
 

@@ -78,11 +78,12 @@ OPENAPI = {
             "summary": "Job status and totals; long-poll with wait and done",
             "parameters": [_JOB_ID,
                            {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 30},
-                            "description": "seconds to hold the request until `done` changes"},
+                            "description": "seconds to hold the request until `done` changes; waiting requests are "
+                                           "bounded per web process and per client (429 with Retry-After past them)"},
                            {"name": "done", "in": "query", "schema": {"type": "integer"},
                             "description": "the `done` value the client already has"}],
             "responses": {"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
-                          "404": _ERR}}},
+                          "404": _ERR, "429": _ERR}}},
         "/api/jobs/{job_id}/results": {"get": {
             "summary": "Results, paginated by cursor, or the whole job as a CSV/JSON download",
             "parameters": [_JOB_ID,
@@ -96,11 +97,15 @@ OPENAPI = {
                     "next_cursor": {"type": ["string", "null"]}}}},
                 "text/csv": {"schema": {"type": "string"}}}}, "400": _ERR, "404": _ERR}}},
         "/api/jobs/{job_id}/images/{image_id}/thumbnail": {"get": {
-            "summary": "A re-encoded PNG thumbnail",
+            "summary": "A PNG thumbnail the worker made when it classified the image (uploads are never served "
+                       "back, nor decoded by the web); send the token in the Authorization header",
             "parameters": [_JOB_ID, {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}},
                            {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 512},
-                            "description": "longest side in pixels (default 96); the aspect ratio is kept"}],
-            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "400": _ERR, "404": _ERR, "422": _ERR}}},
+                            "description": "the smallest stored rendition (128 or 512 px on the longer side) at least "
+                                           "this large is served (default 96: the 128-px one); the aspect ratio is kept"}],
+            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "400": _ERR,
+                          "404": {**_ERR, "description": "no such image, or it is not classified yet"},
+                          "422": {**_ERR, "description": "the file is not a usable image"}}}},
         "/healthz": {"get": {"summary": "Database and broker reachability",
                              "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},

@@ -6,9 +6,11 @@ import threading
 
 import torch
 from celery import Celery, signals
+from redis import Redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.db import Database
+from shared.events import publish_changes
 from shared.logs import kv
 from shared.queue import CLASSIFY_TASK, SWEEP_TASK, enqueue_images
 from shared.settings import Settings
@@ -28,6 +30,7 @@ class WorkerContext:
         self.db = Database(settings.db_url)
         self.storage = LocalStorage(settings.upload_dir)
         self._classifier: Classifier | None = None
+        self._redis: Redis | None = None
         self.processes = 1  # the pool's size, learnt at worker start, so each process takes its share of cores
         self._lock = threading.Lock()
 
@@ -41,16 +44,22 @@ class WorkerContext:
                                               precision=s.precision)
             return self._classifier
 
+    def notify(self, job_ids: set[str]) -> None:
+        if self._redis is None:
+            self._redis = Redis.from_url(self.settings.broker_url(), socket_timeout=2, socket_connect_timeout=2)
+        publish_changes(self._redis, job_ids)
+
     def after_fork(self) -> None:
         self.db.dispose()
         self._classifier = None
+        self._redis = None  # a connection made before fork is never shared
 
 
 def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
     def classify(self, image_ids: list[int]) -> None:
-        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids)
+        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify)
         log.info(kv(event="task_done", task_id=self.request.id, redelivered=bool(self.request.delivery_info.get("redelivered")), **result))
 
     @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
