@@ -288,3 +288,16 @@ def test_cross_site_writes_are_refused(client, mini_dir, headers, status):
     assert resp.status_code == status, resp.get_json()
     if status == 403:
         assert "cross-site" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("tokens", ["", "t0ken"])
+def test_rate_limit_counts_the_client_not_the_spelling_of_its_header(make_app, stack_env, mini_dir, tokens):
+    client = make_app({**stack_env, "PIXELPROOF_RATE_LIMIT_PER_MINUTE": "5", "PIXELPROOF_API_TOKENS": tokens}).test_client()
+    if tokens:  # one token, spelt many ways that all authenticate
+        spellings = [f"{b} {' ' * i}t0ken{' ' * (i % 3)}" for i in range(16) for b in ("Bearer", "bearer", "BEARER", "bEaReR")]
+    else:  # tokens off: any header at all
+        spellings = [f"Bearer random-{i}" for i in range(64)]
+    statuses = [post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1), headers={"Authorization": h}).status_code
+                for h in spellings]
+    # 5 per minute: at most 10 get through even if the test straddles a minute boundary
+    assert statuses[:5] == [202] * 5 and statuses.count(202) <= 10 and set(statuses) == {202, 429}, statuses
