@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shutil
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -151,3 +152,35 @@ def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
     assert "no valid job id" in page.locator("#error").inner_text()
     assert not [u for u in requests_seen if "healthz" in urlsplit(u).path]
     assert [urlsplit(u).path for u in requests_seen if "/api/" in u] == []
+
+
+def test_a_page_on_another_origin_cannot_create_jobs(browser, live_stack, sqlite_url, tmp_path):
+    """The CSRF attempt as a browser makes it: a no-cors multipart POST, which needs no preflight."""
+    import http.server
+    import threading
+
+    from sqlalchemy import create_engine, func, select
+
+    from shared.models import Job
+
+    (tmp_path / "evil").mkdir()
+    (tmp_path / "evil" / "index.html").write_text("<!doctype html><title>elsewhere</title>")
+    handler = partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path / "evil"))
+    evil = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=evil.serve_forever, daemon=True).start()
+    try:
+        page = browser.new_page()
+        page.goto(f"http://127.0.0.1:{evil.server_address[1]}/index.html")
+        page.evaluate("""async (url) => {
+            const form = new FormData();
+            form.append("files", new Blob([new Uint8Array([255, 216, 255])], { type: "image/jpeg" }), "a.jpg");
+            // the response is opaque, or blocked by its Cross-Origin-Resource-Policy: either way the page learns nothing
+            await fetch(url, { method: "POST", mode: "no-cors", body: form }).catch(() => null);
+        }""", live_stack + "/api/jobs")
+    finally:
+        evil.shutdown()
+    engine = create_engine(sqlite_url)
+    with engine.connect() as conn:
+        assert conn.scalar(select(func.count()).select_from(Job)) == 0
+    engine.dispose()
+    assert 'method=POST path="/api/jobs" status=403' in (tmp_path / "web.log").read_text()  # it did arrive
