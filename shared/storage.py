@@ -29,31 +29,25 @@ class LocalStorage:
             raise ValueError("not a sha256 hex digest")
         return self.root / sha256[:2] / sha256[2:4] / sha256
 
+    def writer(self, max_bytes: int) -> BlobWriter:
+        """Write one upload piece by piece (as a multipart part arrives); see BlobWriter."""
+        return BlobWriter(self, max_bytes)
+
     def put_stream(self, stream: BinaryIO, max_bytes: int) -> tuple[str, int]:
         """Stream to a temp file while hashing; never holds the upload in memory."""
-        digest = hashlib.sha256()
-        size = 0
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp)
+        writer = self.writer(max_bytes)
         try:
-            with os.fdopen(fd, "wb") as out:
-                while chunk := stream.read(CHUNK):
-                    size += len(chunk)
-                    if size > max_bytes:
-                        raise TooLarge(max_bytes)
-                    digest.update(chunk)
-                    out.write(chunk)
-            sha = digest.hexdigest()
-            final = self.path(sha)
-            if final.exists():
-                os.unlink(tmp_name)
-            else:
-                final.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(tmp_name, final)  # atomic: readers never see a half-written file
+            while chunk := stream.read(CHUNK):
+                writer.write(chunk)
+            sha, size, _ = writer.finish()
             return sha, size
         except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
+            writer.abort()
             raise
+
+    def discard(self, sha256: str) -> None:
+        """Remove an upload (one that a refused request stored and nothing refers to)."""
+        self.path(sha256).unlink(missing_ok=True)
 
     def thumbnail_path(self, sha256: str, size: int) -> Path:
         """Thumbnails the worker made, beside the uploads (on the same shared volume) but never among them."""
@@ -81,3 +75,40 @@ class LocalStorage:
 
     def exists(self, sha256: str) -> bool:
         return self.path(sha256).exists()
+
+
+class BlobWriter:
+    """One upload on its way into storage: hashed as written to a temp file, moved into place by finish()."""
+
+    def __init__(self, storage: LocalStorage, max_bytes: int):
+        self.storage, self.max_bytes = storage, max_bytes
+        self.digest = hashlib.sha256()
+        self.size = 0
+        fd, self.tmp_name = tempfile.mkstemp(dir=storage.tmp)
+        self.out = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.max_bytes:
+            self.abort()
+            raise TooLarge(self.max_bytes)
+        self.digest.update(chunk)
+        self.out.write(chunk)
+
+    def finish(self) -> tuple[str, int, bool]:
+        """(sha256, size, created): created is False when the same content was already stored."""
+        self.out.close()
+        sha = self.digest.hexdigest()
+        final = self.storage.path(sha)
+        if final.exists():
+            os.unlink(self.tmp_name)
+            return sha, self.size, False
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(self.tmp_name, final)  # atomic: readers never see a half-written file
+        return sha, self.size, True
+
+    def abort(self) -> None:
+        if not self.out.closed:
+            self.out.close()
+        if os.path.exists(self.tmp_name):
+            os.unlink(self.tmp_name)

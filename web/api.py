@@ -5,6 +5,7 @@ import csv
 import io
 import json
 import logging
+import math
 import time
 
 from flask import (
@@ -20,20 +21,19 @@ from flask import (
 from kombu.exceptions import OperationalError as BrokerError
 from redis import Redis
 from redis.exceptions import RedisError
-from sqlalchemy import select, text
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from shared.logs import kv
-from shared.models import DONE, ERROR, RESULT_FIELDS, ImageItem, Job, csv_cells
+from shared.models import DONE, ERROR, RESULT_FIELDS, ImageItem, Job, csv_cells, utcnow
 from shared.queue import enqueue_images
-from shared.storage import TooLarge
 from shared.thumbnails import rendition
 
 from . import jobs
 from .auth import current_owner
 from .errors import ApiError
-from .names import clean_filename
 from .openapi import OPENAPI
+from .uploads import StoredPart, discard, receive_files
 from .watch import RECHECK_S, TooManyWaiting
 
 log = logging.getLogger(__name__)
@@ -41,6 +41,7 @@ api = Blueprint("api", __name__)
 
 MAX_PAGE = 1000
 MAX_WAIT_S = 30.0
+MAX_ID = 2**63 - 1  # the largest id either database can hold
 RETRY_WAIT_S = 5
 
 
@@ -75,35 +76,45 @@ def _check_rate(owner: str | None) -> None:
                        headers={"Retry-After": str(retry)})
 
 
-def _store_uploads(job: Job, already: int) -> list[jobs.Upload]:
-    """Stream every part to content-addressed storage. Any refusal rejects the whole request."""
+def _store_uploads(already: int) -> list[StoredPart]:
+    """Stream every part into content-addressed storage. Any refusal rejects the whole request."""
     settings = services().settings
-    files = request.files.getlist("files")
-    if not files:
-        raise ApiError(400, "no files: send one or more multipart fields named 'files'")
-    if len(files) > settings.max_files_per_request:
-        raise ApiError(413, f"{len(files)} files in one request; the limit is {settings.max_files_per_request}: "
-                            "send the rest in further requests to POST /api/jobs/<id>/files")
-    if already + len(files) > settings.max_files_per_job:
-        raise ApiError(413, f"a job holds at most {settings.max_files_per_job} files "
-                            f"(it has {already}, this request adds {len(files)})")
-    uploads = []
-    for f in files:
-        name = clean_filename(f.filename)
-        try:
-            sha, size = services().storage.put_stream(f.stream, settings.max_file_bytes)
-        except TooLarge as exc:
-            raise ApiError(413, f"{name}: the file is larger than the limit of {exc.limit} bytes; "
-                                "nothing from this request was added", filename=name, limit=exc.limit) from None
-        uploads.append(jobs.Upload(filename=name, sha256=sha, size_bytes=size))
-    return uploads
+    per_request, per_job = settings.max_files_per_request, settings.max_files_per_job
+
+    def too_many(n: int) -> ApiError:
+        if n > per_request:
+            return ApiError(413, f"more than {per_request} files in one request: send the rest in further "
+                                 "requests to POST /api/jobs/<id>/files; nothing from this request was added")
+        return _job_full(already, n)
+
+    return receive_files(request.stream, request.content_type, services().storage, settings.max_file_bytes,
+                         min(per_request, max(0, per_job - already)), too_many)
 
 
-def _accept(job: Job, uploads: list[jobs.Upload], created: bool) -> Response:
+def _job_full(already: int, adding: int) -> ApiError:
+    limit = services().settings.max_files_per_job
+    return ApiError(413, f"a job holds at most {limit} files (it has {already}, this request adds {adding}); "
+                         "nothing from this request was added")
+
+
+def _accept(job: Job, parts: list[StoredPart], created: bool) -> Response:
     """Commit first, then enqueue: a worker never sees an id the database does not have."""
     session = db_session()
-    ids = jobs.add_images(session, job, uploads)
-    session.commit()
+    try:
+        if not created:
+            # Take the job's row lock (PostgreSQL) or the database's write lock (SQLite) before counting, so
+            # concurrent requests adding to one job are counted one after the other against its limit.
+            session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow()))
+            already = jobs.count_images(session, job.id)
+            if already + len(parts) > services().settings.max_files_per_job:
+                raise _job_full(already, len(parts))
+        uploads = [jobs.Upload(filename=p.filename, sha256=p.sha256, size_bytes=p.size_bytes) for p in parts]
+        ids = jobs.add_images(session, job, uploads)
+        session.commit()
+    except BaseException:
+        session.rollback()
+        discard(services().storage, parts)  # nothing from a refused request stays on disk
+        raise
     log.info(kv(event="files_accepted", job_id=job.id, files=len(ids), created=created))
     try:
         enqueue_images(services().celery, ids, services().settings.batch_size)
@@ -123,10 +134,10 @@ def _accept(job: Job, uploads: list[jobs.Upload], created: bool) -> Response:
 def create_job():
     owner = current_owner()
     _check_rate(owner)
+    parts = _store_uploads(0)
     job = Job(owner=owner)
-    uploads = _store_uploads(job, 0)
     db_session().add(job)
-    return _accept(job, uploads, created=True)
+    return _accept(job, parts, created=True)
 
 
 @api.post("/api/jobs/<job_id>/files")
@@ -134,8 +145,8 @@ def add_files(job_id: str):
     owner = current_owner()
     _check_rate(owner)
     job = _job_or_404(job_id, owner)
-    uploads = _store_uploads(job, jobs.count_images(db_session(), job.id))
-    return _accept(job, uploads, created=False)
+    parts = _store_uploads(jobs.count_images(db_session(), job.id))
+    return _accept(job, parts, created=False)
 
 
 @api.get("/api/jobs/<job_id>")
@@ -148,7 +159,7 @@ def get_job(job_id: str):
     owner = current_owner()
     session = db_session()
     job = _job_or_404(job_id, owner)
-    wait = min(_float_arg("wait", 0.0), MAX_WAIT_S)
+    wait = min(_number_arg("wait", 0.0, 0, 1e9), MAX_WAIT_S)
     seen = request.args.get("done", type=int)
     body = jobs.job_status(session, job)
     if not wait > 0 or body["done"] != seen or body["status"] == "done":
@@ -181,11 +192,9 @@ def get_results(job_id: str):
         raise ApiError(400, "format must be 'json' or 'csv'")
     if request.args.get("download"):
         return _download(job.id, fmt)
-    limit = int(_float_arg("limit", 100))
-    if not 1 <= limit <= MAX_PAGE:
-        raise ApiError(400, f"limit must be between 1 and {MAX_PAGE}")
+    limit = int(_number_arg("limit", 100, 1, MAX_PAGE))
     cursor = request.args.get("cursor", "0")
-    if not cursor.isdigit():
+    if not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID):
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
     items, next_id = jobs.results_page(db_session(), job.id, int(cursor), limit)
     if fmt == "csv":
@@ -232,12 +241,12 @@ def thumbnail(job_id: str, image_id: int):
     """The PNG the worker made when it classified the image: the web never decodes an upload."""
     owner = current_owner()
     job = _job_or_404(job_id, owner)
-    item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
+    item = None
+    if image_id <= MAX_ID:  # a larger number is no row's id, and would overflow the database's integer
+        item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
     if item is None:
         raise ApiError(404, f"job {job_id} has no image {image_id}")
-    size = int(_float_arg("size", 96))
-    if not 16 <= size <= 512:
-        raise ApiError(400, "size must be between 16 and 512 pixels")
+    size = int(_number_arg("size", 96, 16, 512))
     if item.status == ERROR:
         raise ApiError(422, f"no thumbnail: {item.error}")
     path = services().storage.thumbnail_path(item.sha256, rendition(size))
@@ -274,11 +283,15 @@ def openapi():
     return jsonify(OPENAPI)
 
 
-def _float_arg(name: str, default: float) -> float:
+def _number_arg(name: str, default: float, low: float, high: float) -> float:
+    """A finite number within [low, high] from the query string, or a 400 that says which parameter is wrong."""
     raw = request.args.get(name)
     if raw is None:
         return default
     try:
-        return float(raw)
+        value = float(raw)
     except ValueError:
-        raise ApiError(400, f"{name} must be a number, got {raw!r}") from None
+        value = math.nan
+    if not (math.isfinite(value) and low <= value <= high):
+        raise ApiError(400, f"{name} must be a number from {low:g} to {high:g}, got {raw[:40]!r}")
+    return value

@@ -2,9 +2,8 @@
 from __future__ import annotations
 
 import logging
-import tempfile
 
-from flask import Flask, Request, g
+from flask import Flask, g
 
 from shared.db import Database
 from shared.queue import create_celery
@@ -22,23 +21,13 @@ from .watch import JobWatcher
 log = logging.getLogger(__name__)
 
 
-class UploadRequest(Request):
-    """Uploaded files spill to disk past 64 KiB: a request of 200 photos is never held in the web's memory."""
-
-    def _get_file_stream(self, total_content_length, content_type, filename=None, content_length=None):
-        return tempfile.SpooledTemporaryFile(max_size=64 * 1024, mode="rb+")
-
-
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
-    app.request_class = UploadRequest
     app.config.update(
         PIXELPROOF=settings,
+        # Uploads are parsed as a stream by web.uploads (never through request.files); this bounds the body.
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
-        # Multipart parts beyond this stay on disk (werkzeug spools them), so uploads are never held in memory.
-        MAX_FORM_MEMORY_SIZE=1024 * 1024,
-        MAX_FORM_PARTS=settings.max_files_per_request * 2 + 100,
         JSON_SORT_KEYS=False,
     )
     app.extensions["pixelproof"] = Services(settings)

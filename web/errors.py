@@ -33,7 +33,8 @@ def register_error_handlers(app: Flask) -> None:
             return err
         message = FRIENDLY.get(err.code, err.description)
         if err.code == 413:
-            message = f"{message}; the limit is {app.config['MAX_CONTENT_LENGTH']} bytes per request"
+            limit = app.config["MAX_CONTENT_LENGTH"]
+            message = f"{message}; the limit is {limit / 2**20:g} MiB ({limit} bytes) per request"
         resp = jsonify({"error": message, "status": err.code})
         resp.status_code = err.code or 500
         return resp
