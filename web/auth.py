@@ -20,6 +20,7 @@ def current_owner() -> str | None:
     if not token:
         raise ApiError(401, "an API token is required: send 'Authorization: Bearer <token>'",
                        headers={"WWW-Authenticate": "Bearer"})
-    if not any(hmac.compare_digest(token, t) for t in tokens):
+    given = token.encode("utf-8", "surrogateescape")  # compare bytes: compare_digest refuses non-ASCII str
+    if not any(hmac.compare_digest(given, t.encode()) for t in tokens):
         raise ApiError(403, "this API token is not valid")
     return hashlib.sha256(token.encode()).hexdigest()

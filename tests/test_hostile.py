@@ -1,0 +1,151 @@
+"""Hostile requests, round two: garbage parameters, request shapes that cost more than they should, races.
+Each case was found reading the running stack as an attacker would; each test failed before its fix."""
+from __future__ import annotations
+
+import io
+import os
+import threading
+
+import psutil
+import pytest
+import requests
+
+from pixelproof.embedded_redis import free_port
+from shared.migrate import upgrade
+
+from .conftest import service_env
+from .processes import start_web
+from .test_api import jpeg_bytes, post_files
+
+
+@pytest.fixture
+def client(make_app, stack_env):
+    return make_app({**stack_env, "PIXELPROOF_API_TOKENS": "t0ken"}).test_client()
+
+
+AUTH = {"Authorization": "Bearer t0ken"}
+
+
+def stored_blobs(root) -> set[str]:
+    return {p.name for p in root.rglob("*") if p.is_file() and len(p.name) == 64 and "thumbnails" not in p.parts}
+
+
+@pytest.mark.parametrize("query", ["limit=nan", "limit=inf", "limit=-inf", "limit=1e400", "limit=0x10",
+                                   "cursor=%C2%B2", "cursor=9223372036854775808", "cursor=-1"])
+def test_garbage_result_parameters_are_400(client, mini_dir, query):
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1), headers=AUTH).get_json()
+    resp = client.get(f"/api/jobs/{job['id']}/results?{query}", headers=AUTH)
+    assert resp.status_code == 400, resp.get_json()
+    assert query.split("=")[0] in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("query", ["wait=nan", "wait=1e400", "wait=-1", "wait=abc"])
+def test_garbage_wait_is_400(client, mini_dir, query):
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1), headers=AUTH).get_json()
+    resp = client.get(f"/api/jobs/{job['id']}?{query}&done=0", headers=AUTH)
+    assert resp.status_code == 400 and "wait" in resp.get_json()["error"]
+
+
+@pytest.mark.parametrize("path, status", [("thumbnail?size=nan", 400), ("thumbnail?size=1e400", 400),
+                                          ("thumbnail?size=8", 400)])
+def test_garbage_thumbnail_parameters_are_400(client, mini_dir, path, status):
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1), headers=AUTH).get_json()
+    image = client.get(f"/api/jobs/{job['id']}/results", headers=AUTH).get_json()["items"][0]["id"]
+    assert client.get(f"/api/jobs/{job['id']}/images/{image}/{path}", headers=AUTH).status_code == status
+
+
+def test_a_twenty_digit_image_id_is_404(client, mini_dir):
+    job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1), headers=AUTH).get_json()
+    resp = client.get(f"/api/jobs/{job['id']}/images/{'9' * 20}/thumbnail", headers=AUTH)
+    assert resp.status_code == 404 and "no image" in resp.get_json()["error"]
+
+
+def test_a_non_ascii_token_is_403(client):
+    resp = client.get("/api/jobs/x", headers={"Authorization": "Bearer t0kén".encode().decode("latin-1")})
+    assert resp.status_code == 403 and "not valid" in resp.get_json()["error"]
+
+
+def test_too_many_parts_says_files_not_bytes(make_app, stack_env):
+    client = make_app({**stack_env, "PIXELPROOF_MAX_FILES_PER_REQUEST": "20"}).test_client()
+    resp = post_files(client, "/api/jobs", [(b"x", f"{i}.jpg") for i in range(60)])
+    assert resp.status_code == 413
+    assert "more than 20 files in one request" in resp.get_json()["error"]
+
+
+def test_a_file_name_not_in_utf8_costs_nothing_else(client, mini_dir, stack_env):
+    image = jpeg_bytes(mini_dir, 1)[0][0]
+    boundary = "pixelproofboundary"
+    body = b"".join(
+        b"--" + boundary.encode() + b'\r\nContent-Disposition: form-data; name="files"; filename="' + name +
+        b'"\r\nContent-Type: image/jpeg\r\n\r\n' + image + b"\r\n"
+        for name in (b"caf\xe9.jpg", b"fine.jpg")  # latin-1 bytes, then a plain name
+    ) + b"--" + boundary.encode() + b"--\r\n"
+    resp = client.post("/api/jobs", data=body, content_type=f"multipart/form-data; boundary={boundary}", headers=AUTH)
+    assert resp.status_code == 202, resp.get_json()
+    names = [i["filename"] for i in client.get(f"/api/jobs/{resp.get_json()['id']}/results", headers=AUTH).get_json()["items"]]
+    assert names == ["caf\ufffd.jpg", "fine.jpg"]
+
+
+def test_a_refused_request_leaves_no_blob_behind(make_app, stack_env, mini_dir, tmp_path):
+    client = make_app({**stack_env, "PIXELPROOF_MAX_FILE_BYTES": "5000"}).test_client()
+    uploads = tmp_path / "data" / "uploads"
+    kept = post_files(client, "/api/jobs", [(b"already stored" * 10, "old.bin")])
+    assert kept.status_code == 202
+    before = stored_blobs(uploads)
+    files = [(b"new content %d" % i * 20, f"{i}.bin") for i in range(5)] + [(b"already stored" * 10, "again.bin"),
+                                                                          (b"z" * 5001, "too-big.bin")]
+    resp = post_files(client, "/api/jobs", files)
+    assert resp.status_code == 413 and "too-big.bin" in resp.get_json()["error"]
+    assert stored_blobs(uploads) == before  # the five new ones are gone, the one another job uses is kept
+    assert not list((uploads / "tmp").iterdir())  # and no partial file
+
+
+@pytest.fixture
+def web_only(db_url, redis_server, tmp_path):
+    """gunicorn and nothing consuming the queue, on SQLite and PostgreSQL."""
+    upgrade(db_url)
+    env = service_env(db_url, redis_server.url, tmp_path / "data", PIXELPROOF_MAX_FILES_PER_JOB="10")
+    port = free_port()
+    web = start_web(env, tmp_path / "web.log", port)
+    yield f"http://127.0.0.1:{port}", web
+    web.stop()
+
+
+@pytest.mark.slow
+def test_concurrent_adds_cannot_overfill_a_job(web_only, mini_dir):
+    base, _ = web_only
+    image = jpeg_bytes(mini_dir, 1)[0][0]
+    job = requests.post(base + "/api/jobs", files=[("files", ("first.jpg", image))]).json()
+    statuses = []
+    barrier = threading.Barrier(8)
+
+    def add(k: int) -> None:
+        files = [("files", (f"{k}-{i}.jpg", image)) for i in range(5)]
+        barrier.wait()
+        statuses.append(requests.post(f"{base}/api/jobs/{job['id']}/files", files=files, timeout=60).status_code)
+
+    threads = [threading.Thread(target=add, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    total = requests.get(f"{base}/api/jobs/{job['id']}").json()["total"]
+    assert total <= 10 and total == 1 + 5 * statuses.count(202), (total, statuses)
+    assert statuses.count(202) == 1 and statuses.count(413) == 7
+
+
+@pytest.mark.slow
+def test_two_thousand_files_under_ulimit_1024(sqlite_url, redis_server, tmp_path):
+    upgrade(sqlite_url)
+    port = free_port()
+    web = start_web(service_env(sqlite_url, redis_server.url, tmp_path / "data"), tmp_path / "web.log", port)
+    try:
+        for proc in [psutil.Process(web.popen.pid), *psutil.Process(web.popen.pid).children(recursive=True)]:
+            proc.rlimit(psutil.RLIMIT_NOFILE, (1024, 1024))  # the common default of a login shell
+        blob = os.urandom(70 * 1024)  # over the 64 KiB a spooled part used to keep in memory
+        files = [("files", (f"f/{i}.bin", io.BytesIO(blob + i.to_bytes(4, "big")))) for i in range(2000)]
+        resp = requests.post(f"http://127.0.0.1:{port}/api/jobs", files=files, timeout=300)
+        assert resp.status_code == 202, resp.text[:500]
+        assert resp.json()["total"] == 2000
+    finally:
+        web.stop()
