@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 from shared.logs import kv, setup_logging
@@ -54,13 +57,60 @@ def refuse_open_exposure(settings: Settings) -> None:
 
 def url_of(settings: Settings) -> str:
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::", "[::]") else settings.host
+    if ":" in host:
+        host = f"[{host}]"
     return f"http://{host}:{settings.port}/"
+
+
+def check_port_free(settings: Settings) -> None:
+    """Fail before starting anything when the web's port is taken (gunicorn would die after "is up")."""
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    with socket.socket(family) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((settings.host, settings.port))
+        except OSError as exc:
+            raise SettingsError(f"Pixelproof will not start: port {settings.port} on {settings.host} is in use "
+                                f"({exc.strerror}); stop what holds it, or set PORT to another port.") from None
+
+
+def wait_ready(settings: Settings, env: dict[str, str], procs: list[subprocess.Popen],
+               stopped: Callable[[], bool], timeout: float = 180) -> bool:
+    """True once the web answers /healthz and a worker answers a ping; False if a process exits first."""
+    from celery import Celery
+
+    base = url_of(settings) + "healthz"
+    probe = Celery(broker=env["REDIS_URL"], set_as_current=False)
+    deadline = time.monotonic() + timeout
+    web_ok = worker_ok = False
+    try:
+        while time.monotonic() < deadline:
+            if stopped() or any(p.poll() is not None for p in procs):
+                return False
+            if not web_ok:
+                try:
+                    with urllib.request.urlopen(base, timeout=2) as resp:
+                        web_ok = resp.status == 200
+                except OSError:
+                    pass
+            if web_ok and not worker_ok:
+                try:
+                    worker_ok = bool(probe.control.ping(timeout=1.0))
+                except Exception:  # noqa: BLE001 - not up yet, whatever the reason
+                    worker_ok = False
+            if web_ok and worker_ok:
+                return True
+            time.sleep(0.5)
+    finally:
+        probe.close()
+    return False
 
 
 def up() -> int:
     settings = load_settings()
     setup_logging(settings.log_level)
     refuse_open_exposure(settings)
+    check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     redis = None
@@ -75,9 +125,7 @@ def up() -> int:
                                         beat_schedule=beat_schedule_path(settings)),
                          cwd=REPO_ROOT, env=env),
     ]
-    print(f"\nPixelproof is up: {url_of(settings)}   (Ctrl-C stops everything)\n", flush=True)
-    print(kv(event="stack_up", url=url_of(settings), host=settings.host, database=settings.db_url.split("://")[0],
-             broker="embedded" if redis else "external"), file=sys.stderr, flush=True)
+    print("Pixelproof is starting (web, worker, model)...", flush=True)
 
     stopping = False
 
@@ -88,12 +136,36 @@ def up() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
+    restarts: list[float] = []
     try:
+        if wait_ready(settings, env, procs, lambda: stopping):
+            print(f"\nPixelproof is ready: {url_of(settings)}   (Ctrl-C stops everything)\n", flush=True)
+            print(kv(event="stack_up", url=url_of(settings), host=settings.host,
+                     database=settings.db_url.split("://")[0], broker="embedded" if redis else "external"),
+                  file=sys.stderr, flush=True)
+        elif not stopping:
+            print(kv(event="stack_failed", reason="a process exited or did not become ready"), file=sys.stderr, flush=True)
+            stopping, code = True, 1
         while not stopping:
             for p in procs:
                 if p.poll() is not None:
                     print(kv(event="process_exited", pid=p.pid, code=p.returncode), file=sys.stderr, flush=True)
                     stopping, code = True, 1
+            if redis and not stopping and redis.proc is not None and redis.proc.poll() is not None:
+                # Supervised: the queue comes back on the same port with its append-only file, so queued work
+                # and the processes' connections resume without anyone restarting it by hand.
+                restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
+                print(kv(event="redis_exited", code=redis.proc.returncode, restarts_last_minute=len(restarts)),
+                      file=sys.stderr, flush=True)
+                if len(restarts) > 3:
+                    print(kv(event="stack_failed", reason="the embedded Redis keeps exiting"), file=sys.stderr, flush=True)
+                    stopping, code = True, 1
+                else:
+                    try:
+                        redis.start()
+                        print(kv(event="redis_restarted", url=redis.url), file=sys.stderr, flush=True)
+                    except RuntimeError as exc:
+                        print(kv(event="redis_restart_failed", reason=str(exc)), file=sys.stderr, flush=True)
             time.sleep(0.3)
     finally:
         for p in procs:

@@ -130,7 +130,7 @@ def test_web_listens_on_loopback_and_refuses_to_open_up_without_tokens(sqlite_ur
     assert "PIXELPROOF_API_TOKENS" in done.stderr and "PIXELPROOF_ALLOW_OPEN_ACCESS" in done.stderr
     up = subprocess.run([sys.executable, "-m", "pixelproof.cli", "up"], cwd=REPO_ROOT, env=exposed,
                         capture_output=True, text=True, timeout=60)
-    assert up.returncode != 0 and "PIXELPROOF_API_TOKENS" in up.stderr and "is up" not in up.stdout
+    assert up.returncode != 0 and "PIXELPROOF_API_TOKENS" in up.stderr and "is ready" not in up.stdout
 
     with open(tmp_path / "web2.log", "wb") as log:  # with tokens it may listen everywhere
         proc = run_web({**exposed, "PIXELPROOF_API_TOKENS": "t0ken"}, log)
