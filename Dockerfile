@@ -13,6 +13,9 @@ COPY migrations migrations
 COPY alembic.ini ./
 COPY models models
 RUN pip install --no-cache-dir .
+# The services run as an unprivileged user that owns only the data volume.
+RUN useradd --system --uid 10001 --home-dir /data pixelproof && mkdir -p /data && chown pixelproof /data
+USER pixelproof
 ENV PIXELPROOF_DATA_DIR=/data PIXELPROOF_MODEL_PATH=/app/models/default.safetensors
 EXPOSE 8000
 CMD ["pixelproof", "web"]

@@ -301,3 +301,21 @@ def test_rate_limit_counts_the_client_not_the_spelling_of_its_header(make_app, s
                 for h in spellings]
     # 5 per minute: at most 10 get through even if the test straddles a minute boundary
     assert statuses[:5] == [202] * 5 and statuses.count(202) <= 10 and set(statuses) == {202, 429}, statuses
+
+
+def test_compose_publishes_on_loopback_with_no_fixed_secret_and_runs_unprivileged():
+    """Docker is not on the test machines: the files are checked as compose and Docker would read them."""
+    import re
+
+    import yaml
+
+    compose = yaml.safe_load((REPO_ROOT / "docker-compose.yml").read_text())
+    ports = compose["services"]["web"]["ports"]
+    assert ports == ["${PIXELPROOF_PUBLISH:-127.0.0.1:8000}:8000"]  # the host's loopback unless told otherwise
+    for name, service in compose["services"].items():
+        env = service.get("environment", {})
+        for key, value in env.items():
+            if "PASSWORD" in key or key == "DATABASE_URL":
+                assert "${POSTGRES_PASSWORD:?" in str(value), (name, key)  # from the environment, required
+    users = re.findall(r"^USER\s+(\S+)", (REPO_ROOT / "Dockerfile").read_text(), re.M)
+    assert users and users[-1] not in ("root", "0")
