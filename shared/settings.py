@@ -64,6 +64,7 @@ class Settings(BaseSettings):
     # Queue behaviour.
     task_time_limit: int = Field(default=600, ge=10)
     visibility_timeout: int = Field(default=3600, ge=60)
+    max_attempts: int = Field(default=3, ge=1, le=100)  # deliveries of an image before it is marked error
     stale_after: int = Field(default=900, ge=1)  # seconds before the sweeper re-enqueues an unfinished image
     sweep_interval: float = Field(default=60.0, gt=0)
     worker_max_memory_kb: int = Field(default=2_000_000, ge=100_000)

@@ -116,3 +116,28 @@ def test_predictions_record_where_the_model_looked(world, classifier):
     assert 1 < len(regions) <= classifier.meta.preprocessing.max_crops
     assert all(r["x"] + r["w"] <= 700 and r["y"] + r["h"] <= 300 and r["w"] == min(side, 700) for r in regions)
     assert item.label == classifier.meta.label_rule.label(item.p_fake)
+
+
+def test_an_image_that_never_finishes_is_given_up_and_its_batch_mates_finish(world, classifier):
+    """A batch redelivered after its worker died is classified image by image; an image delivered
+    max_attempts times without finishing becomes an error instead of being tried forever."""
+    db, storage, ids, files = world
+    poison, mates = ids[0], ids[1:4]
+    with db.session() as s:  # as the rows stand after a batch killed twice, then once more
+        s.execute(update(ImageItem).where(ImageItem.id == poison).values(attempts=3, status="running"))
+        s.execute(update(ImageItem).where(ImageItem.id.in_(mates)).values(attempts=1, status="running"))
+        s.commit()
+    calls = []
+    original = classifier.classify
+    classifier.classify = lambda readers: calls.append(len(readers)) or original(readers)
+    try:
+        notices = []
+        result = classify_images(db, storage, classifier, [poison, *mates], notify=notices.append, max_attempts=3)
+    finally:
+        classifier.classify = original
+    assert result["claimed"] == 3 and calls and max(calls) == 1  # one image per forward pass on a retry
+    with db.session() as s:
+        rows = {i.id: i for i in s.scalars(select(ImageItem).where(ImageItem.id.in_([poison, *mates])))}
+    assert rows[poison].status == "error" and "tried 3 times" in rows[poison].error
+    assert all(rows[i].status in ("done", "error") and rows[i].attempts == 2 for i in mates)
+    assert notices  # the job's watchers are told

@@ -24,21 +24,38 @@ from .inference import Classifier, Outcome, thumbnails_of
 log = logging.getLogger(__name__)
 
 
-def _claim(db: Database, image_ids: Sequence[int]) -> list[tuple[int, str, str]]:
+def _claim(db: Database, image_ids: Sequence[int], max_attempts: int) -> tuple[list[tuple[int, str, str]], bool, set[str]]:
+    """Claim the unfinished images: (claimed rows, whether any was tried before, jobs of images given up on).
+
+    An image already tried max_attempts times without finishing (it overran the task's time limit or took
+    its worker down each time) is marked `error` instead, so its batch-mates and its job can finish.
+    """
     with db.session() as s:
         rows = s.execute(
-            select(ImageItem.id, ImageItem.sha256, ImageItem.job_id).where(
+            select(ImageItem.id, ImageItem.sha256, ImageItem.job_id, ImageItem.attempts).where(
                 ImageItem.id.in_(image_ids), ImageItem.status.notin_(TERMINAL)
             )
         ).all()
+        spent = [r for r in rows if r.attempts >= max_attempts]
+        rows = [r for r in rows if r.attempts < max_attempts]
+        if spent:
+            now = utcnow()
+            s.execute(
+                update(ImageItem).where(ImageItem.id.in_([r.id for r in spent]), ImageItem.status.notin_(TERMINAL))
+                .values(status=ERROR, finished_at=now, touched_at=now,
+                        error=f"the image was tried {max_attempts} times and never finished: it takes too long to "
+                              "classify, or stops the worker")
+            )
+            for r in spent:
+                log.warning(kv(event="gave_up", job_id=r.job_id, image_id=r.id, attempts=r.attempts))
         if rows:
             s.execute(
                 update(ImageItem)
                 .where(ImageItem.id.in_([r.id for r in rows]), ImageItem.status.notin_(TERMINAL))
                 .values(status=RUNNING, touched_at=utcnow(), attempts=ImageItem.attempts + 1)
             )
-            s.commit()
-        return [(r.id, r.sha256, r.job_id) for r in rows]
+        s.commit()
+        return [(r.id, r.sha256, r.job_id) for r in rows], any(r.attempts for r in rows), {r.job_id for r in spent}
 
 
 def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
@@ -70,14 +87,29 @@ _FINISH = update(_images).where(_images.c.id == bindparam("b_id")).values(
 
 
 def classify_images(db: Database, storage: LocalStorage, classifier: Classifier, image_ids: Sequence[int],
-                    notify: Callable[[set[str]], None] | None = None) -> dict:
+                    notify: Callable[[set[str]], None] | None = None, max_attempts: int = 3) -> dict:
     """Score the given images (skipping finished ones), reusing cached predictions for known content.
 
+    A batch delivered again after a failure is classified one image at a time, each committed on its own, so
+    one image that overruns the time limit or kills the worker costs only itself (see _claim).
     notify: told the ids of the jobs that moved, after the commit (wakes the web's long-polls).
     """
-    claimed = _claim(db, image_ids)
+    claimed, retried, gave_up = _claim(db, image_ids, max_attempts)
+    if gave_up and notify:
+        notify(gave_up)
     if not claimed:
         return {"claimed": 0}
+    if retried and len(claimed) > 1:
+        totals = {"claimed": 0, "cached": 0, "computed": 0}
+        for row in claimed:
+            for key, value in _classify_claimed(db, storage, classifier, [row], notify).items():
+                totals[key] += value
+        return totals
+    return _classify_claimed(db, storage, classifier, claimed, notify)
+
+
+def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifier,
+                      claimed: list[tuple[int, str, str]], notify: Callable[[set[str]], None] | None) -> dict:
     version = classifier.version
     shas = {sha for _, sha, _ in claimed}
     known = _cached(db, shas, version)

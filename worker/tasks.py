@@ -59,7 +59,8 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
     def classify(self, image_ids: list[int]) -> None:
-        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify)
+        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify,
+                                         max_attempts=ctx.settings.max_attempts)
         log.info(kv(event="task_done", task_id=self.request.id, redelivered=bool(self.request.delivery_info.get("redelivered")), **result))
 
     @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
