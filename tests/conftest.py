@@ -144,3 +144,25 @@ def live_stack(sqlite_url, redis_server, tmp_path, live_stack_env):
     yield f"http://127.0.0.1:{port}"
     worker.stop()
     web.stop()
+
+
+@pytest.fixture
+def start_web_only(redis_server, tmp_path):
+    """Start gunicorn (one process, 8 threads) with nothing consuming the queue, so jobs stay unfinished;
+    call with a database URL and extra settings; returns the base URL. Stopped after the test."""
+    from pixelproof.embedded_redis import free_port
+
+    from .processes import start_web
+
+    started = []
+
+    def start(db_url: str, **extra: str) -> str:
+        upgrade(db_url)
+        port = free_port()
+        started.append(start_web(service_env(db_url, redis_server.url, tmp_path / "data", **extra),
+                                 tmp_path / "web.log", port))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for web in started:
+        web.stop()

@@ -100,20 +100,9 @@ def test_a_refused_request_leaves_no_blob_behind(make_app, stack_env, mini_dir, 
     assert not list((uploads / "tmp").iterdir())  # and no partial file
 
 
-@pytest.fixture
-def web_only(db_url, redis_server, tmp_path):
-    """gunicorn and nothing consuming the queue, on SQLite and PostgreSQL."""
-    upgrade(db_url)
-    env = service_env(db_url, redis_server.url, tmp_path / "data", PIXELPROOF_MAX_FILES_PER_JOB="10")
-    port = free_port()
-    web = start_web(env, tmp_path / "web.log", port)
-    yield f"http://127.0.0.1:{port}", web
-    web.stop()
-
-
 @pytest.mark.slow
-def test_concurrent_adds_cannot_overfill_a_job(web_only, mini_dir):
-    base, _ = web_only
+def test_concurrent_adds_cannot_overfill_a_job(start_web_only, db_url, mini_dir):
+    base = start_web_only(db_url, PIXELPROOF_MAX_FILES_PER_JOB="10")
     image = jpeg_bytes(mini_dir, 1)[0][0]
     job = requests.post(base + "/api/jobs", files=[("files", ("first.jpg", image))]).json()
     statuses = []

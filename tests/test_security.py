@@ -28,7 +28,6 @@ from shared.thumbnails import THUMBNAIL_SIZES
 from web.watch import RECHECK_S
 
 from .conftest import service_env
-from .processes import start_web
 from .test_api import jpeg_bytes, post_files
 from .test_faults import wait_until
 
@@ -184,14 +183,8 @@ def test_thumbnails_of_a_40_megapixel_upload_are_served_from_what_the_worker_sto
 
 
 @pytest.fixture
-def web_without_worker(sqlite_url, redis_server, tmp_path):
-    """gunicorn (one process, 8 threads) and nothing consuming the queue: jobs stay unfinished."""
-    upgrade(sqlite_url)
-    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_API_TOKENS="alice,bob,carol")
-    port = free_port()
-    web = start_web(env, tmp_path / "web.log", port)
-    yield f"http://127.0.0.1:{port}"
-    web.stop()
+def web_without_worker(start_web_only, sqlite_url):
+    return start_web_only(sqlite_url, PIXELPROOF_API_TOKENS="alice,bob,carol")
 
 
 def auth(token: str) -> dict:

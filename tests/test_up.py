@@ -20,6 +20,13 @@ from .test_faults import wait_until
 pytestmark = pytest.mark.slow
 
 
+def healthy(base: str) -> bool:
+    try:
+        return requests.get(base + "/healthz", timeout=2).status_code == 200
+    except requests.RequestException:
+        return False
+
+
 def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_") and k not in ("DATABASE_URL", "REDIS_URL")}
@@ -29,13 +36,7 @@ def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
                             stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
-        def healthy():
-            try:
-                return requests.get(base + "/healthz", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, 90, "the stack to answer /healthz")
+        wait_until(lambda: healthy(base), 90, "the stack to answer /healthz")
         wait_until(lambda: "Pixelproof is ready" in (tmp_path / "up.log").read_text(), 120,
                    "the stack to say it is ready (web answering, a worker answering a ping)")
         assert f"ready: http://127.0.0.1:{port}/" in (tmp_path / "up.log").read_text()
@@ -90,13 +91,7 @@ def test_up_restarts_its_redis_and_keeps_serving(tmp_path, mini_dir):
         redis[0].kill()
         wait_until(lambda: "event=redis_restarted" in (tmp_path / "up.log").read_text(), 30, "Redis to be restarted")
 
-        def healthy():
-            try:
-                return requests.get(base + "/healthz", timeout=2).status_code == 200
-            except requests.RequestException:
-                return False
-
-        wait_until(healthy, 30, "the stack to be healthy again")
+        wait_until(lambda: healthy(base), 30, "the stack to be healthy again")
         image = sorted((mini_dir / "fake").iterdir())[0]
         job = requests.post(base + "/api/jobs", files=[("files", (image.name, image.read_bytes()))]).json()
         deadline = time.monotonic() + 120
