@@ -90,11 +90,25 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def open_image(data: bytes, max_pixels: int) -> Image.Image:
-    """Identify by content and check the declared size before any pixel is decoded."""
+# A progressive JPEG decodes in one pass per scan: encoders write about 10, and one scan repeated thousands of
+# times makes a file of a few hundred KB take minutes to decode. More than this is refused before decoding.
+MAX_JPEG_SCANS = 100
+
+
+def jpeg_scans(data: bytes) -> int:
+    """How many scans (SOS markers) a JPEG holds, at most. Entropy-coded data escapes every 0xFF, so each
+    FF DA in the file starts a scan (or one of an embedded thumbnail's); counting them costs a memchr pass."""
+    return data.count(b"\xff\xda")
+
+
+def open_image(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> Image.Image:
+    """Identify by content and check the declared size, and a JPEG's scans, before any pixel is decoded."""
     refusal = _sniff(data)
     if refusal:
         raise ImageRejected(refusal)
+    if data[:2] == b"\xff\xd8" and (scans := jpeg_scans(data)) > max_scans:
+        raise ImageRejected(f"the JPEG has {scans} scans, over the limit of {max_scans}: it would take too long "
+                            "to decode (an encoder writes about 10)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -113,13 +127,13 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     return img
 
 
-def load_rgb(data: bytes, max_pixels: int, target: int | None = None) -> Image.Image:
+def load_rgb(data: bytes, max_pixels: int, target: int | None = None, max_scans: int = MAX_JPEG_SCANS) -> Image.Image:
     """Decode to an upright 8-bit RGB image (first frame; EXIF rotation applied; alpha over white).
 
     ``target`` lets JPEG decode at a reduced scale when the result will be shrunk anyway; it never goes
     below twice the target, so the final resize still antialiases.
     """
-    img = open_image(data, max_pixels)
+    img = open_image(data, max_pixels, max_scans)
     try:
         if target and img.format in ("JPEG", "MPO"):
             img.draft("RGB", (target * 2, target * 2))
@@ -143,7 +157,7 @@ _ORIENT = {
 }
 
 
-def load_rgb_array(data: bytes, max_pixels: int) -> np.ndarray:
+def load_rgb_array(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> np.ndarray:
     """Decode at full resolution to an upright H x W x 3 uint8 array (the native-crop route).
 
     Baseline and progressive JPEG in YCbCr or grayscale, most of what phones and generators write, go
@@ -151,7 +165,7 @@ def load_rgb_array(data: bytes, max_pixels: int) -> np.ndarray:
     time on a 12-megapixel photo, and straight into numpy without Pillow's padded RGBX copy. Orientation is
     then a view, not a copy. Every other file takes :func:`load_rgb`.
     """
-    img = open_image(data, max_pixels)
+    img = open_image(data, max_pixels, max_scans)
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         try:
             arr = simplejpeg.decode_jpeg(data, colorspace="RGB")
@@ -163,23 +177,45 @@ def load_rgb_array(data: bytes, max_pixels: int) -> np.ndarray:
             except Exception:  # unreadable EXIF: Pillow's exif_transpose would ignore it as well
                 orientation = 1
             return _ORIENT.get(orientation, lambda a: a)(arr)
-    return np.asarray(load_rgb(data, max_pixels))
+    return np.asarray(load_rgb(data, max_pixels, max_scans=max_scans))
+
+
+_ROWS = 256  # high-bit-depth images are brought to 8 bits this many rows at a time
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float grayscale -> 8-bit, in bands of rows with float32 temporaries.
+
+    A whole-image float64 conversion made a 78 KB 40-megapixel 16-bit PNG cost over 1 GB; this costs the
+    decoded image plus one 8-bit copy.
+    """
+    w, h = img.size
+    if img.mode.startswith("I;16"):
+        scale = 255.0 / 65535.0
+    elif img.mode == "I":
+        scale = 255.0 / (65535.0 if img.getextrema()[1] > 255 else 255.0)
+    else:  # "F": 0..1 floats are stretched, anything else is taken as 0..255
+        scale = 255.0 if img.getextrema()[1] <= 1.0 else 1.0
+    out = np.empty((h, w), np.uint8)
+    for top in range(0, h, _ROWS):
+        band = np.array(img.crop((0, top, w, min(h, top + _ROWS))), dtype=np.float32)
+        np.multiply(band, scale, out=band)
+        np.clip(band, 0, 255, out=band)
+        out[top : top + band.shape[0]] = band  # truncates, as the earlier astype(uint8) did
+    return Image.fromarray(out, "L")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr / top * 255.0, 0, 255).astype(np.uint8), "L")
-    elif img.mode == "F":
-        arr = np.asarray(img, dtype=np.float64)
-        img = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = _to_8bit(img)
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
-        canvas = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        img = Image.alpha_composite(canvas, rgba)
+        # Over white, with the alpha band as a paste mask: no full-size RGBA canvas or composite copy.
+        alpha = img.convert("RGBA").getchannel("A") if img.mode != "RGBA" else img.getchannel("A")
+        canvas = Image.new("RGB", img.size, (255, 255, 255))
+        canvas.paste(img.convert("RGB"), mask=alpha)
+        return canvas
     return img.convert("RGB")
 
 
@@ -283,20 +319,21 @@ def native_crops(arr: np.ndarray, spec: Preprocessing) -> Prepared:
 
 
 def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = 40_000_000,
-                     with_thumbnails: bool = False) -> Prepared:
+                     with_thumbnails: bool = False, max_scans: int = MAX_JPEG_SCANS) -> Prepared:
     """File bytes -> model inputs. Serving and evaluation both call exactly this.
 
     with_thumbnails: also make the stored thumbnails, from the same decode where the route keeps full
     resolution (a whole-image route decodes JPEG at a reduced scale, so it decodes again for them).
     """
     if spec.native:
-        arr = load_rgb_array(data, max_pixels)
+        arr = load_rgb_array(data, max_pixels, max_scans)
         prepared = native_crops(arr, spec)
         return replace(prepared, thumbnails=thumbnails(arr)) if with_thumbnails else prepared
-    img = load_rgb(data, max_pixels, target=spec.input_size)
+    img = load_rgb(data, max_pixels, target=spec.input_size, max_scans=max_scans)
     prepared = Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
     if with_thumbnails:
-        prepared = replace(prepared, thumbnails=thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES))))
+        prepared = replace(prepared, thumbnails=thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES),
+                                                                  max_scans=max_scans)))
     return prepared
 
 

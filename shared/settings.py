@@ -51,6 +51,7 @@ class Settings(BaseSettings):
     max_file_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
     max_pixels: int = Field(default=40_000_000, ge=1)
+    max_jpeg_scans: int = Field(default=100, ge=1)  # progressive JPEG passes; thousands are a decoding trap
     max_files_per_job: int = Field(default=50_000, ge=1)
     max_files_per_request: int = Field(default=2_000, ge=1)
     rate_limit_per_minute: int = Field(default=0, ge=0)  # upload requests per client; 0 disables

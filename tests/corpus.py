@@ -44,6 +44,35 @@ def exif_rotated_jpeg() -> bytes:
     return _save(img, "JPEG", exif=exif)
 
 
+def _segments(data: bytes) -> list[tuple[int, int, int]]:
+    """(marker, start, end) of each JPEG segment; a scan's segment runs to the end of its entropy-coded data."""
+    out, i = [], 2
+    while i < len(data):
+        marker = data[i + 1]
+        if marker == 0xD9:
+            out.append((marker, i, i + 2))
+            break
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:
+            while True:  # FF 00 is an escaped byte and FF D0-D7 a restart marker: the scan goes on
+                end = data.index(b"\xff", end)
+                if data[end + 1] == 0 or 0xD0 <= data[end + 1] <= 0xD7:
+                    end += 2
+                    continue
+                break
+        out.append((marker, i, end))
+        i = end
+    return out
+
+
+def scan_bomb_jpeg(width: int, height: int, repeats: int) -> bytes:
+    """A progressive JPEG with its last scan repeated: small on disk, one decoding pass per scan.
+    6000 x 6600 with 2,000 repeats is 355 KB and took Pillow 45 s to decode."""
+    data = _save(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=50, progressive=True)
+    _, start, end = [s for s in _segments(data) if s[0] == 0xDA][-1]
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
 def corpus() -> list[tuple[str, bytes, str]]:
     jpeg = _save(_noise(), "JPEG", quality=90)
     png = _save(_noise(), "PNG")
@@ -65,6 +94,7 @@ def corpus() -> list[tuple[str, bytes, str]]:
         ("archive.jpg", zbuf.getvalue(), "ZIP"),
         ("vector.svg", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
         ("bomb.png", png_header_only(30000, 30000), "over the limit"),
+        ("scans.jpg", scan_bomb_jpeg(600, 600, 400), "too long to decode"),
         ("absurd.png", png_header_only(2**31 - 1, 2**31 - 1), "over the limit"),
         ("heic.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "HEIC"),
         ("cmyk.jpg", _save(_img("CMYK", color=(0, 120, 200, 10)), "JPEG"), "ok"),

@@ -138,3 +138,31 @@ def test_two_thousand_files_under_ulimit_1024(sqlite_url, redis_server, tmp_path
         assert resp.json()["total"] == 2000
     finally:
         web.stop()
+
+
+@pytest.mark.slow
+def test_a_poison_image_is_given_up_and_its_batch_mates_finish(make_app, sqlite_url, redis_server, tmp_path, mini_dir):
+    """An image that overruns the task's time limit (a scan bomb let through by a raised scan limit) in a batch
+    with innocent ones: the worker process that overran is replaced, the batch comes back and is classified
+    image by image, and the poison image becomes an error after PIXELPROOF_MAX_ATTEMPTS deliveries."""
+    from .corpus import scan_bomb_jpeg
+    from .processes import start_worker
+    from .test_end_to_end import all_results, wait_done
+
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_MAX_JPEG_SCANS="100000",
+                      PIXELPROOF_TASK_TIME_LIMIT="10", PIXELPROOF_BATCH_SIZE="8")
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        client = make_app(env).test_client()
+        innocent = sorted((mini_dir / "real").iterdir())[:3]
+        files = [(scan_bomb_jpeg(6000, 6600, 2000), "poison.jpg")] + [(p.read_bytes(), p.name) for p in innocent]
+        job = post_files(client, "/api/jobs", files).get_json()
+        job = wait_done(client, job["id"], timeout=240)
+        assert worker.popen.poll() is None, "the worker itself must stay up"
+    finally:
+        worker.stop()
+    items = {i["filename"]: i for i in all_results(client, job["id"])}
+    assert items["poison.jpg"]["status"] == "error" and "tried 3 times" in items["poison.jpg"]["error"]
+    assert all(items[p.name]["status"] == "done" for p in innocent), items
+    assert "event=task_overran" in worker.text()

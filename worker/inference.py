@@ -12,13 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.imaging import (
-    ImageRejected,
-    Prepared,
-    load_rgb,
-    preprocess_bytes,
-    thumbnails,
-)
+from shared.imaging import MAX_JPEG_SCANS, ImageRejected, Prepared, load_rgb, preprocess_bytes, thumbnails
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared
@@ -39,12 +33,13 @@ class Outcome:
 
 class Classifier:
     def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, decode_threads: int = 2,
-                 max_pixels: int = 40_000_000, precision: str = "auto"):
+                 max_pixels: int = 40_000_000, precision: str = "auto", max_scans: int = MAX_JPEG_SCANS):
         self.device = pick_device(device)
         self.model, self.meta = load_for_inference(checkpoint, device=self.device, precision=precision)
         self.thresholds = self.meta.label_rule.to_dict()  # recorded with every prediction
         self.batch_size = batch_size
         self.max_pixels = max_pixels
+        self.max_scans = max_scans
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         log.info("model loaded version=%s device=%s precision=%s arch=%s", self.version, self.device,
                  precision_name(self.model.dtype), self.meta.architecture)
@@ -59,7 +54,8 @@ class Classifier:
         except FileNotFoundError:
             return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False)
         try:
-            return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True)
+            return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True,
+                                    max_scans=self.max_scans)
         except ImageRejected as exc:
             return Outcome(error=str(exc))
         except Exception as exc:  # a decoder bug must cost one image, not the batch
@@ -106,10 +102,10 @@ class Classifier:
         return outcomes  # type: ignore[return-value]
 
 
-def thumbnails_of(read: Callable[[], bytes], max_pixels: int) -> dict[int, bytes] | None:
+def thumbnails_of(read: Callable[[], bytes], max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> dict[int, bytes] | None:
     """Thumbnails alone, for content whose prediction was cached before thumbnails were stored."""
     try:
-        return thumbnails(load_rgb(read(), max_pixels, target=max(THUMBNAIL_SIZES)))
+        return thumbnails(load_rgb(read(), max_pixels, target=max(THUMBNAIL_SIZES), max_scans=max_scans))
     except Exception:  # noqa: BLE001 - a cached error already says why this file is not an image
         return None
 

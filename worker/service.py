@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 from datetime import timedelta
 
 from sqlalchemy import bindparam, select, update
@@ -24,20 +25,25 @@ from .inference import Classifier, Outcome, thumbnails_of
 log = logging.getLogger(__name__)
 
 
-def _claim(db: Database, image_ids: Sequence[int], max_attempts: int) -> tuple[list[tuple[int, str, str]], bool, set[str]]:
-    """Claim the unfinished images: (claimed rows, whether any was tried before, jobs of images given up on).
+class _Row(NamedTuple):
+    id: int
+    sha256: str
+    job_id: str
+    attempts: int
 
-    An image already tried max_attempts times without finishing (it overran the task's time limit or took
-    its worker down each time) is marked `error` instead, so its batch-mates and its job can finish.
+
+def _unfinished(db: Database, image_ids: Sequence[int], max_attempts: int) -> tuple[list[_Row], set[str]]:
+    """The images still to classify, and the jobs of those given up on.
+
+    An image already delivered max_attempts times without finishing (it overran the task's time limit or
+    took its worker down each time) is marked `error` instead, so its job can finish.
     """
     with db.session() as s:
-        rows = s.execute(
-            select(ImageItem.id, ImageItem.sha256, ImageItem.job_id, ImageItem.attempts).where(
-                ImageItem.id.in_(image_ids), ImageItem.status.notin_(TERMINAL)
-            )
-        ).all()
+        rows = [_Row(*r) for r in s.execute(
+            select(ImageItem.id, ImageItem.sha256, ImageItem.job_id, ImageItem.attempts)
+            .where(ImageItem.id.in_(image_ids), ImageItem.status.notin_(TERMINAL)).order_by(ImageItem.id)
+        ).all()]
         spent = [r for r in rows if r.attempts >= max_attempts]
-        rows = [r for r in rows if r.attempts < max_attempts]
         if spent:
             now = utcnow()
             s.execute(
@@ -46,16 +52,24 @@ def _claim(db: Database, image_ids: Sequence[int], max_attempts: int) -> tuple[l
                         error=f"the image was tried {max_attempts} times and never finished: it takes too long to "
                               "classify, or stops the worker")
             )
+            s.commit()
             for r in spent:
                 log.warning(kv(event="gave_up", job_id=r.job_id, image_id=r.id, attempts=r.attempts))
-        if rows:
-            s.execute(
-                update(ImageItem)
-                .where(ImageItem.id.in_([r.id for r in rows]), ImageItem.status.notin_(TERMINAL))
-                .values(status=RUNNING, touched_at=utcnow(), attempts=ImageItem.attempts + 1)
-            )
+        return [r for r in rows if r.attempts < max_attempts], {r.job_id for r in spent}
+
+
+def _claim(db: Database, rows: Sequence[_Row]) -> list[tuple[int, str, str]]:
+    """Mark the rows running and count the attempt, just before they are classified."""
+    with db.session() as s:
+        claimed = s.execute(
+            update(ImageItem)
+            .where(ImageItem.id.in_([r.id for r in rows]), ImageItem.status.notin_(TERMINAL))
+            .values(status=RUNNING, touched_at=utcnow(), attempts=ImageItem.attempts + 1)
+            .returning(ImageItem.id)
+        ).scalars().all()
         s.commit()
-        return [(r.id, r.sha256, r.job_id) for r in rows], any(r.attempts for r in rows), {r.job_id for r in spent}
+    claimed = set(claimed)
+    return [(r.id, r.sha256, r.job_id) for r in rows if r.id in claimed]
 
 
 def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
@@ -94,18 +108,22 @@ def classify_images(db: Database, storage: LocalStorage, classifier: Classifier,
     one image that overruns the time limit or kills the worker costs only itself (see _claim).
     notify: told the ids of the jobs that moved, after the commit (wakes the web's long-polls).
     """
-    claimed, retried, gave_up = _claim(db, image_ids, max_attempts)
+    rows, gave_up = _unfinished(db, image_ids, max_attempts)
     if gave_up and notify:
         notify(gave_up)
-    if not claimed:
+    if not rows:
         return {"claimed": 0}
-    if retried and len(claimed) > 1:
-        totals = {"claimed": 0, "cached": 0, "computed": 0}
-        for row in claimed:
-            for key, value in _classify_claimed(db, storage, classifier, [row], notify).items():
+    if any(r.attempts for r in rows):  # delivered before: one at a time, the least-tried first
+        groups = [[r] for r in sorted(rows, key=lambda r: (r.attempts, r.id))]
+    else:
+        groups = [rows]
+    totals = {"claimed": 0, "cached": 0, "computed": 0}
+    for group in groups:
+        claimed = _claim(db, group)
+        if claimed:
+            for key, value in _classify_claimed(db, storage, classifier, claimed, notify).items():
                 totals[key] += value
-        return totals
-    return _classify_claimed(db, storage, classifier, claimed, notify)
+    return totals if totals["claimed"] else {"claimed": 0}
 
 
 def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifier,
@@ -115,7 +133,7 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
     known = _cached(db, shas, version)
     todo = sorted(shas - known.keys())
     fresh = dict(zip(todo, classifier.classify([_reader(storage, sha) for sha in todo])))
-    _store_thumbnails(storage, fresh, known, classifier.max_pixels)
+    _store_thumbnails(storage, fresh, known, classifier.max_pixels, classifier.max_scans)
     _store_predictions(db, version, fresh)
     outcome = {**known, **fresh}
     now = utcnow()
@@ -137,7 +155,7 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
 
 
 def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: dict[str, Outcome],
-                      max_pixels: int) -> None:
+                      max_pixels: int, max_scans: int) -> None:
     """Thumbnails are written before the image is marked done, so the page never asks for one too early."""
     for sha, outcome in fresh.items():
         if outcome.thumbnails:
@@ -145,7 +163,7 @@ def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: d
                 storage.put_thumbnail(sha, size, png)
     for sha, outcome in known.items():  # cached before thumbnails were stored: make them once now
         if not outcome.error and not storage.has_thumbnails(sha, THUMBNAIL_SIZES):
-            for size, png in (thumbnails_of(_reader(storage, sha), max_pixels) or {}).items():
+            for size, png in (thumbnails_of(_reader(storage, sha), max_pixels, max_scans) or {}).items():
                 storage.put_thumbnail(sha, size, png)
 
 

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 
 import torch
 from celery import Celery, signals
+from celery.exceptions import SoftTimeLimitExceeded
 from redis import Redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
@@ -32,6 +34,7 @@ class WorkerContext:
         self._classifier: Classifier | None = None
         self._redis: Redis | None = None
         self.processes = 1  # the pool's size, learnt at worker start, so each process takes its share of cores
+        self.in_pool_child = False  # a prefork child, which may exit to be replaced by a fresh one
         self._lock = threading.Lock()
 
     @property
@@ -41,7 +44,7 @@ class WorkerContext:
                 s = self.settings
                 torch.set_num_threads(default_torch_threads(s.torch_threads, self.processes))
                 self._classifier = Classifier(s.model_path, s.device, s.batch_size, s.decode_threads, s.max_pixels,
-                                              precision=s.precision)
+                                              precision=s.precision, max_scans=s.max_jpeg_scans)
             return self._classifier
 
     def notify(self, job_ids: set[str]) -> None:
@@ -59,8 +62,19 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
     def classify(self, image_ids: list[int]) -> None:
-        result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify,
-                                         max_attempts=ctx.settings.max_attempts)
+        try:
+            result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify,
+                                             max_attempts=ctx.settings.max_attempts)
+        except SoftTimeLimitExceeded:
+            log.error(kv(event="task_overran", task_id=self.request.id, images=len(image_ids),
+                         limit_s=ctx.settings.task_time_limit, pid=os.getpid()))
+            if ctx.in_pool_child:
+                # A decoding thread cannot be stopped, and would keep this process busy for the next batches:
+                # end the process instead. The message is not acknowledged (acks_late), so it is delivered
+                # again, and the batch is then classified image by image (service.classify_images).
+                logging.shutdown()
+                os._exit(70)
+            raise
         log.info(kv(event="task_done", task_id=self.request.id, redelivered=bool(self.request.delivery_info.get("redelivered")), **result))
 
     @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
@@ -74,6 +88,7 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
 
     @signals.worker_process_init.connect(weak=False)
     def _after_fork(**_):
+        ctx.in_pool_child = True
         ctx.after_fork()
         ctx.classifier  # noqa: B018 - load now, after fork, so the first batch does not wait
 
