@@ -106,6 +106,35 @@ def wait_ready(settings: Settings, env: dict[str, str], procs: list[subprocess.P
     return False
 
 
+class Supervised:
+    """A child of `pixelproof up`, restarted when it exits on its own; too many restarts stop the stack (for a
+    supervisor above it to see), so a crash loop is not hidden."""
+
+    MAX_RESTARTS_PER_MINUTE = 3
+
+    def __init__(self, name: str, start: Callable[[], object], alive: Callable[[], bool]):
+        self.name, self._start, self._alive = name, start, alive
+        self.restarts: list[float] = []
+
+    def check(self) -> bool:
+        """Restart if it has exited; False once it keeps exiting."""
+        if self._alive():
+            return True
+        now = time.monotonic()
+        self.restarts = [t for t in self.restarts if now - t < 60] + [now]
+        print(kv(event="process_exited", process=self.name, restarts_last_minute=len(self.restarts)),
+              file=sys.stderr, flush=True)
+        if len(self.restarts) > self.MAX_RESTARTS_PER_MINUTE:
+            print(kv(event="stack_failed", reason=f"{self.name} keeps exiting"), file=sys.stderr, flush=True)
+            return False
+        try:
+            self._start()
+            print(kv(event="process_restarted", process=self.name), file=sys.stderr, flush=True)
+        except (OSError, RuntimeError) as exc:
+            print(kv(event="restart_failed", process=self.name, reason=str(exc)), file=sys.stderr, flush=True)
+        return True
+
+
 def up() -> int:
     settings = load_settings()
     setup_logging(settings.log_level)
@@ -118,13 +147,23 @@ def up() -> int:
         redis = EmbeddedRedis(settings.data_dir / "redis").start()
         env["REDIS_URL"] = redis.url
     upgrade(settings.db_url)
-    procs = [
-        subprocess.Popen(web_command(settings.port, host=settings.host), cwd=REPO_ROOT, env=env),
+    commands = {
+        "web": web_command(settings.port, host=settings.host),
         # One single-threaded model process per core beats one multi-threaded process on a shared host.
-        subprocess.Popen(worker_command(concurrency=os.cpu_count() or 1,
-                                        beat_schedule=beat_schedule_path(settings)),
-                         cwd=REPO_ROOT, env=env),
-    ]
+        "worker": worker_command(concurrency=os.cpu_count() or 1, beat_schedule=beat_schedule_path(settings)),
+    }
+    procs = {name: subprocess.Popen(cmd, cwd=REPO_ROOT, env=env) for name, cmd in commands.items()}
+
+    def starter(name: str) -> Callable[[], object]:
+        def start() -> None:
+            procs[name] = subprocess.Popen(commands[name], cwd=REPO_ROOT, env=env)
+        return start
+
+    supervised = [Supervised(name, starter(name), lambda n=name: procs[n].poll() is None) for name in commands]
+    if redis:
+        # The queue comes back on the same port with its append-only file, so queued work and the processes'
+        # connections resume without anyone restarting it by hand.
+        supervised.append(Supervised("redis", redis.start, lambda: redis.proc is not None and redis.proc.poll() is None))
     print("Pixelproof is starting (web, worker, model)...", flush=True)
 
     stopping = False
@@ -136,9 +175,8 @@ def up() -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     code = 0
-    restarts: list[float] = []
     try:
-        if wait_ready(settings, env, procs, lambda: stopping):
+        if wait_ready(settings, env, list(procs.values()), lambda: stopping):
             print(f"\nPixelproof is ready: {url_of(settings)}   (Ctrl-C stops everything)\n", flush=True)
             print(kv(event="stack_up", url=url_of(settings), host=settings.host,
                      database=settings.db_url.split("://")[0], broker="embedded" if redis else "external"),
@@ -147,32 +185,15 @@ def up() -> int:
             print(kv(event="stack_failed", reason="a process exited or did not become ready"), file=sys.stderr, flush=True)
             stopping, code = True, 1
         while not stopping:
-            for p in procs:
-                if p.poll() is not None:
-                    print(kv(event="process_exited", pid=p.pid, code=p.returncode), file=sys.stderr, flush=True)
-                    stopping, code = True, 1
-            if redis and not stopping and redis.proc is not None and redis.proc.poll() is not None:
-                # Supervised: the queue comes back on the same port with its append-only file, so queued work
-                # and the processes' connections resume without anyone restarting it by hand.
-                restarts = [t for t in restarts if time.monotonic() - t < 60] + [time.monotonic()]
-                print(kv(event="redis_exited", code=redis.proc.returncode, restarts_last_minute=len(restarts)),
-                      file=sys.stderr, flush=True)
-                if len(restarts) > 3:
-                    print(kv(event="stack_failed", reason="the embedded Redis keeps exiting"), file=sys.stderr, flush=True)
-                    stopping, code = True, 1
-                else:
-                    try:
-                        redis.start()
-                        print(kv(event="redis_restarted", url=redis.url), file=sys.stderr, flush=True)
-                    except RuntimeError as exc:
-                        print(kv(event="redis_restart_failed", reason=str(exc)), file=sys.stderr, flush=True)
+            if not all(s.check() for s in supervised):
+                stopping, code = True, 1
             time.sleep(0.3)
     finally:
-        for p in procs:
+        for p in procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)  # gunicorn and celery both finish in-flight work on TERM
         deadline = time.monotonic() + 30
-        for p in procs:
+        for p in procs.values():
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:

@@ -1,9 +1,12 @@
 """Content-addressed upload storage. No uploaded name ever reaches the filesystem."""
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -14,6 +17,26 @@ class TooLarge(Exception):
     def __init__(self, limit: int):
         super().__init__(f"file is larger than the limit of {limit} bytes")
         self.limit = limit
+
+
+class StorageFull(OSError):
+    """The storage volume has no room left (ENOSPC, EDQUOT): the caller says so instead of a generic error."""
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+MIN_FREE_BYTES = 64 * 1024 * 1024  # /healthz reports the storage full below this (or 5% of a small volume)
+
+
+@contextmanager
+def _no_space_is_full(root: Path):
+    try:
+        yield
+    except StorageFull:
+        raise
+    except OSError as exc:
+        if exc.errno in NO_SPACE:
+            raise StorageFull(exc.errno, f"the storage at {root} is full") from None
+        raise
 
 
 class LocalStorage:
@@ -49,6 +72,20 @@ class LocalStorage:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
         self.path(sha256).unlink(missing_ok=True)
 
+    def problem(self) -> str | None:
+        """Why uploads cannot be stored right now (for /healthz), or None."""
+        try:
+            usage = shutil.disk_usage(self.root)
+            free = usage.free
+            if free < min(MIN_FREE_BYTES, usage.total // 20):
+                return f"full: {free // 1024} KiB free"
+            fd, name = tempfile.mkstemp(dir=self.tmp)
+            os.close(fd)
+            os.unlink(name)
+        except OSError as exc:
+            return f"not writable: {exc.strerror or type(exc).__name__}"
+        return None
+
     def thumbnail_path(self, sha256: str, size: int) -> Path:
         """Thumbnails the worker made, beside the uploads (on the same shared volume) but never among them."""
         upload = self.path(sha256)
@@ -56,16 +93,17 @@ class LocalStorage:
 
     def put_thumbnail(self, sha256: str, size: int, png: bytes) -> None:
         final = self.thumbnail_path(sha256, size)
-        final.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.tmp)
-        try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(png)
-            os.replace(tmp_name, final)  # atomic: the web never serves half a PNG
-        except BaseException:
-            if os.path.exists(tmp_name):
-                os.unlink(tmp_name)
-            raise
+        with _no_space_is_full(self.root):
+            final.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(dir=self.tmp)
+            try:
+                with os.fdopen(fd, "wb") as out:
+                    out.write(png)
+                os.replace(tmp_name, final)  # atomic: the web never serves half a PNG
+            except BaseException:
+                if os.path.exists(tmp_name):
+                    os.unlink(tmp_name)
+                raise
 
     def has_thumbnails(self, sha256: str, sizes: tuple[int, ...]) -> bool:
         return all(self.thumbnail_path(sha256, s).exists() for s in sizes)
@@ -84,7 +122,9 @@ class BlobWriter:
         self.storage, self.max_bytes = storage, max_bytes
         self.digest = hashlib.sha256()
         self.size = 0
-        fd, self.tmp_name = tempfile.mkstemp(dir=storage.tmp)
+        self.tmp_name = ""
+        with _no_space_is_full(storage.root):
+            fd, self.tmp_name = tempfile.mkstemp(dir=storage.tmp)
         self.out = os.fdopen(fd, "wb")
 
     def write(self, chunk: bytes) -> None:
@@ -93,22 +133,35 @@ class BlobWriter:
             self.abort()
             raise TooLarge(self.max_bytes)
         self.digest.update(chunk)
-        self.out.write(chunk)
+        try:
+            with _no_space_is_full(self.storage.root):
+                self.out.write(chunk)
+        except StorageFull:
+            self.abort()
+            raise
 
     def finish(self) -> tuple[str, int, bool]:
         """(sha256, size, created): created is False when the same content was already stored."""
-        self.out.close()
-        sha = self.digest.hexdigest()
-        final = self.storage.path(sha)
-        if final.exists():
-            os.unlink(self.tmp_name)
-            return sha, self.size, False
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self.tmp_name, final)  # atomic: readers never see a half-written file
-        return sha, self.size, True
+        try:
+            with _no_space_is_full(self.storage.root):
+                self.out.close()  # buffered bytes reach the disk here, so a full disk can show up here too
+                sha = self.digest.hexdigest()
+                final = self.storage.path(sha)
+                if final.exists():
+                    os.unlink(self.tmp_name)
+                    return sha, self.size, False
+                final.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self.tmp_name, final)  # atomic: readers never see a half-written file
+                return sha, self.size, True
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
         if not self.out.closed:
-            self.out.close()
-        if os.path.exists(self.tmp_name):
+            try:
+                self.out.close()
+            except OSError:  # the unflushed bytes of a file being thrown away
+                pass
+        if self.tmp_name and os.path.exists(self.tmp_name):
             os.unlink(self.tmp_name)

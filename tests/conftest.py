@@ -166,3 +166,45 @@ def start_web_only(redis_server, tmp_path):
     yield start
     for web in started:
         web.stop()
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (a disk that can be filled) where this machine allows it; call with a name and MiB."""
+    import subprocess
+
+    mounted = []
+
+    def mount(name: str, size_mib: int) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mib}m", "tmpfs", str(path)],
+                              capture_output=True, text=True, check=False)
+        if done.returncode:
+            pytest.skip(f"this machine does not allow mounting a tmpfs: {done.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill_disk(folder: Path) -> Path:
+    """Write into folder until its filesystem has no room left; returns the filler to delete."""
+    import errno
+
+    filler = folder / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+    with open(folder / "filler-2", "wb", buffering=0) as f:  # and the last partial page
+        try:
+            while True:
+                f.write(b"\0" * 512)
+        except OSError:
+            pass
+    return filler

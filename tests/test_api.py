@@ -107,7 +107,7 @@ def test_openapi_lists_every_api_route(client):
 
 
 def test_healthz_checks_database_and_broker(client, make_app, stack_env):
-    assert client.get("/healthz").get_json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok"}}
+    assert client.get("/healthz").get_json() == {"status": "ok", "checks": {"database": "ok", "broker": "ok", "storage": "ok"}}
     dead = make_app({**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
     resp = dead.get("/healthz")
     assert resp.status_code == 503 and resp.get_json()["checks"]["broker"].startswith("unreachable")

@@ -166,3 +166,75 @@ def test_a_poison_image_is_given_up_and_its_batch_mates_finish(make_app, sqlite_
     assert items["poison.jpg"]["status"] == "error" and "tried 3 times" in items["poison.jpg"]["error"]
     assert all(items[p.name]["status"] == "done" for p in innocent), items
     assert "event=task_overran" in worker.text()
+
+
+def test_a_full_storage_volume_is_507_and_leaves_nothing_behind(make_app, stack_env, tmpfs, mini_dir):
+    from .conftest import fill_disk
+
+    store = tmpfs("store", 4)
+    client = make_app({**stack_env, "PIXELPROOF_STORAGE_DIR": str(store)}).test_client()
+    kept = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1))
+    assert kept.status_code == 202
+    before = stored_blobs(store)
+    filler = fill_disk(store)
+
+    resp = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 4)[1:])
+    assert resp.status_code == 507 and "storage is full" in resp.get_json()["error"], resp.get_json()
+    assert resp.headers["Retry-After"]
+    assert stored_blobs(store) == before and not list((store / "tmp").iterdir())  # no partial blob
+    health = client.get("/healthz")
+    assert health.status_code == 503 and health.get_json()["checks"]["storage"].startswith(("full", "not writable"))
+    assert client.get(f"/api/jobs/{kept.get_json()['id']}").status_code == 200  # reading still works
+
+    filler.unlink()
+    (store / "filler-2").unlink()
+    assert post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 4)[1:]).status_code == 202
+    assert client.get("/healthz").get_json()["checks"]["storage"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_full_data_disk_leaves_the_stack_answering_and_it_recovers(tmpfs, mini_dir, tmp_path):
+    """SQLite, the uploads and the embedded Redis all on one small disk, filled while `pixelproof up` runs."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from shared.settings import REPO_ROOT
+
+    from .conftest import fill_disk
+    from .test_faults import wait_until
+
+    data = tmpfs("var", 48)
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_") and k not in ("DATABASE_URL", "REDIS_URL")}
+    env.update({"PORT": str(port), "PIXELPROOF_DATA_DIR": str(data), "PYTHONUNBUFFERED": "1"})
+    log_path = tmp_path / "up.log"
+    proc = subprocess.Popen([sys.executable, "-m", "pixelproof.cli", "up"], cwd=REPO_ROOT, env=env,
+                            stdout=open(log_path, "wb"), stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    image = sorted((mini_dir / "real").iterdir())[0].read_bytes()
+    try:
+        wait_until(lambda: "Pixelproof is ready" in log_path.read_text(), 180, "the stack to be ready")
+        filler = fill_disk(data)
+        resp = requests.post(base + "/api/jobs", files=[("files", ("a.jpg", image))], timeout=30)
+        assert resp.status_code == 507 and "full" in resp.json()["error"], resp.text
+        health = requests.get(base + "/healthz", timeout=30)
+        assert health.status_code == 503 and health.json()["checks"]["storage"] != "ok"
+        time.sleep(3)
+        assert proc.poll() is None, log_path.read_text()[-3000:]  # the stack stays up
+
+        filler.unlink()
+        (data / "filler-2").unlink()
+        wait_until(lambda: requests.get(base + "/healthz", timeout=5).status_code == 200, 60, "health to return")
+        job = requests.post(base + "/api/jobs", files=[("files", ("b.jpg", image))], timeout=30)
+        assert job.status_code == 202, job.text
+        job = job.json()
+        deadline = time.monotonic() + 120
+        while job["status"] != "done":
+            assert time.monotonic() < deadline, job
+            job = requests.get(f"{base}/api/jobs/{job['id']}?wait=10&done={job['done']}", timeout=30).json()
+        assert proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)

@@ -89,7 +89,7 @@ def test_up_restarts_its_redis_and_keeps_serving(tmp_path, mini_dir):
         redis = [k for k in psutil.Process(proc.pid).children() if "redis" in k.name()]
         assert len(redis) == 1
         redis[0].kill()
-        wait_until(lambda: "event=redis_restarted" in (tmp_path / "up.log").read_text(), 30, "Redis to be restarted")
+        wait_until(lambda: "event=process_restarted process=redis" in (tmp_path / "up.log").read_text(), 30, "Redis to be restarted")
 
         wait_until(lambda: healthy(base), 30, "the stack to be healthy again")
         image = sorted((mini_dir / "fake").iterdir())[0]

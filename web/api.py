@@ -274,6 +274,7 @@ def healthz():
         checks["broker"] = "ok"
     except (RedisError, OSError) as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"
+    checks["storage"] = services().storage.problem() or "ok"
     healthy = all(v == "ok" for v in checks.values())
     return jsonify({"status": "ok" if healthy else "degraded", "checks": checks}), 200 if healthy else 503
 

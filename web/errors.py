@@ -12,6 +12,8 @@ class ApiError(Exception):
         self.status, self.message, self.headers, self.extra = status, message, headers or {}, extra
 
 
+DISK_FULL = ("disk is full", "no space left", "disk full", "could not extend file")
+
 FRIENDLY = {
     413: "the request is too large: split the upload into several requests (see README, Limits)",
     405: "this method is not allowed on this URL",
@@ -41,7 +43,15 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(OperationalError)
     def _database_down(err: OperationalError):
-        app.logger.error("database unreachable path=%s reason=%r", request.path, str(err.orig))
+        reason = str(err.orig)
+        if any(s in reason.lower() for s in DISK_FULL):  # SQLite "database or disk is full", PostgreSQL ENOSPC
+            app.logger.error("database disk full path=%s reason=%r", request.path, reason)
+            resp = jsonify({"error": "the server's disk is full: nothing was changed; retry when space has been "
+                                     "freed", "status": 507})
+            resp.status_code = 507
+            resp.headers["Retry-After"] = "60"
+            return resp
+        app.logger.error("database unreachable path=%s reason=%r", request.path, reason)
         resp = jsonify({"error": "the database is unreachable right now; nothing was changed, retry shortly",
                         "status": 503})
         resp.status_code = 503

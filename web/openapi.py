@@ -70,10 +70,10 @@ OPENAPI = {
     "security": [{}, {"bearer": []}],
     "paths": {
         "/api/jobs": {"post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
-                               "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "413": _ERR, "429": _ERR, "503": _ERR}}},
+                               "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
         "/api/jobs/{job_id}/files": {"post": {"summary": "Add files to a job (send a large folder in several requests)",
                                               "parameters": [_JOB_ID], "requestBody": _UPLOAD,
-                                              "responses": {"202": _ACCEPTED, "400": _ERR, "404": _ERR, "413": _ERR, "503": _ERR}}},
+                                              "responses": {"202": _ACCEPTED, "400": _ERR, "403": _ERR, "404": _ERR, "413": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
         "/api/jobs/{job_id}": {"get": {
             "summary": "Job status and totals; long-poll with wait and done",
             "parameters": [_JOB_ID,

@@ -19,7 +19,7 @@ from werkzeug.sansio.multipart import (
     NeedData,
 )
 
-from shared.storage import BlobWriter, LocalStorage, TooLarge
+from shared.storage import BlobWriter, LocalStorage, StorageFull, TooLarge
 
 from .errors import ApiError
 from .names import clean_filename
@@ -77,6 +77,10 @@ def receive_files(stream: BinaryIO, content_type: str | None, storage: LocalStor
         discard(storage, stored)
         raise ApiError(413, f"{name}: the file is larger than the limit of {_mib(exc.limit)}; "
                             "nothing from this request was added", filename=name, limit=exc.limit) from None
+    except StorageFull:
+        discard(storage, stored)
+        raise ApiError(507, "the server's storage is full: nothing from this request was added; retry when "
+                            "space has been freed", headers={"Retry-After": "60"}) from None
     except ValueError:
         discard(storage, stored)
         raise ApiError(400, "the multipart body is malformed or cut short; nothing from this request was added") from None

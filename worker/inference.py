@@ -12,7 +12,14 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.imaging import MAX_JPEG_SCANS, ImageRejected, Prepared, load_rgb, preprocess_bytes, thumbnails
+from shared.imaging import (
+    MAX_JPEG_SCANS,
+    ImageRejected,
+    Prepared,
+    load_rgb,
+    preprocess_bytes,
+    thumbnails,
+)
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared

@@ -7,18 +7,26 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
 from datetime import timedelta
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.db import Database
-from shared.thumbnails import THUMBNAIL_SIZES
 from shared.logs import kv
-from shared.models import ERROR, QUEUED, RUNNING, TERMINAL, ImageItem, Prediction, utcnow
-from shared.storage import LocalStorage
+from shared.models import (
+    ERROR,
+    QUEUED,
+    RUNNING,
+    TERMINAL,
+    ImageItem,
+    Prediction,
+    utcnow,
+)
+from shared.storage import LocalStorage, StorageFull
+from shared.thumbnails import THUMBNAIL_SIZES
 
 from .inference import Classifier, Outcome, thumbnails_of
 
@@ -156,15 +164,19 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
 
 def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: dict[str, Outcome],
                       max_pixels: int, max_scans: int) -> None:
-    """Thumbnails are written before the image is marked done, so the page never asks for one too early."""
-    for sha, outcome in fresh.items():
-        if outcome.thumbnails:
-            for size, png in outcome.thumbnails.items():
-                storage.put_thumbnail(sha, size, png)
-    for sha, outcome in known.items():  # cached before thumbnails were stored: make them once now
-        if not outcome.error and not storage.has_thumbnails(sha, THUMBNAIL_SIZES):
-            for size, png in (thumbnails_of(_reader(storage, sha), max_pixels, max_scans) or {}).items():
-                storage.put_thumbnail(sha, size, png)
+    """Thumbnails are written before the image is marked done, so the page never asks for one too early.
+    A full disk costs the thumbnails (the page shows none), never the classification."""
+    try:
+        for sha, outcome in fresh.items():
+            if outcome.thumbnails:
+                for size, png in outcome.thumbnails.items():
+                    storage.put_thumbnail(sha, size, png)
+        for sha, outcome in known.items():  # cached before thumbnails were stored: make them once now
+            if not outcome.error and not storage.has_thumbnails(sha, THUMBNAIL_SIZES):
+                for size, png in (thumbnails_of(_reader(storage, sha), max_pixels, max_scans) or {}).items():
+                    storage.put_thumbnail(sha, size, png)
+    except StorageFull as exc:
+        log.error(kv(event="thumbnails_not_stored", reason=str(exc)))
 
 
 def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
