@@ -38,3 +38,13 @@ def test_photo_benchmark_smoke(tmp_path):
     text = out.read_text()
     assert text.startswith("# Benchmark results\n\nearlier rows")  # the other script's rows are kept
     assert "| 800x600 photos |" in text and "| CIFAKE 32x32 |" in text and "x ceiling" in text
+
+
+def test_hostile_benchmark_smoke(tmp_path):
+    out = tmp_path / "HOSTILE.md"
+    proc = subprocess.run([sys.executable, "benchmarks/hostile.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "| heavy/deep16.png |" in text and "peak resident memory: worker processes" in text
+    assert "| heavy/scans.jpg | " in text and "too long to decode" in text
