@@ -117,3 +117,28 @@ def _avif_case() -> list[tuple[str, bytes, str]]:
     if features.check("avif"):
         return [("photo.avif", _save(_noise(), "AVIF"), "ok")]
     return [("photo.avif", b"\x00\x00\x00\x1cftypavif\x00\x00\x00\x00avifmif1" + b"\x00" * 64, "AVIF")]
+
+
+def _encode(arr: np.ndarray, fmt: str, mode: str | None = None, **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, mode).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def heavy_files(w: int, h: int, scans: int) -> list[tuple[str, bytes]]:
+    """Files that are small on disk and costly to decode at w x h (benchmarks/hostile.py, the memory test)."""
+    ramp = np.linspace(0, 1, w, dtype=np.float32)[None, :]
+    grey16 = np.broadcast_to(ramp * 65535, (h, w)).astype(np.uint16)
+    rgba = np.zeros((h, w, 4), np.uint8)
+    rgba[..., 0] = np.broadcast_to(ramp * 255, (h, w)).astype(np.uint8)
+    rgba[..., 3] = 200
+    rgb = np.repeat(np.broadcast_to(ramp * 255, (h, w)).astype(np.uint8)[..., None], 3, axis=2)
+    return [
+        ("heavy/deep16.png", _encode(grey16, "PNG", compress_level=9)),
+        # stripes of 64 values: a small file (the upload limit is 25 MiB) that still decodes to 160 MB of floats
+        ("heavy/float.tif", _encode(np.broadcast_to(np.tile(np.linspace(0, 1, 64, dtype=np.float32), w // 64 + 1)[:w],
+                                                    (h, w)).copy(), "TIFF", "F", compression="tiff_adobe_deflate")),
+        ("heavy/rgba.png", _encode(rgba, "PNG", compress_level=9)),
+        ("heavy/photo.jpg", _encode(rgb, "JPEG", quality=85)),
+        ("heavy/scans.jpg", scan_bomb_jpeg(w, h, scans)),
+    ]

@@ -238,3 +238,32 @@ def test_a_full_data_disk_leaves_the_stack_answering_and_it_recovers(tmpfs, mini
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(60)
+
+
+DECODE_IN_BUDGET = """
+import resource, sys
+from shared import imaging
+base = int([l for l in open("/proc/self/status") if l.startswith("VmSize")][0].split()[1]) * 1024
+budget = base + int(sys.argv[2]) * 2**20
+resource.setrlimit(resource.RLIMIT_AS, (budget, budget))
+arr = imaging.load_rgb_array(open(sys.argv[1], "rb").read(), 40_000_000)
+print("decoded", arr.shape, arr.dtype)
+"""
+
+
+@pytest.mark.slow
+def test_deep_float_and_alpha_40_megapixel_images_decode_within_700_mb(tmp_path):
+    """The output alone is 120 MB; the float64 conversions took over 1 GB (a MemoryError under this budget)."""
+    import subprocess
+    import sys
+
+    from shared.settings import REPO_ROOT
+
+    from .corpus import heavy_files
+
+    for name, data in heavy_files(8000, 5000, 0)[:3]:  # 16-bit PNG, float TIFF, RGBA PNG
+        path = tmp_path / name.replace("/", "_")
+        path.write_bytes(data)
+        done = subprocess.run([sys.executable, "-c", DECODE_IN_BUDGET, str(path), "700"], cwd=REPO_ROOT,
+                              capture_output=True, text=True, timeout=300, check=False)
+        assert done.returncode == 0 and "decoded (5000, 8000, 3) uint8" in done.stdout, (name, done.stderr[-2000:])
