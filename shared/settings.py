@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(default=3600, ge=60)
     max_attempts: int = Field(default=3, ge=1, le=100)  # deliveries of an image before it is marked error
     stale_after: int = Field(default=900, ge=1)  # seconds before the sweeper re-enqueues an unfinished image
-    sweep_interval: float = Field(default=60.0, gt=0)
+    sweep_interval: float = Field(default=10.0, gt=0)  # an indexed query; also how soon unsent images go out
     worker_max_memory_kb: int = Field(default=2_000_000, ge=100_000)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

@@ -240,3 +240,30 @@ def test_concurrent_clients_get_no_5xx_and_every_image_finishes(live_stack, mini
             assert time.monotonic() < deadline, job
             requests.get(f"{live_stack}/api/jobs/{job_id}?wait=10&done={job['done']}", timeout=30)
         assert job["total"] == 3 and job["done"] == 3
+
+
+def test_files_stored_while_redis_was_down_are_sent_within_seconds_of_its_return(make_app, sqlite_url, tmp_path, mini_dir):
+    """With the default stale timeout (15 minutes): the web marks what it could not send, and the first sweep
+    after Redis is back sends it."""
+    upgrade(sqlite_url)
+    redis = EmbeddedRedis(tmp_path / "redis", persist=True).start()
+    env = service_env(sqlite_url, redis.url, tmp_path / "data")
+    worker = start_worker(env, tmp_path / "worker.log", beat=True)
+    try:
+        client = make_app(env).test_client()
+        files = [(p.read_bytes(), n) for p, n in mini_files(mini_dir)[:20]]
+        job = post(client, files[:10])
+        wait_until(lambda: client.get(f"/api/jobs/{job['id']}").get_json()["done"] == 10, 60, "the first files")
+        redis.stop()
+        resp = client.post(f"/api/jobs/{job['id']}/files", content_type="multipart/form-data",
+                           data={"files": [(io.BytesIO(b), n) for b, n in files[10:]]})
+        assert resp.status_code == 503
+        redis.start()
+        back = time.monotonic()
+        wait_until(lambda: client.get(f"/api/jobs/{job['id']}").get_json()["status"] == "done", 90,
+                   "the unsent files to be classified")
+        print(f"\nunsent files classified {time.monotonic() - back:.1f} s after Redis came back")
+        assert_complete_and_counted_once(client, job["id"], 20)
+    finally:
+        worker.stop()
+        redis.stop()

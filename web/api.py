@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import math
+from datetime import datetime, timezone
 import time
 
 from flask import (
@@ -41,7 +42,8 @@ api = Blueprint("api", __name__)
 
 MAX_PAGE = 1000
 MAX_WAIT_S = 30.0
-MAX_ID = 2**63 - 1  # the largest id either database can hold
+MAX_ID = 2**63 - 1
+NEVER_SENT = datetime(2000, 1, 1, tzinfo=timezone.utc)  # touched_at of images whose task could not be sent  # the largest id either database can hold
 RETRY_WAIT_S = 5
 
 
@@ -120,6 +122,10 @@ def _accept(job: Job, parts: list[StoredPart], created: bool) -> Response:
         enqueue_images(services().celery, ids, services().settings.batch_size)
     except (BrokerError, RedisError, OSError) as exc:
         log.error(kv(event="enqueue_failed", job_id=job.id, files=len(ids), reason=str(exc)))
+        # Backdated so the sweeper's next run (every PIXELPROOF_SWEEP_INTERVAL once the queue is back) sends them,
+        # instead of waiting PIXELPROOF_STALE_AFTER as for a message lost after it was sent.
+        session.execute(update(ImageItem).where(ImageItem.id.in_(ids)).values(touched_at=NEVER_SENT))
+        session.commit()
         raise ApiError(503, "the job queue (Redis) is unreachable right now; your files are stored in job "
                             f"{job.id} and will be queued automatically when it is back",
                        headers={"Retry-After": "10"}, job=job.id) from None
