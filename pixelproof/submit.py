@@ -47,6 +47,14 @@ def batches(files: list[tuple[Path, str]], max_files: int | None = None) -> Iter
         yield batch
 
 
+def _json(resp: requests.Response) -> dict:
+    try:
+        body = resp.json()
+    except ValueError:
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
 def _retry_after(resp: requests.Response, default: float = 5.0) -> float:
     try:
         return min(60.0, max(0.5, float(resp.headers.get("Retry-After", default))))
@@ -75,13 +83,19 @@ class Client:
         url = f"{self.server}/api/jobs" + (f"/{job_id}/files" if job_id else "")
         with ExitStack() as stack:
             parts = [("files", (name, stack.enter_context(open(path, "rb")))) for path, name in batch]
-            return self._check(self.http.post(url, files=parts, timeout=self.timeout))
+            resp = self.http.post(url, files=parts, timeout=self.timeout)
+        if resp.status_code == 503 and (job := _json(resp).get("job")):
+            # The queue is down but the files are stored in the job; the server queues them when it is back.
+            print(f"warning: {_json(resp).get('error')}", file=sys.stderr)
+            return self.job(job)
+        return self._check(resp)
 
     def job(self, job_id: str, wait: float = 0, done: int | None = None) -> dict:
         params = {"wait": wait, "done": done} if wait else {}
         while True:
             resp = self.http.get(f"{self.server}/api/jobs/{job_id}", params=params, timeout=self.timeout + wait)
-            if resp.status_code == 429 and wait:  # too many long-polls already wait on the server: take a turn later
+            # 429: too many long-polls already wait on the server; 503: a dependency is briefly down. Wait and ask again.
+            if resp.status_code in (429, 503) and wait:
                 time.sleep(_retry_after(resp))
                 continue
             return self._check(resp)

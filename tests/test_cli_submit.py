@@ -52,3 +52,21 @@ def test_submit_unreachable_server_says_so(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "pixelproof.cli", "submit", str(tmp_path), "--server",
                            "http://127.0.0.1:1"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "cannot reach" in proc.stderr
+
+
+def test_submit_while_redis_is_down_keeps_the_job_and_says_why(live_stack, redis_server, mini_dir, tmp_path):
+    folder = tmp_path / "batch"
+    folder.mkdir()
+    for p in sorted(mini_dir.rglob("*.jpg"))[:6]:
+        shutil.copy(p, folder / p.name)
+    redis_server.stop()
+    try:
+        proc = subprocess.run([sys.executable, "-m", "pixelproof.cli", "submit", str(folder), "--server", live_stack,
+                               "--files-per-request", "3"], capture_output=True, text=True, timeout=300)
+    finally:
+        redis_server.start()
+    assert proc.returncode == 0, proc.stderr  # both requests' files are stored in one job
+    assert proc.stderr.count("warning:") == 2 and "Redis" in proc.stderr
+    job_id = proc.stdout.strip().splitlines()[-1]
+    job = submit.Client(live_stack).job(job_id)
+    assert job["total"] == 6

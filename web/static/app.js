@@ -78,6 +78,8 @@
         let body = {};
         try { body = JSON.parse(xhr.responseText); } catch (_) { /* not JSON */ }
         if (xhr.status === 202) resolve(body);
+        // The queue is down, but the files are stored in the job and will be queued when it is back.
+        else if (xhr.status === 503 && body.job) resolve({ id: body.job, warning: body.error });
         else reject(new Error(body.error || `upload failed (HTTP ${xhr.status})`));
       };
       xhr.onerror = () => reject(new Error("the server could not be reached"));
@@ -106,6 +108,10 @@
       });
       sentBytes += batchBytes;
       if (i === 0) history.replaceState(null, "", `?job=${job.id}`);
+      if (job.warning) {
+        showError(`${job.warning} The page keeps watching the job.`);
+        job = await api(`/api/jobs/${job.id}`);
+      }
       render(job);
     }
     $("upload-bar").value = 1;
