@@ -110,3 +110,16 @@ class Prediction(Base):
     # Where the model looked and by which rule it labelled: {"width", "height", "thresholds", "regions": [...]}
     details: Mapped[dict | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ModelVersion(Base):
+    """A model a worker has served: its label thresholds and the scope and limits its checkpoint states, so the
+    web (which never opens a checkpoint) can show them next to the results."""
+
+    __tablename__ = "model_versions"
+
+    version: Mapped[str] = mapped_column(String(80), primary_key=True)
+    name: Mapped[str] = mapped_column(String(80))
+    thresholds: Mapped[dict | None] = mapped_column(JSON)
+    notes: Mapped[dict | None] = mapped_column(JSON)  # {"scope": str, "limits": [str], "card": path}
+    loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # latest load

@@ -67,7 +67,7 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     page = watched_page(browser)
     page.goto(live_stack + "/")
     page.set_input_files("#folder-input", str(folder))
-    page.wait_for_selector("#results:not([hidden])", timeout=120_000)
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)  # shown once the job is done
     rows = page.locator("#results tbody tr")
     assert rows.count() == 14
     names = page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
@@ -129,7 +129,7 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
     page.set_input_files("#folder-input", str(folder))
-    page.wait_for_selector("#results:not([hidden])", timeout=120_000)
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
     page.wait_for_function("() => [...document.querySelectorAll('#results tbody img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("#results tbody tr").count() == 3
@@ -151,7 +151,7 @@ def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
     page.wait_for_selector("#error:not([hidden])")
     assert "no valid job id" in page.locator("#error").inner_text()
     assert not [u for u in requests_seen if "healthz" in urlsplit(u).path]
-    assert [urlsplit(u).path for u in requests_seen if "/api/" in u] == []
+    assert [urlsplit(u).path for u in requests_seen if "/api/jobs" in u] == []
 
 
 def test_a_page_on_another_origin_cannot_create_jobs(browser, live_stack, sqlite_url, tmp_path):
@@ -184,3 +184,67 @@ def test_a_page_on_another_origin_cannot_create_jobs(browser, live_stack, sqlite
         assert conn.scalar(select(func.count()).select_from(Job)) == 0
     engine.dispose()
     assert 'method=POST path="/api/jobs" status=403' in (tmp_path / "web.log").read_text()  # it did arrive
+
+
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILE_BYTES": "30000"}])
+def test_first_hour_scope_oversized_file_and_a_phone(browser, live_stack, mini_dir, tmp_path):
+    folder = tmp_path / "shoot"
+    folder.mkdir()
+    for p in sorted((mini_dir / "real").iterdir())[:4]:
+        shutil.copy(p, folder / p.name)
+    (folder / "huge.jpg").write_bytes(b"\xff\xd8" + b"x" * 40000)  # over the 30,000-byte limit
+    page = watched_page(browser)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.goto(live_stack + "/")
+    # the model's scope, from its checkpoint, before anything is uploaded
+    page.wait_for_selector("#scope:not([hidden])")
+    assert "better than chance" in page.locator("#scope-text").inner_text()
+    assert page.locator("#scope-limits li").count() >= 2
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    # the big file is reported and left out; the others are classified
+    assert "shoot/huge.jpg" in page.locator("#skipped").inner_text() and "limit" in page.locator("#skipped").inner_text()
+    assert page.locator("#results tbody tr").count() == 4
+    assert "4 / 4 files" in page.locator("#upload-text").inner_text()
+    # at phone width the page does not scroll sideways, and Label and P are on screen
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
+    for column in (3, 4):
+        box = page.locator(f"#results tbody tr >> nth=0 >> td:nth-child({column})").bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
+    page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+    assert not page_problems(page)
+
+
+def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser, start_web_only, sqlite_url,
+                                                                       redis_server, mini_dir, tmp_path):
+    from .conftest import service_env
+    from .processes import start_worker
+
+    base = start_web_only(sqlite_url)
+    folder = tmp_path / "later"
+    folder.mkdir()
+    for p in sorted((mini_dir / "fake").iterdir())[:3]:
+        shutil.copy(p, folder / p.name)
+    page = watched_page(browser)
+    page.goto(base + "/")
+    page.set_input_files("#folder-input", str(folder))
+    # no worker yet: the rows are there, queued, while the job is not done
+    page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 3")
+    assert page.locator("#results").is_visible() and page.locator("#status").get_attribute("data-status") != "done"
+    assert set(page.locator("#results tbody td.label").all_inner_texts()) == {"queued"}
+    worker = start_worker(service_env(sqlite_url, redis_server.url, tmp_path / "data"), tmp_path / "worker.log")
+    try:
+        page.wait_for_selector("#status[data-status=done]", timeout=120_000)
+        page.wait_for_function("() => [...document.querySelectorAll('#results tbody td.label')]"
+                               ".every(td => td.textContent !== 'queued')")
+    finally:
+        worker.stop()
+    # reopening the saved link: the job, without an upload bar; an unknown id: a message, no bars
+    job_url = page.url
+    page.goto(job_url)
+    page.wait_for_selector("#status[data-status=done]")
+    assert not page.locator("#upload-row").is_visible() and page.locator("#results tbody tr").count() == 3
+    page.goto(base + "/?job=nosuchjob")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "no job" in page.locator("#error").inner_text() and not page.locator("#progress").is_visible()
+    assert [p for p in page_problems(page) if "404" not in p] == []  # the unknown job's 404 is expected

@@ -285,6 +285,19 @@ def healthz():
     return jsonify({"status": "ok" if healthy else "degraded", "checks": checks}), 200 if healthy else 503
 
 
+@api.get("/api/config")
+def config():
+    """What a client needs before uploading: the limits it can check itself, and the model's scope. Public:
+    nothing here belongs to a token."""
+    settings = services().settings
+    return jsonify({
+        "limits": {"max_file_bytes": settings.max_file_bytes, "max_request_bytes": settings.max_request_bytes,
+                   "max_files_per_request": settings.max_files_per_request,
+                   "max_files_per_job": settings.max_files_per_job, "max_pixels": settings.max_pixels},
+        "model": jobs.current_model(db_session()),
+    })
+
+
 @api.get("/api/openapi.json")
 def openapi():
     return jsonify(OPENAPI)

@@ -8,7 +8,7 @@ from datetime import timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job, Prediction
+from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job, ModelVersion, Prediction
 
 
 @dataclass
@@ -69,18 +69,25 @@ def job_status(session: Session, job: Job) -> dict:
     }
 
 
-_THRESHOLDS: dict[str, dict] = {}  # a version names fixed content, so its thresholds never change once seen
-
-
 def _model(session: Session, version: str) -> dict:
-    """A model version and the label thresholds its predictions were given by (recorded with each prediction)."""
-    name = version.rsplit("-", 1)[0] if "-" in version else version
-    if version not in _THRESHOLDS:
+    """A model version: its label thresholds, and the scope and limits its checkpoint states (recorded by the
+    worker that loaded it; thresholds fall back to those recorded with its predictions)."""
+    row = session.get(ModelVersion, version)
+    name = row.name if row else (version.rsplit("-", 1)[0] if "-" in version else version)
+    thresholds = row.thresholds if row else None
+    if not thresholds:
         details = session.scalar(select(Prediction.details).where(Prediction.model_version == version,
                                                                   Prediction.details.is_not(None)).limit(1))
-        if details and details.get("thresholds"):
-            _THRESHOLDS[version] = details["thresholds"]
-    return {"name": name, "version": version, "thresholds": _THRESHOLDS.get(version)}
+        thresholds = (details or {}).get("thresholds")
+    notes = (row.notes if row else None) or {}
+    return {"name": name, "version": version, "thresholds": thresholds, "scope": notes.get("scope"),
+            "limits": notes.get("limits") or [], "card": notes.get("card")}
+
+
+def current_model(session: Session) -> dict | None:
+    """The model the workers loaded most recently (what a new upload will be classified by), if any."""
+    version = session.scalar(select(ModelVersion.version).order_by(ModelVersion.loaded_at.desc()).limit(1))
+    return _model(session, version) if version else None
 
 
 def _iso(dt) -> str | None:

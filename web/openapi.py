@@ -42,10 +42,16 @@ OPENAPI = {
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                "model": {"type": ["object", "null"], "properties": {
-                    "name": {"type": "string"}, "version": {"type": "string"},
-                    "thresholds": {"$ref": "#/components/schemas/Thresholds"}}},
+                "model": {"$ref": "#/components/schemas/Model"},
+                "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             }},
+            "Model": {"type": ["object", "null"], "description": "the model that labelled the results, and what "
+                      "its checkpoint says it can be trusted on", "properties": {
+                "name": {"type": "string"}, "version": {"type": "string"},
+                "thresholds": {"$ref": "#/components/schemas/Thresholds"},
+                "scope": {"type": ["string", "null"], "description": "what the model is and how far to trust it"},
+                "limits": {"type": "array", "items": {"type": "string"}},
+                "card": {"type": ["string", "null"], "description": "path of its model card in the repository"}}},
             "Thresholds": {"type": ["object", "null"], "description": "label = fake if p_fake >= fake_from, "
                            "real if p_fake < real_below, else uncertain",
                            "properties": {"real_below": {"type": "number"}, "fake_from": {"type": "number"}}},
@@ -106,6 +112,14 @@ OPENAPI = {
             "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "400": _ERR,
                           "404": {**_ERR, "description": "no such image, or it is not classified yet"},
                           "422": {**_ERR, "description": "the file is not a usable image"}}}},
+        "/api/config": {"get": {
+            "summary": "Limits a client can check before uploading, and the current model's scope (no token needed)",
+            "responses": {"200": {"description": "limits and model", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {
+                    "limits": {"type": "object", "properties": {k: {"type": "integer"} for k in (
+                        "max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job",
+                        "max_pixels")}},
+                    "model": {"$ref": "#/components/schemas/Model"}}}}}}}}},
         "/healthz": {"get": {"summary": "Database and broker reachability",
                              "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},

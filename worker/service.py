@@ -22,6 +22,7 @@ from shared.models import (
     RUNNING,
     TERMINAL,
     ImageItem,
+    ModelVersion,
     Prediction,
     utcnow,
 )
@@ -181,6 +182,18 @@ def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: d
 
 def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
     return lambda: storage.read(sha)
+
+
+def register_model(db: Database, name: str, version: str, thresholds: dict, notes: dict) -> None:
+    """Record the model this worker serves (newest load wins), for the web to describe it next to results."""
+    row = {"version": version, "name": name, "thresholds": thresholds, "notes": notes or None, "loaded_at": utcnow()}
+    insert = pg_insert if db.dialect == "postgresql" else sqlite_insert
+    stmt = insert(ModelVersion.__table__).values(**row)
+    stmt = stmt.on_conflict_do_update(index_elements=["version"],
+                                      set_={k: stmt.excluded[k] for k in ("name", "thresholds", "notes", "loaded_at")})
+    with db.session() as s:
+        s.execute(stmt)
+        s.commit()
 
 
 def sweep_stale(db: Database, enqueue: Callable[[list[int]], None], stale_after: float, limit: int = 10_000) -> int:

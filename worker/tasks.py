@@ -33,6 +33,7 @@ class WorkerContext:
         self.storage = LocalStorage(settings.upload_dir)
         self._classifier: Classifier | None = None
         self._redis: Redis | None = None
+        self._registered = False
         self.processes = 1  # the pool's size, learnt at worker start, so each process takes its share of cores
         self.in_pool_child = False  # a prefork child, which may exit to be replaced by a fresh one
         self._lock = threading.Lock()
@@ -47,6 +48,14 @@ class WorkerContext:
                                               precision=s.precision, max_scans=s.max_jpeg_scans)
             return self._classifier
 
+    def register_model(self) -> None:
+        """Once per process, before its first batch: the web shows what the model is from this record."""
+        if self._registered:
+            return
+        c = self.classifier
+        service.register_model(self.db, c.meta.name, c.version, c.thresholds, c.meta.notes)
+        self._registered = True
+
     def notify(self, job_ids: set[str]) -> None:
         if self._redis is None:
             self._redis = Redis.from_url(self.settings.broker_url(), socket_timeout=2, socket_connect_timeout=2)
@@ -56,12 +65,14 @@ class WorkerContext:
         self.db.dispose()
         self._classifier = None
         self._redis = None  # a connection made before fork is never shared
+        self._registered = False
 
 
 def register_tasks(app: Celery, ctx: WorkerContext) -> None:
     @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
     def classify(self, image_ids: list[int]) -> None:
+        ctx.register_model()
         try:
             result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify,
                                              max_attempts=ctx.settings.max_attempts)
@@ -91,6 +102,10 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
         ctx.in_pool_child = True
         ctx.after_fork()
         ctx.classifier  # noqa: B018 - load now, after fork, so the first batch does not wait
+        try:
+            ctx.register_model()  # so the page can describe the model before the first upload
+        except (OperationalError, DBAPIError) as exc:  # the database may come later: tried again per batch
+            log.warning(kv(event="model_not_registered", reason=str(exc)))
 
 
 def check_model(settings: Settings) -> None:

@@ -40,6 +40,9 @@ class CheckpointMeta:
     name: str = "pixelproof"
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
+    # What a user must know before trusting a verdict: {"scope": "...", "limits": ["...", ...]}. Shown on the
+    # page and in the job JSON; like metrics, not part of the content version (it can be reworded).
+    notes: dict = field(default_factory=dict)
     version: str = ""  # derived from content on save; never set by hand
 
     @property
@@ -64,6 +67,8 @@ class CheckpointMeta:
         }
         if self.thresholds:  # absent from older checkpoints, whose content versions must not change
             data["thresholds"] = self.thresholds
+        if self.notes:
+            data["notes"] = self.notes
         return json.dumps(data, sort_keys=True)
 
     @classmethod
@@ -82,6 +87,7 @@ class CheckpointMeta:
             name=data.get("name", "pixelproof"),
             training=data.get("training", {}),
             metrics=data.get("metrics", {}),
+            notes=data.get("notes", {}),
             version=data.get("version", ""),
         )
 
@@ -91,7 +97,7 @@ def _content_version(name: str, state: dict[str, torch.Tensor], meta: Checkpoint
     for key in sorted(state):
         digest.update(key.encode())
         digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
-    unversioned = CheckpointMeta(**{**meta.__dict__, "version": "", "metrics": {}, "training": {}})
+    unversioned = CheckpointMeta(**{**meta.__dict__, "version": "", "metrics": {}, "training": {}, "notes": {}})
     digest.update(unversioned.to_json().encode())
     return f"{name}-{digest.hexdigest()[:12]}"
 

@@ -12,6 +12,34 @@
     return t ? { Authorization: "Bearer " + t } : {};
   }
 
+  let limits = null;  // from /api/config: what the server will refuse, checked here before uploading
+
+  function mib(n) {
+    return n < 1048576 ? `${Math.ceil(n / 1024)} KiB` : `${(n / 1048576).toFixed(n < 10485760 ? 1 : 0)} MiB`;
+  }
+
+  function showScope(model) {
+    if (!model || !model.scope) return;
+    $("scope-text").textContent = model.scope;
+    const ul = $("scope-limits");
+    ul.textContent = "";
+    for (const line of model.limits || []) {
+      const li = document.createElement("li");
+      li.textContent = line;
+      ul.appendChild(li);
+    }
+    $("scope-model").textContent = model.version + (model.card ? ` (its card: ${model.card})` : "");
+    $("scope").hidden = false;
+  }
+
+  async function loadConfig() {
+    try {
+      const config = await api("/api/config");
+      limits = config.limits;
+      showScope(config.model);
+    } catch (_) { /* an older server: nothing is checked before upload */ }
+  }
+
   function showError(message) {
     const el = $("error");
     el.textContent = message;
@@ -87,39 +115,89 @@
     });
   }
 
-  async function upload(entries) {
-    if (!entries.length) return;
-    $("progress").hidden = false;
+  // Files the server would refuse whole requests for are left out here and listed, so the rest is classified.
+  function skipRefused(entries) {
+    if (!limits) return { keep: entries, skipped: [] };
+    const keep = [], skipped = [];
+    for (const e of entries) {
+      if (e.file.size > limits.max_file_bytes) {
+        skipped.push(`${e.path} (${mib(e.file.size)}, over the ${mib(limits.max_file_bytes)} limit per file)`);
+      } else keep.push(e);
+    }
+    return { keep, skipped };
+  }
+
+  function showSkipped(skipped) {
+    $("skipped").hidden = !skipped.length;
+    $("skipped-text").textContent = `${skipped.length} file${skipped.length === 1 ? " was" : "s were"} not uploaded:`;
+    const ul = $("skipped-list");
+    ul.textContent = "";
+    for (const line of skipped) {
+      const li = document.createElement("li");
+      li.textContent = line;
+      ul.appendChild(li);
+    }
+  }
+
+  // Requests of at most FILES_PER_REQUEST files and about half the server's request limit in bytes.
+  function batches(entries) {
+    const maxBytes = limits ? limits.max_request_bytes / 2 : 256 * 1048576;
+    const maxFiles = limits ? Math.min(FILES_PER_REQUEST, limits.max_files_per_request) : FILES_PER_REQUEST;
+    const out = [];
+    let batch = [], bytes = 0;
+    for (const e of entries) {
+      if (batch.length && (batch.length >= maxFiles || bytes + e.file.size > maxBytes)) {
+        out.push(batch);
+        batch = [];
+        bytes = 0;
+      }
+      batch.push(e);
+      bytes += e.file.size;
+    }
+    if (batch.length) out.push(batch);
+    return out;
+  }
+
+  async function upload(all) {
+    const { keep: entries, skipped } = skipRefused(all);
+    showSkipped(skipped);
     $("error").hidden = true;
-    $("results").hidden = true;
-    $("downloads").hidden = true;
-    $("results").querySelector("tbody").innerHTML = "";
+    if (!entries.length) {
+      if (skipped.length) showError("nothing to upload: every file is over the limit");
+      return;
+    }
+    $("progress").hidden = false;
+    $("upload-row").hidden = false;
+    clearResults();
     const totalBytes = entries.reduce((n, e) => n + e.file.size, 0) || 1;
-    let sentBytes = 0;
+    let sentBytes = 0, sentFiles = 0;
     let job = null;
-    for (let i = 0; i < entries.length; i += FILES_PER_REQUEST) {
-      const batch = entries.slice(i, i + FILES_PER_REQUEST);
-      const batchBytes = batch.reduce((n, e) => n + e.file.size, 0);
+    for (const batch of batches(entries)) {
       const url = job ? `/api/jobs/${job.id}/files` : "/api/jobs";
+      // A file counts as sent once all of its bytes are: the counter and the bar tell the same story.
+      const ends = [];
+      batch.reduce((n, e) => { ends.push(n + e.file.size); return n + e.file.size; }, 0);
       job = await send(url, batch, (loaded) => {
-        const done = Math.min(sentBytes + loaded, totalBytes);
-        $("upload-bar").value = done / totalBytes;
-        $("upload-text").textContent = `${Math.min(i + batch.length, entries.length)} / ${entries.length} files`;
+        $("upload-bar").value = Math.min(sentBytes + loaded, totalBytes) / totalBytes;
+        const files = sentFiles + ends.filter((end) => end <= loaded).length;
+        $("upload-text").textContent = `${files} / ${entries.length} files`;
       });
-      sentBytes += batchBytes;
-      if (i === 0) history.replaceState(null, "", `?job=${job.id}`);
+      sentBytes += ends[ends.length - 1];
+      sentFiles += batch.length;
+      $("upload-bar").value = sentBytes / totalBytes;
+      $("upload-text").textContent = `${sentFiles} / ${entries.length} files`;
+      if (sentFiles === batch.length) history.replaceState(null, "", `?job=${job.id}`);
       if (job.warning) {
         showError(`${job.warning} The page keeps watching the job.`);
         job = await api(`/api/jobs/${job.id}`);
       }
       render(job);
     }
-    $("upload-bar").value = 1;
-    $("upload-text").textContent = `${entries.length} / ${entries.length} files`;
     await follow(job.id, job);
   }
 
   function render(job) {
+    if (job.model) showScope(job.model);
     $("job-bar").value = job.total ? job.done / job.total : 0;
     $("job-text").textContent = `${job.done} / ${job.total}` + (job.errors ? ` (${job.errors} errors)` : "");
     $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
@@ -182,12 +260,32 @@
     $("detail").showModal();
   }
 
-  // Long-poll: the server answers as soon as `done` moves, so a one-image job shows up without delay.
+  // Long-poll: the server answers as soon as `done` moves, so a one-image job shows up without delay. Results
+  // are shown as they arrive.
   async function follow(jobId, job) {
+    if (!job) {  // a saved ?job= link: there is no upload to show
+      $("upload-row").hidden = true;
+      clearResults();
+      try {
+        job = await api(`/api/jobs/${jobId}`);
+      } catch (e) {
+        $("progress").hidden = true;
+        throw e;
+      }
+    }
     $("progress").hidden = false;
-    let done = job ? job.done : -1;
+    render(job);
+    let done = job.done;
     let failures = 0;
+    let shown = -1, refreshed = 0;
     for (;;) {
+      // New rows at most every 1.5 s while the job runs (a large job moves in many small steps), and at the end.
+      if (job.done !== shown && (job.status === "done" || Date.now() - refreshed > 1500)) {
+        shown = job.done;
+        refreshed = Date.now();
+        await refreshResults(jobId);
+      }
+      if (job.status === "done") break;
       try {
         job = await api(`/api/jobs/${jobId}?wait=20&done=${done}`);
         failures = 0;
@@ -205,42 +303,70 @@
       }
       render(job);
       done = job.done;
-      if (job.status === "done") break;
     }
-    await showResults(jobId);
+    showDownloads(jobId);
   }
 
-  async function showResults(jobId) {
+  // Rows by image id. Everything before `frontier` is final, so each refresh reads only from the first row
+  // still queued or running.
+  let rows = new Map();
+  let frontier = "0";
+
+  function clearResults() {
+    rows = new Map();
+    frontier = "0";
+    $("results").querySelector("tbody").textContent = "";
+    $("results").hidden = true;
+    $("downloads").hidden = true;
+  }
+
+  function fillRow(tr, jobId, r) {
+    tr.className = r.status === "error" ? "error" : r.label || "";
+    tr.dataset.status = r.status;
+    tr.textContent = "";
+    const img = document.createElement("img");
+    img.alt = "";
+    if (r.status === "done") {
+      img.dataset.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail`;
+      lazy.observe(img);
+      tr.onclick = () => openDetail(jobId, r);
+    }
+    const label = r.status === "error" ? "error" : r.status === "done" ? (LABEL_TEXT[r.label] || r.label) : r.status;
+    const cells = [img, r.filename, label, r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
+    cells.forEach((c, k) => {
+      const td = document.createElement("td");
+      if (c instanceof Node) td.appendChild(c); else td.textContent = c;
+      if (k === 2) td.className = "label";
+      tr.appendChild(td);
+    });
+  }
+
+  async function refreshResults(jobId) {
     const tbody = $("results").querySelector("tbody");
-    tbody.innerHTML = "";
-    let cursor = "0";
+    let cursor = frontier;
+    let settled = true;  // every row so far is final: the frontier may move past it
     while (cursor !== null) {
       const page = await api(`/api/jobs/${jobId}/results?limit=1000&cursor=${cursor}`);
       const frag = document.createDocumentFragment();
       for (const r of page.items) {
-        const tr = document.createElement("tr");
-        tr.className = r.status === "error" ? "error" : r.label || "";
-        const img = document.createElement("img");
-        img.alt = "";
-        if (r.status === "done") {
-          img.dataset.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail`;
-          lazy.observe(img);
-          tr.addEventListener("click", () => openDetail(jobId, r));
-        }
-        const cells = [img, r.filename, r.status === "error" ? "error" : (LABEL_TEXT[r.label] || r.label || ""),
-                       r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
-        cells.forEach((c, k) => {
-          const td = document.createElement("td");
-          if (c instanceof Node) td.appendChild(c); else td.textContent = c;
-          if (k === 2) td.className = "label";
-          tr.appendChild(td);
-        });
-        frag.appendChild(tr);
+        let tr = rows.get(r.id);
+        const final = r.status === "done" || r.status === "error";
+        if (!tr) {
+          tr = document.createElement("tr");
+          rows.set(r.id, tr);
+          frag.appendChild(tr);
+          fillRow(tr, jobId, r);
+        } else if (tr.dataset.status !== r.status) fillRow(tr, jobId, r);
+        if (settled && final) frontier = String(r.id);
+        else settled = false;
       }
       tbody.appendChild(frag);
       cursor = page.next_cursor;
     }
-    $("results").hidden = false;
+    $("results").hidden = rows.size === 0;
+  }
+
+  function showDownloads(jobId) {
     for (const fmt of ["csv", "json"]) {
       $(`dl-${fmt}`).onclick = (e) => {
         e.preventDefault();
@@ -289,6 +415,7 @@
 
   // Only a job id (url-safe base64) is taken from the address bar, so ?job= can never point the page's
   // authorised requests at another API path.
+  loadConfig();
   const existing = new URLSearchParams(location.search).get("job");
   if (existing && /^[A-Za-z0-9_-]{1,32}$/.test(existing)) run(follow(existing, null));
   else if (existing) showError("the address names no valid job id");
