@@ -1,7 +1,11 @@
-"""`pixelproof` console command: the composition root, importing each side lazily.
+"""Pixelproof: tells AI-generated images from real photos, at volume.
 
-Subcommands: up (whole stack on embedded defaults), web, worker, migrate, submit, train, evaluate, calibrate.
+Start the whole service with `pixelproof up` (or `make up`) and open the address it prints; send a folder
+from the shell with `pixelproof submit FOLDER --wait --out results.csv`. `pixelproof COMMAND --help` describes
+each command. Settings come from environment variables (README, Settings); the main ones are named below.
 """
+# The console command is the composition root: each command imports only the side it runs (the web never
+# loads torch), lazily, inside its function.
 from __future__ import annotations
 
 import argparse
@@ -126,75 +130,116 @@ def _worker(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from .submit import SubmitError, submit
 
+    import requests
+
     try:
         return submit(Path(args.directory), args.server, args.token, args.wait,
                       Path(args.out) if args.out else None, args.format, args.files_per_request)
     except SubmitError as exc:
         print(f"pixelproof submit: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # connection refused and friends
-        print(f"pixelproof submit: cannot reach {args.server}: {exc}", file=sys.stderr)
+    except requests.ConnectionError as exc:
+        reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+        print(f"pixelproof submit: cannot reach the Pixelproof server at {args.server} ({reason}). Is it running? "
+              "Start one with `make up`, or point --server (or PIXELPROOF_SERVER) at yours.", file=sys.stderr)
         return 2
+    except requests.Timeout:
+        print(f"pixelproof submit: the server at {args.server} did not answer in time; try again, or send fewer "
+              "files per request (--files-per-request)", file=sys.stderr)
+        return 2
+    except OSError as exc:  # reading the folder or writing the results
+        print(f"pixelproof submit: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 2
+
+
+SERVICE_ENV = """environment:
+  PORT                     web port (default 8000); up checks that it is free
+  PIXELPROOF_HOST          address the web listens on (default 127.0.0.1); beyond loopback it needs
+                           PIXELPROOF_API_TOKENS, or PIXELPROOF_ALLOW_OPEN_ACCESS=true
+  PIXELPROOF_API_TOKENS    comma-separated tokens; when set, every API call needs one
+  DATABASE_URL             sqlite:///... or postgresql://... (default sqlite:///var/pixelproof.db)
+  REDIS_URL                the queue (up starts an embedded Redis when it is unset)
+  PIXELPROOF_DATA_DIR      where SQLite, uploads and the embedded Redis live (default var)
+  PIXELPROOF_MODEL_PATH    checkpoint the workers serve (default models/default.safetensors)
+  PIXELPROOF_DEVICE        auto, cpu, cuda or mps (default auto)
+all settings and limits: README, Settings"""
+
+
+def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help[:1].upper() + help[1:] + ".", epilog=epilog,
+                          formatter_class=Formatter)
+
+
+class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each option, and the environment listed as written."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     import os
 
-    p = argparse.ArgumentParser(prog="pixelproof", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
+    p = argparse.ArgumentParser(prog="pixelproof", description=__doc__, epilog=SERVICE_ENV, formatter_class=Formatter)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("up", help="start everything on embedded defaults (SQLite, embedded Redis)").set_defaults(func=_up)
-    sub.add_parser("migrate", help="upgrade the database to the latest schema").set_defaults(func=_migrate)
-    w = sub.add_parser("web", help="run the web app under gunicorn")
-    w.add_argument("--workers", type=int, default=2)
-    w.add_argument("--threads", type=int, default=8)
+    _parser(sub, "up", "start the whole service on this machine: SQLite, an embedded Redis, the web and one worker "
+            "per core; Ctrl-C stops it", SERVICE_ENV).set_defaults(func=_up)
+    _parser(sub, "migrate", "upgrade the database at DATABASE_URL to the latest schema", SERVICE_ENV).set_defaults(
+        func=_migrate)
+    w = _parser(sub, "web", "run the web app (API and page) under gunicorn; needs REDIS_URL", SERVICE_ENV)
+    w.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
+    w.add_argument("--threads", type=int, default=8, help="threads per process (each long-poll holds one)")
     w.set_defaults(func=_web)
-    k = sub.add_parser("worker", help="run a Celery worker (GPU hosts: --pool solo)")
-    k.add_argument("--concurrency", type=int, default=1)
-    k.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"])
+    k = _parser(sub, "worker", "run a Celery worker that classifies queued images; needs REDIS_URL", SERVICE_ENV)
+    k.add_argument("--concurrency", type=int, default=1, help="model processes (each holds its own copy)")
+    k.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
+                   help="Celery pool; GPU hosts need solo (CUDA cannot start again in a forked child)")
     k.add_argument("--beat", action="store_true", help="also run the sweeper schedule (exactly one process should)")
     k.set_defaults(func=_worker)
 
-    s = sub.add_parser("submit", help="upload a folder and (with --wait) print a summary and write results")
-    s.add_argument("directory")
-    s.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"))
-    s.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"))
-    s.add_argument("--wait", action="store_true", help="wait for every result")
-    s.add_argument("--out", help="write results here (with --wait)")
-    s.add_argument("--format", choices=["csv", "json"], default="csv")
-    s.add_argument("--files-per-request", type=int, default=None, help="upload in requests of this many files")
+    s = _parser(sub, "submit", "upload a folder (or one file) to a Pixelproof server; with --wait, print a summary and "
+                "write the results", "exit status: 0 done, 2 a problem the message names")
+    s.add_argument("directory", help="folder to upload, sub-folders included (their paths are kept in the names)")
+    s.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
+                   help="address of the server's page (environment: PIXELPROOF_SERVER)")
+    s.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
+                   help="API token, when the server requires one (environment: PIXELPROOF_TOKEN)")
+    s.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
+    s.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
+    s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
+    s.add_argument("--files-per-request", type=int, default=None,
+                   help="files per upload request (default: 200, fewer when they are large)")
     s.set_defaults(func=_submit)
 
-    t = sub.add_parser("train", help="train a model and write a checkpoint")
+    t = _parser(sub, "train", "train a model from an image folder (real/, fake/), a parquet folder or a Hugging Face "
+                "dataset, and write a self-describing checkpoint")
     t.add_argument("--data", required=True, help="parquet dir, image folder, or Hugging Face dataset name")
     t.add_argument("--out", required=True, help="run folder (checkpoint, history, resume state)")
-    t.add_argument("--arch", default="tiny_resnet")
+    t.add_argument("--arch", default="tiny_resnet", help="architecture from the model registry (tiny_resnet, residual_energy, ...; shared/modeling/registry.py)")
     t.add_argument("--arch-args", default="{}", help="JSON, e.g. '{\"widths\": [16, 32, 64, 128]}'")
-    t.add_argument("--epochs", type=int, default=10)
-    t.add_argument("--batch-size", type=int, default=128)
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--weight-decay", type=float, default=5e-4)
+    t.add_argument("--epochs", type=int, default=10, help="passes over the training data (the one-cycle schedule spans them)")
+    t.add_argument("--batch-size", type=int, default=128, help="images per step")
+    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
+    t.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
     t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights per step, e.g. 0.999 (0: off)")
-    t.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw")
-    t.add_argument("--val-fraction", type=float, default=0.1)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw", help="optimiser")
+    t.add_argument("--val-fraction", type=float, default=0.1, help="share of the data held out for validation (stratified by class, and by source for crops)")
+    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation")
     t.add_argument("--patience", type=int, default=3, help="early stopping on validation loss")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"])
+    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train: auto picks CUDA, then MPS, then the CPU")
     t.add_argument("--limit", type=int, default=0, help="train on at most this many images")
-    t.add_argument("--no-augment", action="store_true")
+    t.add_argument("--no-augment", action="store_true", help="turn augmentation off")
     t.add_argument("--shift", type=float, default=0.0, help="probability of a mirrored shift of up to 3 px")
-    t.add_argument("--threads", type=int, default=0)
+    t.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
     t.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="auto: float16 on CUDA, bfloat16 on a CPU with native support, else float32")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
     t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")
     t.add_argument("--teacher", help="distil: also learn from this checkpoint's softened scores")
     t.add_argument("--distill-weight", type=float, default=0.7, help="share of the loss given to the teacher")
-    t.add_argument("--distill-temperature", type=float, default=2.0)
+    t.add_argument("--distill-temperature", type=float, default=2.0, help="temperature that softens the teacher's scores")
     t.add_argument("--workers", type=int, default=0, help="data-loading processes (GPU training wants several)")
     t.add_argument("--max-minutes", type=float, default=0.0,
                    help="after the first epoch, shorten the schedule to the epochs that fit in this many minutes")
-    t.add_argument("--name", default="pixelproof")
+    t.add_argument("--name", default="pixelproof", help="model name, the first part of the checkpoint's version")
     t.add_argument("--input-size", type=int, default=32, help="the model's input side; with native_crops, the crop side")
     t.add_argument("--resize", default="squash", choices=list(ROUTES),
                    help="squash/center_crop: the whole image resized to the input; native_crops: a grid of crops "
@@ -207,23 +252,23 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "'{\"p_jpeg\": 0.8}' (training.native.CropAugment)")
     t.set_defaults(func=_train)
 
-    e = sub.add_parser("evaluate", help="metrics, robustness table and plots for a checkpoint")
-    e.add_argument("--checkpoint", required=True)
-    e.add_argument("--data", required=True)
+    e = _parser(sub, "evaluate", "score a checkpoint on labelled data: metrics, robustness rows and plots")
+    e.add_argument("--checkpoint", required=True, help="the checkpoint to score")
+    e.add_argument("--data", required=True, help="labelled data: an image folder (real/, fake/), a parquet folder or a Hugging Face dataset")
     e.add_argument("--split", default="test", help="split of a parquet or hub dataset (an image folder is scored whole)")
     e.add_argument("--sources", help="score only these comma-separated sources (file names <source>__<id>)")
     e.add_argument("--held-out", action="store_true", help="score only the sources the checkpoint's run held out")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where the model runs")
     e.add_argument("--cross-domain", default=None, help="image folder (real/, fake/) scored through upload preprocessing")
-    e.add_argument("--out", required=True)
-    e.add_argument("--no-robustness", action="store_true")
-    e.add_argument("--limit", type=int, default=0)
+    e.add_argument("--out", required=True, help="folder for the report (JSON) and plots")
+    e.add_argument("--no-robustness", action="store_true", help="skip the robustness rows (JPEG q75, half size, PNG re-save, centre crop)")
+    e.add_argument("--limit", type=int, default=0, help="score at most this many images (0: all)")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic of the forward pass; auto: as a worker on this machine would serve")
     e.set_defaults(func=_evaluate)
 
-    c = sub.add_parser("calibrate", help="refit a checkpoint's temperature and label thresholds on out-of-fold scores "
-                                         "of source-held-out fold checkpoints")
+    c = _parser(sub, "calibrate", "refit a checkpoint's temperature and label thresholds on out-of-fold scores of "
+                "source-held-out fold checkpoints")
     c.add_argument("--checkpoint", required=True, help="the checkpoint trained on every source")
     c.add_argument("--folds", nargs="+", required=True, help="checkpoints of the same recipe trained with --holdout")
     c.add_argument("--data", required=True, help="the data the fold runs held their sources out of")

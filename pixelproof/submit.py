@@ -5,11 +5,13 @@ Files go up in several requests (bounded by count and bytes), so 10,000 files ne
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import requests
 from tqdm import tqdm
@@ -71,13 +73,24 @@ class Client:
         self.timeout = timeout
 
     def _check(self, resp: requests.Response) -> dict:
+        body = _json(resp)
+        if "json" not in resp.headers.get("Content-Type", "") or not body:
+            kind = resp.headers.get("Content-Type", "no content type").split(";")[0]
+            raise SubmitError(f"{self.server} did not answer as a Pixelproof server (HTTP {resp.status_code}, {kind} "
+                              f"from {urlsplit(resp.url).path}): check --server, which is the address of the page, "
+                              "e.g. http://127.0.0.1:8000")
         if resp.status_code >= 400:
-            try:
-                message = resp.json().get("error", resp.text)
-            except ValueError:
-                message = resp.text[:300]
-            raise SubmitError(f"HTTP {resp.status_code}: {message}")
-        return resp.json()
+            raise SubmitError(f"the server refused: {body.get('error', resp.reason)} (HTTP {resp.status_code})")
+        return body
+
+    def config(self) -> dict:
+        """The server's limits and model; asked first, so a wrong address is found before anything is sent."""
+        resp = self.http.get(f"{self.server}/api/config", timeout=self.timeout)
+        if resp.status_code != 200:
+            raise SubmitError(f"{self.server} did not answer as a Pixelproof server (HTTP {resp.status_code} from "
+                              f"{urlsplit(resp.url).path}): check --server, which is the address of the page, "
+                              "e.g. http://127.0.0.1:8000")
+        return self._check(resp)
 
     def upload(self, batch: list[tuple[Path, str]], job_id: str | None) -> dict:
         url = f"{self.server}/api/jobs" + (f"/{job_id}/files" if job_id else "")
@@ -110,22 +123,62 @@ class Client:
         return items
 
 
+def check_server(server: str) -> str:
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise SubmitError(f"--server must be an http:// or https:// address, e.g. http://127.0.0.1:8000 (got {server!r})")
+    return server.rstrip("/")
+
+
+def check_out(out: Path | None, wait: bool) -> None:
+    """Fail before uploading anything when the results could not be written at the end."""
+    if out is None:
+        return
+    if not wait:
+        raise SubmitError("--out needs --wait: results can only be written once the job is done")
+    folder = out.parent if str(out.parent) else Path(".")
+    if not folder.is_dir():
+        raise SubmitError(f"cannot write results to {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK) or (out.exists() and not os.access(out, os.W_OK)):
+        raise SubmitError(f"cannot write results to {out}: permission denied")
+
+
+def skip_refused(files: list[tuple[Path, str]], limits: dict) -> list[tuple[Path, str]]:
+    """Leave out, and report, files the server would refuse whole requests for; the rest is classified."""
+    limit = limits.get("max_file_bytes")
+    if not limit:
+        return files
+    big = [(p, n) for p, n in files if p.stat().st_size > limit]
+    if big:
+        print(f"skipped {len(big)} file{'s' if len(big) > 1 else ''} over the {limit / 2**20:g} MiB limit per file:",
+              file=sys.stderr)
+        for p, n in big:
+            print(f"  {n} ({p.stat().st_size / 2**20:.1f} MiB)", file=sys.stderr)
+    return [f for f in files if f not in big]
+
+
 def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
            files_per_request: int | None = None) -> int:
+    server = check_server(server)
+    check_out(out, wait)
     files = collect(directory)
     if not files:
         raise SubmitError(f"no files under {directory}")
     client = Client(server, token)
+    files = skip_refused(files, client.config()["limits"])
+    if not files:
+        raise SubmitError("nothing to upload: every file is over the limit")
     job = None
-    with tqdm(total=len(files), unit="file", desc="upload") as bar:
+    # leave=False: a failure prints its message once, not after a second rendering of the bar
+    with tqdm(total=len(files), unit="file", desc="upload", leave=False) as bar:
         for batch in batches(files, files_per_request):
             job = client.upload(batch, job["id"] if job else None)
             bar.update(len(batch))
-    print(f"job {job['id']}: {server.rstrip('/')}/?job={job['id']}", file=sys.stderr)
+    print(f"uploaded {len(files)} files to job {job['id']}: {server}/?job={job['id']}", file=sys.stderr)
     if not wait:
         print(job["id"])
         return 0
-    with tqdm(total=job["total"], unit="image", desc="classify") as bar:
+    with tqdm(total=job["total"], unit="image", desc="classify", leave=False) as bar:
         while job["status"] != "done":
             job = client.job(job["id"], wait=20, done=job["done"])
             bar.update(job["done"] - bar.n)
@@ -144,7 +197,6 @@ def write_results(items: list[dict], out: Path, fmt: str) -> None:
 
     from shared.models import RESULT_FIELDS, csv_cells
 
-    out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "json":
         out.write_text(json.dumps(items, indent=1))
         return

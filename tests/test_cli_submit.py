@@ -70,3 +70,78 @@ def test_submit_while_redis_is_down_keeps_the_job_and_says_why(live_stack, redis
     job_id = proc.stdout.strip().splitlines()[-1]
     job = submit.Client(live_stack).job(job_id)
     assert job["total"] == 6
+
+
+def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pixelproof.cli", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def folder(tmp_path, mini_dir):
+    out = tmp_path / "pics"
+    out.mkdir()
+    for p in sorted((mini_dir / "real").iterdir())[:2]:
+        shutil.copy(p, out / p.name)
+    return out
+
+
+def test_a_bad_out_is_reported_before_anything_is_sent(folder, tmp_path):
+    # the server is unreachable on purpose: the --out problem must be found first
+    proc = run_cli("submit", str(folder), "--server", "http://127.0.0.1:1", "--wait", "--out",
+                   str(tmp_path / "missing" / "r.csv"))
+    assert proc.returncode == 2 and "folder" in proc.stderr and "does not exist" in proc.stderr
+    assert "reach" not in proc.stderr and not (tmp_path / "missing").exists()  # nor created silently
+    proc = run_cli("submit", str(folder), "--server", "http://127.0.0.1:1", "--out", str(tmp_path / "r.csv"))
+    assert proc.returncode == 2 and "--out needs --wait" in proc.stderr
+
+
+def test_a_server_that_is_down_gets_one_clear_line(folder):
+    proc = run_cli("submit", str(folder), "--server", "http://127.0.0.1:1")
+    assert proc.returncode == 2
+    assert "cannot reach the Pixelproof server at http://127.0.0.1:1 (connection refused)" in proc.stderr
+    assert "make up" in proc.stderr and "Traceback" not in proc.stderr and "HTTPConnectionPool" not in proc.stderr
+    assert proc.stderr.count("upload") <= 1  # the progress line is not drawn twice around the error
+
+
+@pytest.mark.parametrize("server, message", [("127.0.0.1:8000", "must be an http:// or https:// address"),
+                                             ("localhost", "must be an http:// or https:// address")])
+def test_a_server_without_a_scheme_is_named(folder, server, message):
+    proc = run_cli("submit", str(folder), "--server", server)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_server_address_with_a_wrong_path_is_named(folder, live_stack):
+    proc = run_cli("submit", str(folder), "--server", live_stack + "/static")
+    assert proc.returncode == 2 and "did not answer as a Pixelproof server" in proc.stderr
+    assert "<html" not in proc.stderr.lower() and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILE_BYTES": "30000"}])
+def test_an_oversized_file_is_skipped_and_the_rest_classified(folder, live_stack, tmp_path):
+    (folder / "huge.jpg").write_bytes(b"\xff\xd8" + b"x" * 40000)
+    out = tmp_path / "r.csv"
+    proc = run_cli("submit", str(folder), "--server", live_stack, "--wait", "--out", str(out), timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped 1 file over the 0.0286102 MiB limit" in proc.stderr and "pics/huge.jpg" in proc.stderr
+    assert "done: 2 images" in proc.stdout and len(list(csv.DictReader(out.open()))) == 2
+
+
+def test_help_documents_every_argument_default_and_environment_variable():
+    import argparse
+
+    from pixelproof.cli import build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    undocumented = [(name, a.dest) for name, sub in commands.items() for a in sub._actions
+                    if not isinstance(a, argparse._HelpAction) and not a.help]
+    assert not undocumented
+    top = run_cli("--help").stdout
+    assert "composition root" not in top and "pixelproof up" in top and "PIXELPROOF_API_TOKENS" in top
+    submit_help = run_cli("submit", "--help").stdout
+    assert "PIXELPROOF_SERVER" in submit_help and "PIXELPROOF_TOKEN" in submit_help and "(default:" in submit_help
+    up_help = run_cli("up", "--help").stdout
+    assert "PORT" in up_help and "DATABASE_URL" in up_help and "PIXELPROOF_HOST" in up_help
+    web_help = " ".join(run_cli("web", "--help").stdout.split())
+    assert "--threads THREADS threads per process" in web_help and "(default: 8)" in web_help
