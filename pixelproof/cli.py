@@ -128,9 +128,9 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _submit(args: argparse.Namespace) -> int:
-    from .submit import SubmitError, submit
-
     import requests
+
+    from .submit import SubmitError, submit
 
     try:
         return submit(Path(args.directory), args.server, args.token, args.wait,

@@ -6,8 +6,8 @@ import io
 import json
 import logging
 import math
-from datetime import datetime, timezone
 import time
+from datetime import datetime, timezone
 
 from flask import (
     Blueprint,

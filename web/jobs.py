@@ -8,7 +8,16 @@ from datetime import timezone
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared.models import DONE, ERROR, QUEUED, RUNNING, ImageItem, Job, ModelVersion, Prediction
+from shared.models import (
+    DONE,
+    ERROR,
+    QUEUED,
+    RUNNING,
+    ImageItem,
+    Job,
+    ModelVersion,
+    Prediction,
+)
 
 
 @dataclass
