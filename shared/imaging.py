@@ -24,6 +24,13 @@ from shared.thumbnails import THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")  # JPEG also opens multi-picture (MPO) files
+try:  # HEIC/HEIF, what phones write, through libheif; libheif applies the file's rotation and mirroring
+    from pillow_heif import register_heif_opener  # (irot/imir) and pillow-heif resets EXIF orientation to 1,
+
+    register_heif_opener()  # so exif_transpose cannot turn such an image twice
+    ACCEPTED_FORMATS += ("HEIF",)
+except ImportError:  # pragma: no cover - pillow-heif is a dependency; without it HEIC is refused by name
+    pass
 try:  # Pillow builds with AVIF support accept it; others refuse it clearly (see sniff_refusal).
     from PIL import AvifImagePlugin  # noqa: F401
 
@@ -83,8 +90,8 @@ def _sniff(data: bytes) -> str | None:
         return "SVG vector images are not supported; export it as PNG or JPEG"
     if head.startswith((b"<!doctype html", b"<html")):
         return "this is an HTML page, not an image"
-    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc"):
-        return "HEIC/HEIF images are not supported; convert to JPEG or PNG"
+    if data[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypmsf1", b"ftyphevc") and "HEIF" not in ACCEPTED_FORMATS:
+        return "HEIC/HEIF images are not supported by this server; convert to JPEG or PNG"
     if data[4:12] in (b"ftypavif", b"ftypavis") and "AVIF" not in ACCEPTED_FORMATS:
         return "AVIF images are not supported by this server's Pillow build; convert to JPEG or PNG"
     return None
@@ -145,7 +152,7 @@ def load_rgb(data: bytes, max_pixels: int, target: int | None = None, max_scans:
         raise
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         msg = str(exc) or type(exc).__name__
-        if "truncated" in msg.lower() or isinstance(exc, EOFError):
+        if any(w in msg.lower() for w in ("truncated", "end of file")) or isinstance(exc, EOFError):
             raise ImageRejected("the image file is truncated or corrupt") from None
         raise ImageRejected(f"the image could not be decoded: {msg}") from None
 

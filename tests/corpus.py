@@ -37,6 +37,12 @@ def png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
+def _orientation(value: int) -> Image.Exif:
+    exif = Image.Exif()
+    exif[0x0112] = value
+    return exif
+
+
 def exif_rotated_jpeg() -> bytes:
     img = _img(size=(60, 20))
     exif = Image.Exif()
@@ -73,6 +79,19 @@ def scan_bomb_jpeg(width: int, height: int, repeats: int) -> bytes:
     return data[:end] + data[start:end] * repeats + data[end:]
 
 
+def heic(size=(64, 48), **kw) -> bytes:
+    import shared.imaging  # noqa: F401 - registers the HEIF plugin with Pillow
+
+    return _save(_noise(size), "HEIF", quality=90, **kw)
+
+
+def heic_claiming(width: int, height: int) -> bytes:
+    """A small HEIC whose image-size property (ispe) claims width x height."""
+    data = heic((64, 64))  # a whole number of coding blocks: no clean-aperture box narrows the claimed size
+    i = data.index(b"ispe")
+    return data[: i + 8] + width.to_bytes(4, "big") + height.to_bytes(4, "big") + data[i + 16 :]
+
+
 def corpus() -> list[tuple[str, bytes, str]]:
     jpeg = _save(_noise(), "JPEG", quality=90)
     png = _save(_noise(), "PNG")
@@ -96,7 +115,11 @@ def corpus() -> list[tuple[str, bytes, str]]:
         ("bomb.png", png_header_only(30000, 30000), "over the limit"),
         ("scans.jpg", scan_bomb_jpeg(600, 600, 400), "too long to decode"),
         ("absurd.png", png_header_only(2**31 - 1, 2**31 - 1), "over the limit"),
-        ("heic.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "HEIC"),
+        ("phone.heic", heic(), "ok"),
+        ("rotated.heic", heic(exif=_orientation(6)), "ok"),
+        ("truncated.heic", heic()[:600], "truncated"),
+        ("huge.heic", heic_claiming(30000, 30000), "over the limit"),
+        ("empty.heic", b"\x00\x00\x00\x18ftypheic\x00\x00\x00\x00mif1heic" + b"\x00" * 64, "not a recognised image"),
         ("cmyk.jpg", _save(_img("CMYK", color=(0, 120, 200, 10)), "JPEG"), "ok"),
         ("deep.png", _save(Image.fromarray(np.full((20, 20), 40000, dtype=np.uint16)), "PNG"), "ok"),
         ("palette.png", _save(palette, "PNG"), "ok"),

@@ -20,6 +20,7 @@ from shared.imaging import (
 )
 from shared.thumbnails import THUMBNAIL_SIZES, rendition
 
+from .corpus import _orientation as exif_orientation
 from .corpus import corpus, exif_rotated_jpeg
 
 CASES = corpus()
@@ -123,3 +124,16 @@ def test_an_image_smaller_than_a_crop_is_mirrored_up_to_it():
     Image.fromarray(arr).save(buf, "PNG")
     prepared = preprocess_bytes(buf.getvalue(), NATIVE)
     assert prepared.inputs.shape == (1, 3, 128, 128) and prepared.boxes[0].w == 50 and prepared.boxes[0].h == 30
+
+
+def test_heic_from_a_phone_decodes_upright_and_only_once():
+    """HEIF carries rotation as irot/imir boxes, which libheif applies; an EXIF orientation inside a HEIC is
+    ignored by the format's rules (pillow-heif resets it to 1), so nothing turns the image a second time."""
+    from .corpus import heic
+
+    data = heic((64, 48), exif=exif_orientation(6))
+    img = load_rgb(data, 10**8)
+    assert img.size == (64, 48) and img.getexif().get(0x0112, 1) == 1
+    assert load_rgb_array(data, 10**8).shape == (48, 64, 3)
+    prepared = preprocess_bytes(data, Preprocessing(input_size=128, resize="native_crops"), 10**8, with_thumbnails=True)
+    assert (prepared.width, prepared.height) == (64, 48) and sorted(prepared.thumbnails) == sorted(THUMBNAIL_SIZES)
