@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     ForeignKey,
@@ -23,9 +24,10 @@ from shared.scoring import LABELS  # noqa: F401 - the label names, owned by the 
 QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
 TERMINAL = (DONE, ERROR)
 # The columns of a result as the API and the CLI export it (CSV header order). real_below and fake_from are the
-# thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake).
+# thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake); evidence
+# is what the file says about itself (JSON: kind, says, strength, detail; shared.evidence).
 RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",
-                 "model_version", "image_width", "image_height", "regions")
+                 "model_version", "image_width", "image_height", "regions", "evidence")
 
 
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, CSV injection).
@@ -109,6 +111,8 @@ class Prediction(Base):
     error: Mapped[str | None] = mapped_column(Text)  # a decode error is a property of the bytes: cache it too
     # Where the model looked and by which rule it labelled: {"width", "height", "thresholds", "regions": [...]}
     details: Mapped[dict | None] = mapped_column(JSON)
+    # The file says it is AI-generated (shared.evidence): counted per job without reading every details.
+    declares_ai: Mapped[bool | None] = mapped_column(Boolean)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

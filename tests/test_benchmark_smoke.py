@@ -48,3 +48,12 @@ def test_hostile_benchmark_smoke(tmp_path):
     text = out.read_text()
     assert "| heavy/deep16.png |" in text and "peak resident memory: worker processes" in text
     assert "| heavy/scans.jpg | " in text and "too long to decode" in text
+
+
+def test_evidence_cost_benchmark_smoke(tmp_path):
+    out = tmp_path / "EVIDENCE.md"
+    proc = subprocess.run([sys.executable, "benchmarks/evidence_cost.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    text = out.read_text()
+    assert "| photos with signed Content Credentials |" in text and "share of the pixel model's cost" in text

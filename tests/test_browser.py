@@ -248,3 +248,26 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
     page.wait_for_selector("#error:not([hidden])")
     assert "no job" in page.locator("#error").inner_text() and not page.locator("#progress").is_visible()
     assert [p for p in page_problems(page) if "404" not in p] == []  # the unknown job's 404 is expected
+
+
+def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
+    from .provenance import camera_jpeg, signed_jpeg
+
+    folder = tmp_path / "claims"
+    folder.mkdir()
+    (folder / "credentials.jpg").write_bytes(signed_jpeg())
+    (folder / "camera.jpg").write_bytes(camera_jpeg())
+    page = watched_page(browser)
+    page.goto(live_stack + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    row = page.locator("#results tbody tr", has_text="claims/credentials.jpg")
+    assert row.locator(".badge.ai.strong").inner_text() == "Content Credentials: says AI ✓"
+    assert page.locator("#results tbody tr", has_text="claims/camera.jpg").locator(".badge.camera").count() == 1
+    assert "1 declare themselves AI-generated" in page.locator("#counts").inner_text()
+    row.click()
+    page.locator("#detail").wait_for(state="visible")
+    evidence = page.locator("#detail-evidence").inner_text()
+    assert "made with DALL-E 3" in evidence and "signature valid" in evidence and "strong evidence" in evidence
+    page.screenshot(path=str(tmp_path / "evidence.png"))
+    assert not page_problems(page)

@@ -50,6 +50,11 @@ def job_status(session: Session, job: Job) -> dict:
     finished = session.execute(
         select(func.max(ImageItem.finished_at), func.min(ImageItem.finished_at)).where(ImageItem.job_id == job.id)
     ).one()
+    declared = session.scalar(
+        select(func.count()).select_from(ImageItem)
+        .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
+        .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
+    ) or 0
     versions = sorted(
         v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v
     )
@@ -70,6 +75,7 @@ def job_status(session: Session, job: Job) -> dict:
         "queued": by_status.get(QUEUED, 0),
         "running": by_status.get(RUNNING, 0),
         "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0), "uncertain": labels.get("uncertain", 0)},
+        "declared_ai": declared,  # files whose own metadata or Content Credentials say they are AI-generated
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "finished_at": _iso(finished[0]) if status == "done" else None,
@@ -125,6 +131,8 @@ def result_row(item: ImageItem, details: dict | None = None) -> dict:
         "image_width": details.get("width"),
         "image_height": details.get("height"),
         "regions": details.get("regions"),
+        "evidence": details.get("evidence") or [],
+        "evidence_note": details.get("evidence_note"),
     }
 
 

@@ -37,6 +37,8 @@ OPENAPI = {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done"]},
                 "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
                 "queued": {"type": "integer"}, "running": {"type": "integer"},
+                "declared_ai": {"type": "integer", "description": "files whose metadata or Content Credentials say "
+                                "they are AI-generated"},
                 "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
                                                             "uncertain": {"type": "integer"}}},
                 "created_at": {"type": "string", "format": "date-time"},
@@ -55,6 +57,12 @@ OPENAPI = {
             "Thresholds": {"type": ["object", "null"], "description": "label = fake if p_fake >= fake_from, "
                            "real if p_fake < real_below, else uncertain",
                            "properties": {"real_below": {"type": "number"}, "fake_from": {"type": "number"}}},
+            "Evidence": {"type": "object", "required": ["kind", "says", "strength", "detail"], "properties": {
+                "kind": {"enum": ["content_credentials", "xmp", "exif", "generation_parameters"]},
+                "says": {"enum": ["ai", "camera", "edited"]},
+                "strength": {"enum": ["strong", "weak"], "description": "strong: a Content Credentials manifest "
+                             "whose signature and content hashes validate; weak: tags anyone can write or strip"},
+                "detail": {"type": "string"}}},
             "Region": {"type": "object", "description": "one crop the model scored, in pixels of the upright image",
                        "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}, "w": {"type": "integer"},
                                       "h": {"type": "integer"}, "p_fake": {"type": "number"}}},
@@ -70,6 +78,11 @@ OPENAPI = {
                 "image_width": {"type": ["integer", "null"]}, "image_height": {"type": ["integer", "null"]},
                 "regions": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Region"},
                             "description": "in CSV: the same list as compact JSON"},
+                "evidence": {"type": "array", "items": {"$ref": "#/components/schemas/Evidence"},
+                             "description": "what the file says about itself, reported beside p_fake and never "
+                                            "mixed into it; in CSV: the same list as compact JSON"},
+                "evidence_note": {"type": ["string", "null"],
+                                  "description": "metadata that could not be read (the classification is unaffected)"},
             }},
         },
     },

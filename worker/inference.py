@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.evidence import gather as gather_evidence
 from shared.imaging import (
     MAX_JPEG_SCANS,
     ImageRejected,
@@ -55,24 +56,27 @@ class Classifier:
     def version(self) -> str:
         return self.meta.version
 
-    def _prepare(self, read: Callable[[], bytes]) -> Prepared | Outcome:
+    def _prepare(self, read: Callable[[], bytes]) -> tuple[Prepared | Outcome, dict]:
+        """Decode for the model, and read what the file says about itself (shared.evidence), in one thread."""
         try:
             data = read()
         except FileNotFoundError:
-            return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False)
+            return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False), {}
+        items, note = gather_evidence(data)
+        evidence = {"evidence": items, "evidence_note": note}
         try:
             return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True,
-                                    max_scans=self.max_scans)
+                                    max_scans=self.max_scans), evidence
         except ImageRejected as exc:
-            return Outcome(error=str(exc))
+            return Outcome(error=str(exc), details=evidence), evidence
         except Exception as exc:  # a decoder bug must cost one image, not the batch
             log.exception("decode failed")
-            return Outcome(error=f"the image could not be decoded ({type(exc).__name__})")
+            return Outcome(error=f"the image could not be decoded ({type(exc).__name__})", details=evidence), evidence
 
-    def _outcome(self, prepared: Prepared, scored) -> Outcome:
+    def _outcome(self, prepared: Prepared, scored, evidence: dict) -> Outcome:
         details = {"width": prepared.width, "height": prepared.height, "thresholds": self.thresholds,
                    "regions": [{"x": b.x, "y": b.y, "w": b.w, "h": b.h, "p_fake": round(float(q), 4)}
-                               for b, q in zip(prepared.boxes, scored.crop_p)]}
+                               for b, q in zip(prepared.boxes, scored.crop_p)], **evidence}
         return Outcome(p_fake=scored.p_fake, label=scored.label, details=details, thumbnails=prepared.thumbnails)
 
     def classify(self, readers: Sequence[Callable[[], bytes]]) -> list[Outcome]:
@@ -86,20 +90,24 @@ class Classifier:
         outcomes: list[Outcome | None] = [None] * len(readers)
         pending_idx: list[int] = []
         pending: list[Prepared] = []
+        pending_evidence: list[dict] = []
         crops = 0
 
         def flush() -> None:
-            for i, prepared, scored in zip(pending_idx, pending, score_prepared(self.model, self.meta, pending, self.device)):
-                outcomes[i] = self._outcome(prepared, scored)
+            scores = score_prepared(self.model, self.meta, pending, self.device)
+            for i, prepared, scored, evidence in zip(pending_idx, pending, scores, pending_evidence):
+                outcomes[i] = self._outcome(prepared, scored, evidence)
             pending_idx.clear()
             pending.clear()
+            pending_evidence.clear()
 
-        for i, prepared in enumerate(self.pool.map(self._prepare, readers)):
+        for i, (prepared, evidence) in enumerate(self.pool.map(self._prepare, readers)):
             if isinstance(prepared, Outcome):
                 outcomes[i] = prepared
                 continue
             pending_idx.append(i)
             pending.append(prepared)
+            pending_evidence.append(evidence)
             crops += len(prepared.inputs)
             if len(pending) >= chunk or crops >= self.batch_size:
                 flush()

@@ -15,6 +15,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared.db import Database
+from shared.evidence import declares_ai
 from shared.logs import kv
 from shared.models import (
     ERROR,
@@ -90,7 +91,7 @@ def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
 def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) -> None:
     rows = [
         {"sha256": sha, "model_version": version, "p_fake": o.p_fake, "label": o.label, "error": o.error,
-         "details": o.details}
+         "details": o.details, "declares_ai": declares_ai((o.details or {}).get("evidence") or [])}
         for sha, o in fresh.items() if o.cacheable
     ]
     if not rows:

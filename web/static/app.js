@@ -203,7 +203,8 @@
     $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
     $("status").dataset.status = job.status;
     $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
-      ` · uncertain: ${job.counts.uncertain || 0}`;
+      ` · uncertain: ${job.counts.uncertain || 0}` +
+      (job.declared_ai ? ` · ${job.declared_ai} declare themselves AI-generated (their own metadata)` : "");
     const t = job.model && job.model.thresholds;
     if (t) {
       $("legend").textContent = t.real_below === t.fake_from
@@ -255,6 +256,20 @@
       tbody.appendChild(tr);
     }
     $("detail-regions").hidden = !(r.regions || []).length;
+    const ev = $("detail-evidence");
+    ev.textContent = "";
+    for (const e of r.evidence || []) {
+      const li = document.createElement("li");
+      li.appendChild(badges([e])[0]);
+      li.appendChild(document.createTextNode(` ${e.detail} (${e.strength} evidence)`));
+      ev.appendChild(li);
+    }
+    if (r.evidence_note) {
+      const li = document.createElement("li");
+      li.textContent = `Not read: ${r.evidence_note}`;
+      ev.appendChild(li);
+    }
+    $("detail-evidence-block").hidden = !ev.children.length;
     $("detail-img").removeAttribute("src");
     showImage($("detail-img"), `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512`);
     $("detail").showModal();
@@ -332,13 +347,37 @@
       tr.onclick = () => openDetail(jobId, r);
     }
     const label = r.status === "error" ? "error" : r.status === "done" ? (LABEL_TEXT[r.label] || r.label) : r.status;
-    const cells = [img, r.filename, label, r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
+    const labelCell = document.createElement("span");
+    labelCell.textContent = label;
+    for (const b of badges(r.evidence)) labelCell.appendChild(b);
+    const cells = [img, r.filename, labelCell, r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
     cells.forEach((c, k) => {
       const td = document.createElement("td");
       if (c instanceof Node) td.appendChild(c); else td.textContent = c;
       if (k === 2) td.className = "label";
       tr.appendChild(td);
     });
+  }
+
+  const KIND_TEXT = { content_credentials: "Content Credentials", xmp: "XMP/IPTC", exif: "EXIF",
+                      generation_parameters: "generator parameters" };
+  const SAYS_TEXT = { ai: "says AI", camera: "says camera", edited: "records edits" };
+
+  // What the file says about itself, beside the model's verdict (never mixed into it): one badge per claim.
+  function badges(evidence) {
+    const seen = new Set();
+    const out = [];
+    for (const e of evidence || []) {
+      const text = `${KIND_TEXT[e.kind] || e.kind}: ${SAYS_TEXT[e.says] || e.says}`;
+      if (seen.has(text)) continue;
+      seen.add(text);
+      const b = document.createElement("span");
+      b.className = `badge ${e.says} ${e.strength}`;
+      b.textContent = text + (e.strength === "strong" ? " ✓" : "");
+      b.title = `${e.detail} (${e.strength} evidence)`;
+      out.push(b);
+    }
+    return out;
   }
 
   async function refreshResults(jobId) {
