@@ -251,12 +251,16 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
 
 
 def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
-    from .provenance import camera_jpeg, signed_jpeg
+    from .corpus import heic
+    from .provenance import a1111_png, camera_jpeg, comfyui_png, signed_jpeg, tampered, xmp_jpeg
 
     folder = tmp_path / "claims"
     folder.mkdir()
     (folder / "credentials.jpg").write_bytes(signed_jpeg())
     (folder / "camera.jpg").write_bytes(camera_jpeg())
+    for name, data in (("tampered.jpg", tampered(signed_jpeg())), ("xmp.jpg", xmp_jpeg()), ("a1111.png", a1111_png()),
+                       ("comfyui.png", comfyui_png()), ("phone.heic", heic((320, 240)))):
+        (folder / name).write_bytes(data)
     page = watched_page(browser)
     page.goto(live_stack + "/")
     page.set_input_files("#folder-input", str(folder))
@@ -264,7 +268,16 @@ def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
     row = page.locator("#results tbody tr", has_text="claims/credentials.jpg")
     assert row.locator(".badge.ai.strong").inner_text() == "Content Credentials: says AI ✓"
     assert page.locator("#results tbody tr", has_text="claims/camera.jpg").locator(".badge.camera").count() == 1
-    assert "1 declare themselves AI-generated" in page.locator("#counts").inner_text()
+
+    def badge_texts(name):
+        return page.locator("#results tbody tr", has_text=f"claims/{name}").locator(".badge").all_inner_texts()
+
+    assert badge_texts("tampered.jpg") == ["Content Credentials: says AI"]  # no ✓: its signature fails
+    assert badge_texts("xmp.jpg") == ["XMP/IPTC: says AI"]
+    assert badge_texts("a1111.png") == badge_texts("comfyui.png") == ["generator parameters: says AI"]
+    heic_row = page.locator("#results tbody tr", has_text="claims/phone.heic")
+    assert heic_row.locator("td.label").inner_text() in ("real", "AI-generated", "uncertain")  # classified
+    assert "5 declare themselves AI-generated" in page.locator("#counts").inner_text()
     row.click()
     page.locator("#detail").wait_for(state="visible")
     evidence = page.locator("#detail-evidence").inner_text()
