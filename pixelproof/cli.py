@@ -101,10 +101,7 @@ def _migrate(args: argparse.Namespace) -> int:
 def _exec(cmd: list[str]) -> int:
     import os
 
-    from shared.settings import REPO_ROOT
-
-    os.chdir(REPO_ROOT)
-    os.execv(cmd[0], cmd)
+    os.execv(cmd[0], cmd)  # in the caller's directory: every path in the settings is already absolute
     return 1  # not reached
 
 

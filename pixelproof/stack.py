@@ -18,7 +18,7 @@ from pathlib import Path
 from shared.logs import kv, setup_logging
 from shared.migrate import upgrade
 from shared.queue import QUEUE
-from shared.settings import REPO_ROOT, Settings, SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings
 
 from .embedded_redis import EmbeddedRedis
 
@@ -141,7 +141,9 @@ def up() -> int:
     refuse_open_exposure(settings)
     check_port_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ)
+    # The paths as this process resolved them (absolute), so every child opens the same database and files.
+    env = {**os.environ, "PIXELPROOF_DATA_DIR": str(settings.data_dir), "PIXELPROOF_MODEL_PATH": str(settings.model_path),
+           "PIXELPROOF_STORAGE_DIR": str(settings.upload_dir), "DATABASE_URL": settings.db_url}
     redis = None
     if not settings.redis_url:
         redis = EmbeddedRedis(settings.data_dir / "redis").start()
@@ -152,11 +154,11 @@ def up() -> int:
         # One single-threaded model process per core beats one multi-threaded process on a shared host.
         "worker": worker_command(concurrency=os.cpu_count() or 1, beat_schedule=beat_schedule_path(settings)),
     }
-    procs = {name: subprocess.Popen(cmd, cwd=REPO_ROOT, env=env) for name, cmd in commands.items()}
+    procs = {name: subprocess.Popen(cmd, env=env) for name, cmd in commands.items()}
 
     def starter(name: str) -> Callable[[], object]:
         def start() -> None:
-            procs[name] = subprocess.Popen(commands[name], cwd=REPO_ROOT, env=env)
+            procs[name] = subprocess.Popen(commands[name], env=env)
         return start
 
     supervised = [Supervised(name, starter(name), lambda n=name: procs[n].poll() is None) for name in commands]

@@ -24,10 +24,12 @@ from shared.thumbnails import THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")  # JPEG also opens multi-picture (MPO) files
-try:  # HEIC/HEIF, what phones write, through libheif; libheif applies the file's rotation and mirroring
-    from pillow_heif import register_heif_opener  # (irot/imir) and pillow-heif resets EXIF orientation to 1,
+# HEIC/HEIF, what phones write, through libheif. libheif applies the file's rotation and mirroring (irot/imir)
+# and pillow-heif resets the EXIF orientation to 1, so exif_transpose cannot turn such an image twice.
+try:
+    from pillow_heif import register_heif_opener
 
-    register_heif_opener()  # so exif_transpose cannot turn such an image twice
+    register_heif_opener()
     ACCEPTED_FORMATS += ("HEIF",)
 except ImportError:  # pragma: no cover - pillow-heif is a dependency; without it HEIC is refused by name
     pass

@@ -1,16 +1,18 @@
 """Run Alembic migrations from code: the service upgrades to head on start and never calls create_all."""
 from __future__ import annotations
 
+from importlib.resources import files
+
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
 
-from .settings import REPO_ROOT
-
 
 def alembic_config(url: str) -> Config:
-    cfg = Config(str(REPO_ROOT / "alembic.ini"))
-    cfg.set_main_option("script_location", str(REPO_ROOT / "migrations"))
+    """Found as the package `shared.migrations` (the top-level migrations/ folder, mapped there by pyproject.toml),
+    so an installed wheel migrates as a checkout does."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("shared.migrations")))
     cfg.attributes["url"] = url
     return cfg
 

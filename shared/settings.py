@@ -94,6 +94,13 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// URL")
         return value
 
+    @field_validator("data_dir", "storage_dir", "model_path")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        """Made absolute once, against the directory the process starts in; `pixelproof up` hands the absolute
+        paths to the processes it starts, so all of them open the same files wherever they run."""
+        return value.expanduser().resolve() if value is not None else None
+
     @cached_property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'pixelproof.db').resolve()}"

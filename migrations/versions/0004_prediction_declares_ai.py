@@ -4,9 +4,8 @@ generator tags), so a job can count such files without reading every prediction'
 Revision ID: 0004
 Revises: 0003
 """
-from alembic import op
 import sqlalchemy as sa
-
+from alembic import op
 
 revision = '0004'
 down_revision = '0003'
