@@ -35,7 +35,7 @@ from pixelproof.submit import Client  # noqa: E402
 from shared.migrate import upgrade  # noqa: E402
 from shared.modeling.checkpoint import read_meta  # noqa: E402
 from shared.modeling.device import compute_dtype, precision_name  # noqa: E402
-from shared.settings import DEFAULT_CHECKPOINT, load_settings  # noqa: E402
+from shared.settings import DEFAULT_CHECKPOINT, load_settings, sqlalchemy_url  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
 # benchmarks/photos.py owns the section of RESULTS.md from this marker on; this script keeps it as it is.
@@ -325,7 +325,7 @@ def database_url(tmp: Path) -> tuple[str, callable]:
     from sqlalchemy import create_engine, text
 
     admin = os.environ.get("BENCH_POSTGRES_URL") or os.environ.get("TEST_POSTGRES_URL") or "postgresql://root@127.0.0.1:5432/postgres"
-    admin = "postgresql+psycopg://" + admin.split("://", 1)[1]
+    admin = sqlalchemy_url(admin)
     name = f"pixelproof_bench_{secrets.token_hex(4)}"
     try:
         engine = create_engine(admin, isolation_level="AUTOCOMMIT")

@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from shared.imaging import ROUTES
+from shared.routes import ROUTES
 from shared.settings import PRECISIONS
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
+from shared.limits import MAX_JPEG_SCANS, MAX_PIXELS
 from shared.thumbnails import THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
@@ -100,8 +101,7 @@ def _sniff(data: bytes) -> str | None:
 
 
 # A progressive JPEG decodes in one pass per scan: encoders write about 10, and one scan repeated thousands of
-# times makes a file of a few hundred KB take minutes to decode. More than this is refused before decoding.
-MAX_JPEG_SCANS = 100
+# times makes a file of a few hundred KB take minutes to decode. More than MAX_JPEG_SCANS is refused first.
 
 
 def jpeg_scans(data: bytes) -> int:
@@ -228,8 +228,6 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-RESIZE_MODES = ("squash", "center_crop")  # the whole-image routes; native_crops is the other kind
-ROUTES = RESIZE_MODES + ("native_crops",)
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR, "area": Image.Resampling.BOX}
 
 
@@ -327,7 +325,7 @@ def native_crops(arr: np.ndarray, spec: Preprocessing) -> Prepared:
     return Prepared(normalise(crops, spec), tuple(boxes), w, h)
 
 
-def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = 40_000_000,
+def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIXELS,
                      with_thumbnails: bool = False, max_scans: int = MAX_JPEG_SCANS) -> Prepared:
     """File bytes -> model inputs. Serving and evaluation both call exactly this.
 

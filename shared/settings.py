@@ -13,6 +13,8 @@ from typing import Annotated, Literal, get_args
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from . import limits
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CHECKPOINT = REPO_ROOT / "models" / "default.safetensors"  # crop-based detector for real uploads
 CIFAKE_CHECKPOINT = REPO_ROOT / "models" / "cifake" / "cifake.safetensors"  # the earlier 32x32 CIFAKE model
@@ -43,15 +45,15 @@ class Settings(BaseSettings):
     model_path: Path = DEFAULT_CHECKPOINT
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     precision: Precision = "auto"
-    batch_size: int = Field(default=128, ge=1, le=4096)
+    batch_size: int = Field(default=limits.BATCH_SIZE, ge=1, le=4096)
     decode_threads: int = Field(default=2, ge=1, le=64)
     torch_threads: int = Field(default=0, ge=0, le=256)  # 0: let the worker pick from its CPU share
 
     # Limits on what users may send; see README "Limits".
     max_file_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_request_bytes: int = Field(default=512 * 1024 * 1024, ge=1)
-    max_pixels: int = Field(default=40_000_000, ge=1)
-    max_jpeg_scans: int = Field(default=100, ge=1)  # progressive JPEG passes; thousands are a decoding trap
+    max_pixels: int = Field(default=limits.MAX_PIXELS, ge=1)
+    max_jpeg_scans: int = Field(default=limits.MAX_JPEG_SCANS, ge=1)
     max_files_per_job: int = Field(default=50_000, ge=1)
     max_files_per_request: int = Field(default=2_000, ge=1)
     rate_limit_per_minute: int = Field(default=0, ge=0)  # upload requests per client; 0 disables
@@ -83,9 +85,7 @@ class Settings(BaseSettings):
     def _known_database(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("sqlite", "postgresql")):
             raise ValueError("only sqlite:/// and postgresql:// URLs are supported")
-        if value is not None and value.startswith("postgresql://"):
-            value = "postgresql+psycopg://" + value.removeprefix("postgresql://")
-        return value
+        return sqlalchemy_url(value) if value is not None else None
 
     @field_validator("redis_url")
     @classmethod
@@ -126,6 +126,14 @@ class Settings(BaseSettings):
                 "or start the embedded stack with `make up` / `pixelproof up`."
             )
         return self.redis_url
+
+
+def sqlalchemy_url(url: str) -> str:
+    """postgresql://... as SQLAlchemy must be told to reach it (through psycopg 3); other URLs unchanged."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
 
 
 def _is_loopback(host: str) -> bool:

@@ -10,7 +10,7 @@ from sqlalchemy import create_engine, text
 
 from pixelproof.embedded_redis import EmbeddedRedis
 from shared.migrate import upgrade
-from shared.settings import DEFAULT_CHECKPOINT, REPO_ROOT, load_settings
+from shared.settings import DEFAULT_CHECKPOINT, REPO_ROOT, load_settings, sqlalchemy_url
 
 DATASETS = REPO_ROOT.parent / "shared" / "datasets"
 MINI = DATASETS / "cifake-mini"
@@ -52,7 +52,7 @@ def redis_server(_redis_server):
 @pytest.fixture(scope="session")
 def pg_admin_url() -> str:
     url = os.environ.get("TEST_POSTGRES_URL", "postgresql://root@127.0.0.1:5432/postgres")
-    url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    url = sqlalchemy_url(url)
     try:
         engine = create_engine(url)
         with engine.connect() as conn:

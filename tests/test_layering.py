@@ -11,32 +11,59 @@ import pytest
 
 from shared.settings import REPO_ROOT
 
+# Module prefixes each side must not import (a prefix matches the module and its submodules).
 FORBIDDEN = {
-    "web": {"worker", "training", "torch", "torchvision"},
-    "shared": {"web", "worker", "training"},
-    "training": {"web", "worker"},
-    "worker": {"web", "training"},
+    "web": {"worker", "training", "pixelproof", "torch", "torchvision", "shared.modeling", "shared.imaging",
+            "shared.evidence"},
+    "shared": {"web", "worker", "training", "pixelproof"},
+    "training": {"web", "worker", "pixelproof"},
+    "worker": {"web", "training", "pixelproof"},
 }
+# The console command is the composition root: it may reach every side, but only inside the command that needs
+# it, so `pixelproof submit` never loads torch and the web's start never loads the worker.
+LAZY_ONLY = {"pixelproof": {"torch", "torchvision", "worker", "training", "web", "shared.modeling", "shared.imaging"}}
 
 
-def imported_roots(path: Path) -> set[str]:
-    roots = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+def imported_modules(path: Path, top_level_only: bool = False) -> set[str]:
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    found = set()
+    for node in nodes:
         if isinstance(node, ast.Import):
-            roots |= {a.name.split(".")[0] for a in node.names}
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-            roots.add(node.module.split(".")[0])
-    return roots
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def _hits(modules: set[str], forbidden: set[str]) -> list[str]:
+    return sorted(m for m in modules if any(m == f or m.startswith(f + ".") for f in forbidden))
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_imports_run_one_way(package):
     bad = {}
     for path in (REPO_ROOT / package).rglob("*.py"):
-        hits = imported_roots(path) & FORBIDDEN[package]
+        hits = _hits(imported_modules(path), FORBIDDEN[package])
         if hits:
-            bad[str(path.relative_to(REPO_ROOT))] = sorted(hits)
+            bad[str(path.relative_to(REPO_ROOT))] = hits
     assert not bad, f"{package}/ imports what it must not: {bad}"
+
+
+def test_the_console_command_imports_each_side_lazily():
+    bad = {}
+    for package, forbidden in LAZY_ONLY.items():
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            hits = _hits(imported_modules(path, top_level_only=True), forbidden)
+            if hits:
+                bad[str(path.relative_to(REPO_ROOT))] = hits
+    assert not bad, f"imported at module level, where only a command's own function should: {bad}"
+
+
+def test_the_rules_see_submodules():
+    """The check itself: a submodule import is caught, a sibling with a shared prefix is not."""
+    assert _hits({"shared.modeling.checkpoint", "shared.models", "shared.imaging"}, {"shared.modeling", "shared.imaging"}) \
+        == ["shared.imaging", "shared.modeling.checkpoint"]
 
 
 def test_web_process_does_not_import_torch(tmp_path):

@@ -25,7 +25,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
     app = Flask(__name__)
     app.config.update(
-        PIXELPROOF=settings,
         # Uploads are parsed as a stream by web.uploads (never through request.files); this bounds the body.
         MAX_CONTENT_LENGTH=settings.max_request_bytes,
         JSON_SORT_KEYS=False,

@@ -12,7 +12,7 @@ from .errors import ApiError
 def current_owner() -> str | None:
     """The hash of the caller's token (None when tokens are off). Tokens come in headers only, never in a URL,
     where access logs, browser history and Referer headers would keep them."""
-    tokens: tuple[str, ...] = current_app.config["PIXELPROOF"].api_tokens
+    tokens: tuple[str, ...] = current_app.extensions["pixelproof"].settings.api_tokens
     if not tokens:
         return None
     header = request.headers.get("Authorization", "")

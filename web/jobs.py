@@ -55,8 +55,12 @@ def job_status(session: Session, job: Job) -> dict:
         .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
         .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
     ) or 0
+    # Oldest to newest by when a worker last loaded them (then by name): "model" is the newest, not the
+    # alphabetically last.
+    loaded = dict(session.execute(select(ModelVersion.version, ModelVersion.loaded_at)).all())
     versions = sorted(
-        v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v
+        (v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v),
+        key=lambda v: (_iso(loaded.get(v)) or "", v),
     )
     total = sum(by_status.values())
     done = by_status.get(DONE, 0) + by_status.get(ERROR, 0)

@@ -14,13 +14,13 @@ from pathlib import Path
 
 from shared.evidence import gather as gather_evidence
 from shared.imaging import (
-    MAX_JPEG_SCANS,
     ImageRejected,
     Prepared,
     load_rgb,
     preprocess_bytes,
     thumbnails,
 )
+from shared.limits import BATCH_SIZE, MAX_JPEG_SCANS, MAX_PIXELS
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared
@@ -40,8 +40,8 @@ class Outcome:
 
 
 class Classifier:
-    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = 64, decode_threads: int = 2,
-                 max_pixels: int = 40_000_000, precision: str = "auto", max_scans: int = MAX_JPEG_SCANS):
+    def __init__(self, checkpoint: Path, device: str = "auto", batch_size: int = BATCH_SIZE, decode_threads: int = 2,
+                 max_pixels: int = MAX_PIXELS, precision: str = "auto", max_scans: int = MAX_JPEG_SCANS):
         self.device = pick_device(device)
         self.model, self.meta = load_for_inference(checkpoint, device=self.device, precision=precision)
         self.thresholds = self.meta.label_rule.to_dict()  # recorded with every prediction
