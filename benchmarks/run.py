@@ -170,7 +170,7 @@ class Stack:
         self.url = f"http://127.0.0.1:{self.port}"
         wait_http(self.url + "/healthz")
         deadline = time.monotonic() + 120
-        while (self.tmp / "stack.log").read_text(errors="ignore").count("model loaded") < self.workers:
+        while (self.tmp / "stack.log").read_text(errors="ignore").count("event=model_loaded") < self.workers:
             if time.monotonic() > deadline:
                 raise TimeoutError("workers did not load the model")
             time.sleep(0.2)

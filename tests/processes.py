@@ -54,7 +54,7 @@ def start_worker(env: dict[str, str], log: Path, name: str = "w1", concurrency: 
     args = worker_command(concurrency=concurrency, beat_schedule=schedule, hostname=f"{name}@%h")
     proc = Proc(args, env, log)
     proc.wait_for_log(" ready.")
-    proc.wait_for_log("model loaded")
+    proc.wait_for_log("event=model_loaded")
     return proc
 
 

@@ -21,6 +21,7 @@ from sklearn.metrics import roc_auc_score
 from shared.imaging import fit, load_rgb, to_array
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import as_input
+from shared.scoring import calibrated
 from shared.settings import PRECISIONS
 
 from .data import folder_files
@@ -44,7 +45,8 @@ def main(argv: list[str] | None = None) -> None:
 
     @torch.inference_mode()
     def p_fake(crops):
-        return float(torch.sigmoid(model(as_input(torch.from_numpy(np.stack(crops)), "cpu")) / meta.temperature).mean())
+        logits = model(as_input(torch.from_numpy(np.stack(crops)), "cpu")).float().reshape(-1).numpy()
+        return float(calibrated(logits, meta.temperature).mean())  # serving's own calibration (shared.scoring)
 
     def tiles(data, k):
         # load_rgb(), fit() and to_array() are serving's own steps (k = 1 is serving exactly, reduced-scale

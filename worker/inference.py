@@ -21,6 +21,7 @@ from shared.imaging import (
     thumbnails,
 )
 from shared.limits import BATCH_SIZE, MAX_JPEG_SCANS, MAX_PIXELS
+from shared.logs import kv
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared
@@ -49,8 +50,8 @@ class Classifier:
         self.max_pixels = max_pixels
         self.max_scans = max_scans
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
-        log.info("model loaded version=%s device=%s precision=%s arch=%s", self.version, self.device,
-                 precision_name(self.model.dtype), self.meta.architecture)
+        log.info(kv(event="model_loaded", model_version=self.version, device=self.device,
+                    precision=precision_name(self.model.dtype), arch=self.meta.architecture))
 
     @property
     def version(self) -> str:
