@@ -10,15 +10,7 @@ from redis import Redis
 from shared.queue import QUEUE
 from web.openapi import OPENAPI
 
-
-def jpeg_bytes(mini_dir, n=1):
-    files = sorted((mini_dir / "real").iterdir())[:n]
-    return [(f.read_bytes(), f.name) for f in files]
-
-
-def post_files(client, url, files, headers=None):
-    data = {"files": [(io.BytesIO(b), name) for b, name in files]}
-    return client.post(url, data=data, content_type="multipart/form-data", headers=headers or {})
+from .helpers import jpeg_bytes, post_files
 
 
 @pytest.fixture

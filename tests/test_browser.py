@@ -252,7 +252,14 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
 
 def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
     from .corpus import heic
-    from .provenance import a1111_png, camera_jpeg, comfyui_png, signed_jpeg, tampered, xmp_jpeg
+    from .provenance import (
+        a1111_png,
+        camera_jpeg,
+        comfyui_png,
+        signed_jpeg,
+        tampered,
+        xmp_jpeg,
+    )
 
     folder = tmp_path / "claims"
     folder.mkdir()

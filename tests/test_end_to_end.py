@@ -6,7 +6,6 @@ import io
 import json
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -14,42 +13,14 @@ from shared.modeling.checkpoint import read_meta
 from shared.settings import CIFAKE_CHECKPOINT, DEFAULT_CHECKPOINT
 
 from .conftest import service_env
+from .helpers import all_results, mini_files, upload_all, wait_done
 from .processes import start_worker
 
 pytestmark = pytest.mark.slow
 
 
-def mini_files(mini_dir):
-    return [(p, f"{p.parent.name}/{p.name}") for p in sorted(mini_dir.rglob("*.jpg"))]
 
 
-def upload_all(client, files, per_request=200):
-    job = None
-    for start in range(0, len(files), per_request):
-        data = {"files": [(io.BytesIO(p.read_bytes()), name) for p, name in files[start:start + per_request]]}
-        url = f"/api/jobs/{job['id']}/files" if job else "/api/jobs"
-        resp = client.post(url, data=data, content_type="multipart/form-data")
-        assert resp.status_code == 202, resp.get_json()
-        job = resp.get_json()
-    return job
-
-
-def wait_done(client, job_id, timeout=240):
-    deadline = time.monotonic() + timeout
-    job = client.get(f"/api/jobs/{job_id}").get_json()
-    while job["status"] != "done":
-        assert time.monotonic() < deadline, f"job not done in {timeout}s: {job}"
-        job = client.get(f"/api/jobs/{job_id}?wait=5&done={job['done']}").get_json()
-    return job
-
-
-def all_results(client, job_id):
-    items, cursor = [], "0"
-    while cursor is not None:
-        page = client.get(f"/api/jobs/{job_id}/results?limit=1000&cursor={cursor}").get_json()
-        items += page["items"]
-        cursor = page["next_cursor"]
-    return items
 
 
 def test_every_mini_image_gets_a_result(make_app, stack_env, mini_dir, tmp_path, db_url):

@@ -11,9 +11,9 @@ import pytest
 from shared.evidence import gather
 
 from .corpus import heic
+from .helpers import all_results, wait_done
 from .processes import start_worker
 from .provenance import broken_manifest, provenance_files, signed_jpeg, tampered
-from .test_end_to_end import all_results, wait_done
 
 
 def kinds(items: list[dict]) -> list[tuple[str, str, str]]:

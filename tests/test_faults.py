@@ -20,8 +20,8 @@ from shared.migrate import upgrade
 from shared.models import ImageItem
 
 from .conftest import service_env
+from .helpers import all_results, mini_files, wait_done, wait_until
 from .processes import start_worker
-from .test_end_to_end import all_results, mini_files, wait_done
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +53,6 @@ def count_running(db_url: str) -> int:
     engine.dispose()
     return n
 
-
-def wait_until(predicate, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def assert_complete_and_counted_once(client, job_id: str, total: int) -> list[dict]:

@@ -14,8 +14,8 @@ from pixelproof.embedded_redis import free_port
 from shared.migrate import upgrade
 
 from .conftest import service_env
+from .helpers import jpeg_bytes, post_files
 from .processes import start_web
-from .test_api import jpeg_bytes, post_files
 
 
 @pytest.fixture
@@ -146,8 +146,8 @@ def test_a_poison_image_is_given_up_and_its_batch_mates_finish(make_app, sqlite_
     with innocent ones: the worker process that overran is replaced, the batch comes back and is classified
     image by image, and the poison image becomes an error after PIXELPROOF_MAX_ATTEMPTS deliveries."""
     from .corpus import scan_bomb_jpeg
+    from .helpers import all_results, wait_done
     from .processes import start_worker
-    from .test_end_to_end import all_results, wait_done
 
     upgrade(sqlite_url)
     env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_MAX_JPEG_SCANS="100000",
@@ -203,7 +203,7 @@ def test_a_full_data_disk_leaves_the_stack_answering_and_it_recovers(tmpfs, mini
     from shared.settings import REPO_ROOT
 
     from .conftest import fill_disk
-    from .test_faults import wait_until
+    from .helpers import wait_until
 
     data = tmpfs("var", 48)
     port = free_port()

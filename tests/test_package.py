@@ -13,7 +13,7 @@ import requests
 from pixelproof.embedded_redis import free_port
 from shared.settings import DEFAULT_CHECKPOINT, REPO_ROOT
 
-from .test_faults import wait_until
+from .helpers import wait_until
 
 pytestmark = pytest.mark.slow
 

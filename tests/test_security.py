@@ -28,8 +28,7 @@ from shared.thumbnails import THUMBNAIL_SIZES
 from web.watch import RECHECK_S
 
 from .conftest import service_env
-from .test_api import jpeg_bytes, post_files
-from .test_faults import wait_until
+from .helpers import jpeg_bytes, post_files, wait_until
 
 FORMULAS = ["=HYPERLINK(CONCAT(A1;B1);A2)", "+cmd|' calc'!A0", "-2+3", "@SUM(A1:A2)", "=1+2"]
 

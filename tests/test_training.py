@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from shared.imaging import Preprocessing, preprocess_bytes, to_array
-from shared.modeling.checkpoint import CheckpointError, load_checkpoint, load_for_inference, read_meta
+from shared.modeling.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_for_inference,
+    read_meta,
+)
 from shared.modeling.registry import REGISTRY
 from training.data import load_image_sets
 from training.metrics import classification_report, expected_calibration_error
@@ -101,12 +106,36 @@ def test_cli_evaluate_writes_report(mini_dir, tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
-def test_resume_continues_from_saved_state(mini_dir, tmp_path):
-    cfg = TrainConfig(data=str(mini_dir), out=tmp_path, arch="seed_cnn", epochs=2, limit=64, threads=1)
-    train(cfg)
-    cfg.resume = True
-    _, meta = train(cfg)  # both epochs are already done: nothing is trained again, the same best weights come out
-    assert [h["epoch"] for h in meta.training["history"]] == [1, 2]
+def test_resume_continues_from_saved_state(mini_dir, tmp_path, monkeypatch):
+    """A run stopped after its first epoch and resumed ends exactly as the same run left alone."""
+    import training.train as train_module
+
+    def run(out, **kw):
+        return TrainConfig(data=str(mini_dir), out=out, arch="seed_cnn", epochs=2, limit=64, threads=1, **kw)
+
+    _, whole = train(run(tmp_path / "whole"))
+
+    real_save = torch.save
+
+    def save_then_stop(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        if isinstance(obj, dict) and obj.get("epoch") == 0:
+            raise KeyboardInterrupt  # as if the machine went away after the first epoch was saved
+
+    monkeypatch.setattr(train_module.torch, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train(run(tmp_path / "parts"))
+    monkeypatch.setattr(train_module.torch, "save", real_save)
+    assert len(torch.load(tmp_path / "parts" / "state.pt", weights_only=False)["history"]) == 1
+    _, resumed = train(run(tmp_path / "parts", resume=True))
+
+    def numbers(history):  # every figure of every epoch but its duration
+        return [v for row in history for k, v in sorted(row.items()) if k != "seconds"]
+
+    assert numbers(resumed.training["history"]) == pytest.approx(numbers(whole.training["history"]), abs=1e-6)
+    assert resumed.version == whole.version  # the same weights, so the same content version
+    _, again = train(run(tmp_path / "parts", resume=True))  # both epochs done: nothing is trained again
+    assert again.version == whole.version
 
 
 def test_resume_refuses_a_run_folder_written_with_other_arguments(mini_dir, tmp_path, capsys):

@@ -302,6 +302,11 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     started = time.time()
     epoch = start_epoch
     while epoch < cfg.epochs:
+        # Each epoch's shuffle and augmentation follow from (seed, epoch) alone, so a resumed run sees exactly what
+        # the same run left alone would have (with persistent loader processes, the shuffle only).
+        gen.manual_seed(cfg.seed * 10_007 + epoch)
+        if getattr(data.train, "augment", None) is not None:
+            data.train.augment.rng.seed(cfg.seed * 10_007 + epoch)
         model.train()
         # Running sums stay on the device: reading them every step would stall a GPU at each batch.
         t0, seen = time.time(), 0
