@@ -40,20 +40,20 @@ def test_photo_benchmark_smoke(tmp_path):
     assert "| 800x600 photos |" in text and "| CIFAKE 32x32 |" in text and "x ceiling" in text
 
 
-def test_hostile_benchmark_smoke(tmp_path):
-    out = tmp_path / "HOSTILE.md"
-    proc = subprocess.run([sys.executable, "benchmarks/hostile.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
+def run_smoke(script: str, out) -> str:
+    """Run a benchmark script with --smoke, writing its report to out; the report's text."""
+    proc = subprocess.run([sys.executable, f"benchmarks/{script}", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = out.read_text()
+    return out.read_text()
+
+
+def test_hostile_benchmark_smoke(tmp_path):
+    text = run_smoke("hostile.py", tmp_path / "HOSTILE.md")
     assert "| heavy/deep16.png |" in text and "peak resident memory: worker processes" in text
     assert "| heavy/scans.jpg | " in text and "too long to decode" in text
 
 
 def test_evidence_cost_benchmark_smoke(tmp_path):
-    out = tmp_path / "EVIDENCE.md"
-    proc = subprocess.run([sys.executable, "benchmarks/evidence_cost.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    text = out.read_text()
+    text = run_smoke("evidence_cost.py", tmp_path / "EVIDENCE.md")
     assert "| photos with signed Content Credentials |" in text and "share of the pixel model's cost" in text
