@@ -45,7 +45,7 @@ def worker_command(concurrency: int = 1, beat_schedule: Path | None = None, pool
 
 def beat_schedule_path(settings: Settings) -> Path:
     """Where the one beat process keeps its schedule state: beside the service's other data."""
-    return settings.data_dir.resolve() / "celerybeat-schedule"
+    return settings.data_dir / "celerybeat-schedule"
 
 
 def refuse_open_exposure(settings: Settings) -> None:

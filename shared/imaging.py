@@ -339,9 +339,13 @@ def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIX
     img = load_rgb(data, max_pixels, target=spec.input_size, max_scans=max_scans)
     prepared = Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
     if with_thumbnails:
-        prepared = replace(prepared, thumbnails=thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES),
-                                                                  max_scans=max_scans)))
+        prepared = replace(prepared, thumbnails=thumbnails_of_bytes(data, max_pixels, max_scans))
     return prepared
+
+
+def thumbnails_of_bytes(data: bytes, max_pixels: int = MAX_PIXELS, max_scans: int = MAX_JPEG_SCANS) -> dict[int, bytes]:
+    """Thumbnails from a file, decoded at the largest rendition's scale (a JPEG never at full size)."""
+    return thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES), max_scans=max_scans))
 
 
 def thumbnails(pixels: np.ndarray | Image.Image) -> dict[int, bytes]:

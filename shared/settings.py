@@ -103,11 +103,11 @@ class Settings(BaseSettings):
 
     @cached_property
     def db_url(self) -> str:
-        return self.database_url or f"sqlite:///{(self.data_dir / 'pixelproof.db').resolve()}"
+        return self.database_url or f"sqlite:///{self.data_dir / 'pixelproof.db'}"
 
     @cached_property
     def upload_dir(self) -> Path:
-        return (self.storage_dir or self.data_dir / "uploads").resolve()
+        return self.storage_dir or self.data_dir / "uploads"
 
     def exposure_problem(self) -> str | None:
         """Why the web must not start as configured: reachable from other machines with no token asked."""

@@ -29,8 +29,7 @@ def healthy(base: str) -> bool:
 
 def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_") and k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update({"PORT": str(port), "PIXELPROOF_DATA_DIR": str(tmp_path / "var"), "PYTHONUNBUFFERED": "1"})
+    env = _up_env(tmp_path, port)
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "pixelproof.cli", "up"], cwd=REPO_ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)

@@ -55,13 +55,11 @@ def job_status(session: Session, job: Job) -> dict:
         .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
         .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
     ) or 0
-    # Oldest to newest by when a worker last loaded them (then by name): "model" is the newest, not the
-    # alphabetically last.
-    loaded = dict(session.execute(select(ModelVersion.version, ModelVersion.loaded_at)).all())
-    versions = sorted(
-        (v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v),
-        key=lambda v: (_iso(loaded.get(v)) or "", v),
-    )
+    used = [v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v]
+    # One query for their records; _model then finds each in the session. Oldest to newest by when a worker
+    # last loaded them (then by name): "model" is the newest, not the alphabetically last.
+    loaded = {m.version: m.loaded_at for m in session.scalars(select(ModelVersion).where(ModelVersion.version.in_(used)))}
+    models = [_model(session, v) for v in sorted(used, key=lambda v: (_iso(loaded.get(v)) or "", v))]
     total = sum(by_status.values())
     done = by_status.get(DONE, 0) + by_status.get(ERROR, 0)
     if total and done == total:
@@ -83,8 +81,8 @@ def job_status(session: Session, job: Job) -> dict:
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "finished_at": _iso(finished[0]) if status == "done" else None,
-        "model": _model(session, versions[-1]) if versions else None,
-        "models": [_model(session, v) for v in versions],
+        "model": models[-1] if models else None,
+        "models": models,
     }
 
 

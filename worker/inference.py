@@ -16,16 +16,14 @@ from shared.evidence import gather as gather_evidence
 from shared.imaging import (
     ImageRejected,
     Prepared,
-    load_rgb,
     preprocess_bytes,
-    thumbnails,
+    thumbnails_of_bytes,
 )
 from shared.limits import BATCH_SIZE, MAX_JPEG_SCANS, MAX_PIXELS
 from shared.logs import kv
 from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.device import pick_device, precision_name
 from shared.modeling.scorer import score_prepared
-from shared.thumbnails import THUMBNAIL_SIZES
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +119,7 @@ class Classifier:
 def thumbnails_of(read: Callable[[], bytes], max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> dict[int, bytes] | None:
     """Thumbnails alone, for content whose prediction was cached before thumbnails were stored."""
     try:
-        return thumbnails(load_rgb(read(), max_pixels, target=max(THUMBNAIL_SIZES), max_scans=max_scans))
+        return thumbnails_of_bytes(read(), max_pixels, max_scans)
     except Exception:  # noqa: BLE001 - a cached error already says why this file is not an image
         return None
 
