@@ -34,9 +34,22 @@ def _user_errors_exit_2(command):
     return run
 
 
+def _preprocessing(args: argparse.Namespace):
+    """The flags given, over Preprocessing's defaults; with --init-from and none given, the checkpoint's own
+    (fine-tuning must feed the model what it was trained on)."""
+    from shared.imaging import Preprocessing
+
+    given = {k: v for k, v in (("input_size", args.input_size), ("resize", args.resize),
+                               ("max_crops", args.max_crops)) if v is not None}
+    if args.init_from and not given:
+        from shared.modeling.checkpoint import read_meta
+
+        return read_meta(Path(args.init_from)).preprocessing
+    return Preprocessing(**given)
+
+
 @_user_errors_exit_2
 def _train(args: argparse.Namespace) -> int:
-    from shared.imaging import Preprocessing
     from shared.logs import setup_logging
     from training.train import TrainConfig, train
 
@@ -50,7 +63,7 @@ def _train(args: argparse.Namespace) -> int:
         teacher=args.teacher or "", distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
         workers=args.workers, holdout=tuple(h for h in (args.holdout or "").split(",") if h),
         crops_per_image=args.crops_per_image, crop_augment=json.loads(args.crop_augment), max_minutes=args.max_minutes,
-        preprocessing=Preprocessing(input_size=args.input_size, resize=args.resize, max_crops=args.max_crops),
+        preprocessing=_preprocessing(args),
     )
     path, meta = train(cfg)
     print(f"checkpoint {path} version {meta.version}")
@@ -98,6 +111,19 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_reviews(args: argparse.Namespace) -> int:
+    from shared.db import Database
+    from shared.reviews import export_reviews
+    from shared.settings import load_settings
+    from shared.storage import LocalStorage
+
+    settings = load_settings()
+    counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
+    print(f"exported {counts['real']} real and {counts['fake']} fake images to {args.out} "
+          f"({counts['unsure']} unsure and {counts['missing']} with a missing upload left out)")
+    return 0
+
+
 def _exec(cmd: list[str]) -> int:
     import os
 
@@ -131,7 +157,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     try:
         return submit(Path(args.directory), args.server, args.token, args.wait,
-                      Path(args.out) if args.out else None, args.format, args.files_per_request)
+                      Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url)
     except SubmitError as exc:
         print(f"pixelproof submit: {exc}", file=sys.stderr)
         return 2
@@ -204,7 +230,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
     s.add_argument("--files-per-request", type=int, default=None,
                    help="files per upload request (default: 200, fewer when they are large)")
+    s.add_argument("--callback-url", default=None,
+                   help="the server POSTs the job's summary here, signed, when it finishes (it must be under an "
+                        "address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
     s.set_defaults(func=_submit)
+
+    x = _parser(sub, "export-reviews", "write the images people reviewed as real or fake into an image folder "
+                "(OUT/real, OUT/fake, and OUT/reviews.csv) that `pixelproof train --data OUT --init-from CHECKPOINT` "
+                "fine-tunes on; reads the database and storage named by the settings", SERVICE_ENV)
+    x.add_argument("out", help="folder to write (created; files already there are kept)")
+    x.add_argument("--job", action="append", default=None, help="only this job (repeat for several; default: all)")
+    x.set_defaults(func=_export_reviews)
 
     t = _parser(sub, "train", "train a model from an image folder (real/, fake/), a parquet folder or a Hugging Face "
                 "dataset, and write a self-describing checkpoint")
@@ -237,11 +273,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-minutes", type=float, default=0.0,
                    help="after the first epoch, shorten the schedule to the epochs that fit in this many minutes")
     t.add_argument("--name", default="pixelproof", help="model name, the first part of the checkpoint's version")
-    t.add_argument("--input-size", type=int, default=32, help="the model's input side; with native_crops, the crop side")
-    t.add_argument("--resize", default="squash", choices=list(ROUTES),
+    # Preprocessing: unset flags take Preprocessing's defaults (32, squash, 9), or --init-from's checkpoint's.
+    t.add_argument("--input-size", type=int, default=None,
+                   help="the model's input side; with native_crops, the crop side (32, or --init-from's)")
+    t.add_argument("--resize", default=None, choices=list(ROUTES),
                    help="squash/center_crop: the whole image resized to the input; native_crops: a grid of crops "
-                        "at the image's own resolution")
-    t.add_argument("--max-crops", type=int, default=9, help="native_crops: crops scored per image at most")
+                        "at the image's own resolution (squash, or --init-from's)")
+    t.add_argument("--max-crops", type=int, default=None,
+                   help="native_crops: crops scored per image at most (9, or --init-from's)")
     t.add_argument("--holdout", help="native_crops: comma-separated sources (file names <source>__<id>) kept out of "
                                      "training and scored at the end")
     t.add_argument("--crops-per-image", type=int, default=1, help="native_crops: random crops of each image per epoch")

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from shared.logs import kv, setup_logging
+from shared.metrics import ENV as METRICS_ENV
+from shared.metrics import clear_folder
 from shared.migrate import upgrade
 from shared.queue import QUEUE
 from shared.settings import Settings, SettingsError, load_settings
@@ -143,7 +145,9 @@ def up() -> int:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     # The paths as this process resolved them (absolute), so every child opens the same database and files.
     env = {**os.environ, "PIXELPROOF_DATA_DIR": str(settings.data_dir), "PIXELPROOF_MODEL_PATH": str(settings.model_path),
-           "PIXELPROOF_STORAGE_DIR": str(settings.upload_dir), "DATABASE_URL": settings.db_url}
+           "PIXELPROOF_STORAGE_DIR": str(settings.upload_dir), "DATABASE_URL": settings.db_url,
+           METRICS_ENV: os.environ.get(METRICS_ENV, str(settings.prometheus_dir))}
+    clear_folder(Path(env[METRICS_ENV]))  # the files of processes from an earlier run would be added in
     redis = None
     if not settings.redis_url:
         redis = EmbeddedRedis(settings.data_dir / "redis").start()

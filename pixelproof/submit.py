@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -92,11 +93,23 @@ class Client:
                               "e.g. http://127.0.0.1:8000")
         return self._check(resp)
 
-    def upload(self, batch: list[tuple[Path, str]], job_id: str | None) -> dict:
+    def upload(self, batch: list[tuple[Path, str]], job_id: str | None, callback_url: str | None = None,
+               tries: int = 3) -> dict:
+        """One request, sent again with the same Idempotency-Key when no answer came back: the server then
+        answers with the job the first one made, and no file is added twice."""
         url = f"{self.server}/api/jobs" + (f"/{job_id}/files" if job_id else "")
-        with ExitStack() as stack:
-            parts = [("files", (name, stack.enter_context(open(path, "rb")))) for path, name in batch]
-            resp = self.http.post(url, files=parts, timeout=self.timeout)
+        params = {"callback_url": callback_url} if callback_url and not job_id else {}
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(1, tries + 1):
+            try:
+                with ExitStack() as stack:
+                    parts = [("files", (name, stack.enter_context(open(path, "rb")))) for path, name in batch]
+                    resp = self.http.post(url, files=parts, params=params, headers=headers, timeout=self.timeout)
+                break
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                if attempt == tries or (isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()):
+                    raise
+                print(f"warning: no answer to an upload ({type(exc).__name__}); sending it again", file=sys.stderr)
         if resp.status_code == 503 and (job := _json(resp).get("job")):
             # The queue is down but the files are stored in the job; the server queues them when it is back.
             print(f"warning: {_json(resp).get('error')}", file=sys.stderr)
@@ -158,7 +171,7 @@ def skip_refused(files: list[tuple[Path, str]], limits: dict) -> list[tuple[Path
 
 
 def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
-           files_per_request: int | None = None) -> int:
+           files_per_request: int | None = None, callback_url: str | None = None) -> int:
     server = check_server(server)
     check_out(out, wait)
     files = collect(directory)
@@ -172,18 +185,20 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
     # leave=False: a failure prints its message once, not after a second rendering of the bar
     with tqdm(total=len(files), unit="file", desc="upload", leave=False) as bar:
         for batch in batches(files, files_per_request):
-            job = client.upload(batch, job["id"] if job else None)
+            job = client.upload(batch, job["id"] if job else None, callback_url)
             bar.update(len(batch))
     print(f"uploaded {len(files)} files to job {job['id']}: {server}/?job={job['id']}", file=sys.stderr)
     if not wait:
         print(job["id"])
         return 0
     with tqdm(total=job["total"], unit="image", desc="classify", leave=False) as bar:
-        while job["status"] != "done":
+        while job["status"] not in ("done", "cancelled"):
             job = client.job(job["id"], wait=20, done=job["done"])
             bar.update(job["done"] - bar.n)
     items = client.results(job["id"])
     model = job["model"]["version"] if job.get("model") else "?"
+    if job["status"] == "cancelled":
+        print(f"the job was cancelled: {job['cancelled']} of {job['total']} images were not classified")
     print(f"done: {job['total']} images, real {job['counts']['real']}, AI-generated {job['counts']['fake']}, "
           f"uncertain {job['counts'].get('uncertain', 0)}, errors {job['errors']} (model {model})")
     if out:

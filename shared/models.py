@@ -21,13 +21,19 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from shared.scoring import LABELS  # noqa: F401 - the label names, owned by the rule that gives them
 
-QUEUED, RUNNING, DONE, ERROR = "queued", "running", "done", "error"
-TERMINAL = (DONE, ERROR)
+QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
+TERMINAL = (DONE, ERROR, CANCELLED)
+STATUSES = (QUEUED, RUNNING, DONE, ERROR, CANCELLED)
+UNFINISHED = (QUEUED, RUNNING)
+# A person's verdict on a result (POST .../review); "unsure" is recorded but never exported for training.
+REVIEW_VERDICTS = ("real", "fake", "unsure")
+# Where a job's webhook stands: due once the job finishes, then delivered or given up on.
+WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "failed"
 # The columns of a result as the API and the CLI export it (CSV header order). real_below and fake_from are the
 # thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake); evidence
 # is what the file says about itself (JSON: kind, says, strength, detail; shared.evidence).
 RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",
-                 "model_version", "image_width", "image_height", "regions", "evidence")
+                 "model_version", "image_width", "image_height", "regions", "evidence", "review", "review_note")
 
 
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, CSV injection).
@@ -68,10 +74,18 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_job_id)
     owner: Mapped[str | None] = mapped_column(String(64), index=True)  # sha256 of the API token, if any
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
+    cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Webhook: POSTed the job summary once it finishes (shared.webhooks); status NULL until then.
+    callback_url: Mapped[str | None] = mapped_column(String(2048))
+    webhook_status: Mapped[str | None] = mapped_column(String(16))
+    webhook_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # last claim or attempt
+    # Each time the job finishes (again, after files were added) its webhook is due again: a new round.
+    webhook_round: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
-    images: Mapped[list[ImageItem]] = relationship(back_populates="job", cascade="all, delete-orphan")
+    images: Mapped[list[ImageItem]] = relationship(back_populates="job", cascade="all, delete-orphan",
+                                                   passive_deletes=True)
 
 
 class ImageItem(Base):
@@ -127,3 +141,41 @@ class ModelVersion(Base):
     thresholds: Mapped[dict | None] = mapped_column(JSON)
     notes: Mapped[dict | None] = mapped_column(JSON)  # {"scope": str, "limits": [str], "card": path}
     loaded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)  # latest load
+
+
+class WebhookAttempt(Base):
+    """One POST of a job's webhook, kept so the job's JSON can show what the receiver answered."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    round: Mapped[int] = mapped_column(Integer)
+    attempt: Mapped[int] = mapped_column(Integer)  # 1, 2, ... within its round
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    ms: Mapped[float] = mapped_column(Float)
+
+
+class IdempotencyKey(Base):
+    """A client's Idempotency-Key, so a request retried after a timeout returns the job it already made."""
+
+    __tablename__ = "idempotency_keys"
+
+    owner: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" when no API tokens are configured
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request: Mapped[str] = mapped_column(String(64))  # "create", or "files:<job id>"
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Review(Base):
+    """A person's verdict on one result, and why: shown beside the model's, exported for fine-tuning."""
+
+    __tablename__ = "reviews"
+
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True)
+    verdict: Mapped[str] = mapped_column(String(8))
+    note: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

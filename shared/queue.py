@@ -9,6 +9,8 @@ from .settings import Settings
 
 CLASSIFY_TASK = "pixelproof.classify"
 SWEEP_TASK = "pixelproof.sweep"
+WEBHOOK_TASK = "pixelproof.deliver_webhook"
+RETENTION_TASK = "pixelproof.retention"
 QUEUE = "pixelproof"
 
 
@@ -33,10 +35,17 @@ def create_celery(settings: Settings) -> Celery:
         broker_connection_timeout=3,
         task_publish_retry=True,
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
-        beat_schedule={"sweep-stale-images": {"task": SWEEP_TASK, "schedule": settings.sweep_interval}},
+        beat_schedule=beat_schedule(settings),
     )
     app.pixelproof_settings = settings
     return app
+
+
+def beat_schedule(settings: Settings) -> dict:
+    schedule = {"sweep-stale-images": {"task": SWEEP_TASK, "schedule": settings.sweep_interval}}
+    if settings.retention_days:
+        schedule["delete-expired-jobs"] = {"task": RETENTION_TASK, "schedule": settings.retention_interval_s}
+    return schedule
 
 
 def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:

@@ -10,7 +10,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from . import limits
@@ -71,11 +71,26 @@ class Settings(BaseSettings):
     stale_after: int = Field(default=900, ge=1)  # seconds before the sweeper re-enqueues an unfinished image
     sweep_interval: float = Field(default=10.0, gt=0)  # an indexed query; also how soon unsent images go out
     worker_max_memory_kb: int = Field(default=2_000_000, ge=100_000)
+
+    # Webhooks (shared.webhooks): nothing is sent to an address outside the allow-list (comma-separated URL
+    # prefixes: scheme, host and port must match, the path must be under the entry's). Empty: webhooks off.
+    webhook_allowlist: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_secret: str | None = Field(default=None, min_length=16)  # HMAC-SHA256 key of the signatures
+    webhook_max_attempts: int = Field(default=6, ge=1, le=30)
+    webhook_backoff_s: float = Field(default=10.0, gt=0, le=3600)  # first retry delay; doubled each time
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+
+    # Retention: jobs older than this many days are deleted, with their uploads (off when unset).
+    retention_days: float | None = Field(default=None, gt=0)
+    retention_interval_s: float = Field(default=3600.0, gt=0)  # how often the beat schedule looks
+
+    # Prometheus multi-process files of the web and worker processes (shared.metrics); default data_dir/metrics.
+    metrics_dir: Path | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("api_tokens", mode="before")
+    @field_validator("api_tokens", "webhook_allowlist", mode="before")
     @classmethod
-    def _split_tokens(cls, value: object) -> object:
+    def _split_list(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(t.strip() for t in value.split(",") if t.strip())
         return value
@@ -94,7 +109,25 @@ class Settings(BaseSettings):
             raise ValueError("must be a redis:// URL")
         return value
 
-    @field_validator("data_dir", "storage_dir", "model_path")
+    @field_validator("webhook_allowlist")
+    @classmethod
+    def _url_prefixes(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from urllib.parse import urlsplit
+
+        for entry in value:
+            parts = urlsplit(entry)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+                raise ValueError(f"{entry!r} is not an http(s)://host[:port][/path] prefix")
+        return value
+
+    @model_validator(mode="after")
+    def _webhooks_signed(self) -> Settings:
+        if self.webhook_allowlist and not self.webhook_secret:
+            raise ValueError("PIXELPROOF_WEBHOOK_SECRET must be set (16+ characters) when "
+                             "PIXELPROOF_WEBHOOK_ALLOWLIST is: every webhook is signed with it")
+        return self
+
+    @field_validator("data_dir", "storage_dir", "model_path", "metrics_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         """Made absolute once, against the directory the process starts in; `pixelproof up` hands the absolute
@@ -108,6 +141,10 @@ class Settings(BaseSettings):
     @cached_property
     def upload_dir(self) -> Path:
         return self.storage_dir or self.data_dir / "uploads"
+
+    @cached_property
+    def prometheus_dir(self) -> Path:
+        return self.metrics_dir or self.data_dir / "metrics"
 
     def exposure_problem(self) -> str | None:
         """Why the web must not start as configured: reachable from other machines with no token asked."""
@@ -145,6 +182,14 @@ def _is_loopback(host: str) -> bool:
         return False  # a host name: it may resolve anywhere
 
 
+def _env_name(field: str) -> str:
+    """The variable a field is read from (DATABASE_URL, PORT, or PIXELPROOF_<NAME>)."""
+    info = Settings.model_fields.get(field)
+    if info is not None and isinstance(info.validation_alias, str):
+        return info.validation_alias
+    return "PIXELPROOF_" + field.upper()
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build settings from the environment, failing with one readable message per bad variable."""
     try:
@@ -152,6 +197,7 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            name = str(err["loc"][0]) if err["loc"] else "?"
-            lines.append(f"  {name.upper()}: {err['msg']} (got {err.get('input')!r})")
+            name = _env_name(str(err["loc"][0])) if err["loc"] else "settings"
+            got = f" (got {err.get('input')!r})" if err["loc"] else ""
+            lines.append(f"  {name}: {err['msg']}{got}")
         raise SettingsError("Invalid Pixelproof settings:\n" + "\n".join(lines)) from None

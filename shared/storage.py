@@ -72,6 +72,13 @@ class LocalStorage:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
         self.path(sha256).unlink(missing_ok=True)
 
+    def remove(self, sha256: str) -> None:
+        """Remove an upload and its thumbnails (a deleted job's file that no other job refers to)."""
+        self.path(sha256).unlink(missing_ok=True)
+        for folder in (self.root / "thumbnails").glob("*"):
+            if folder.name.isdigit():
+                self.thumbnail_path(sha256, int(folder.name)).unlink(missing_ok=True)
+
     def problem(self) -> str | None:
         """Why uploads cannot be stored right now (for /healthz), or None."""
         try:

@@ -90,7 +90,8 @@ def sqlite_url(tmp_path):
 
 def service_env(db_url: str, redis_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
     """The environment a web or worker process of the stack under test runs with."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_")}
+    # Each stack writes its metrics to its own data dir (never to a folder an in-process app named earlier).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIXELPROOF_") and k != "PROMETHEUS_MULTIPROC_DIR"}
     env.update({
         "DATABASE_URL": db_url, "REDIS_URL": redis_url, "PIXELPROOF_DATA_DIR": str(data_dir),
         "PIXELPROOF_MODEL_PATH": str(DEFAULT_CHECKPOINT), "PIXELPROOF_TORCH_THREADS": "1",
@@ -107,13 +108,14 @@ def stack_env(db_url, redis_server, tmp_path):
 
 
 @pytest.fixture
-def make_app(monkeypatch):
+def make_app(monkeypatch, tmp_path):
     """Build the real Flask app from an environment, as gunicorn would."""
     from web.app import create_app
 
     def build(env: dict[str, str]):
         for key in [k for k in os.environ if k.startswith("PIXELPROOF_") or k in ("DATABASE_URL", "REDIS_URL")]:
             monkeypatch.delenv(key)
+        monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path / "app-metrics"))
         for key, value in env.items():
             monkeypatch.setenv(key, value)
         app = create_app(load_settings())
@@ -163,6 +165,7 @@ def start_web_only(redis_server, tmp_path):
                                  tmp_path / "web.log", port))
         return f"http://127.0.0.1:{port}"
 
+    start.data_dir = tmp_path / "data"
     yield start
     for web in started:
         web.stop()

@@ -12,7 +12,7 @@ from shared.migrate import upgrade
 from shared.models import ImageItem, Job, Prediction, utcnow
 from shared.settings import DEFAULT_CHECKPOINT
 from shared.storage import LocalStorage
-from web.jobs import Upload, add_images
+from shared.jobs import Upload, add_images
 from worker.inference import Classifier
 from worker.service import classify_images, sweep_stale
 

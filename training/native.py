@@ -84,7 +84,10 @@ def split_validation(data: NativeSet, fraction: float, seed: int) -> tuple[Nativ
     for src in sorted(set(sources)):
         for label in (0, 1):
             idx = np.flatnonzero((sources == src) & (data.labels == label))
-            val += list(rng.permutation(idx)[: int(round(len(idx) * fraction))])
+            # At least one of each class per source that has two: thresholds need both classes in validation
+            # (a small fine-tuning set, e.g. reviewed images, would otherwise round one class away).
+            n = max(1, int(round(len(idx) * fraction))) if len(idx) >= 2 and fraction > 0 else 0
+            val += list(rng.permutation(idx)[:n])
     val_mask = np.zeros(len(data), dtype=bool)
     val_mask[val] = True
     return data.subset(np.flatnonzero(~val_mask)), data.subset(np.flatnonzero(val_mask))

@@ -1,4 +1,4 @@
-"""REST API. Handlers translate HTTP to the job functions in :mod:`web.jobs` and back."""
+"""REST API. Handlers translate HTTP to the job functions in :mod:`shared.jobs` and back."""
 from __future__ import annotations
 
 import csv
@@ -23,14 +23,30 @@ from kombu.exceptions import OperationalError as BrokerError
 from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, text, update
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
+from shared import jobs, webhooks
+from shared.deletion import delete_jobs
+from shared.events import publish_changes
 from shared.logs import kv
-from shared.models import DONE, ERROR, RESULT_FIELDS, ImageItem, Job, csv_cells, utcnow
-from shared.queue import enqueue_images
+from shared.metrics import record
+from shared.models import (
+    DONE,
+    ERROR,
+    LABELS,
+    RESULT_FIELDS,
+    REVIEW_VERDICTS,
+    STATUSES,
+    IdempotencyKey,
+    ImageItem,
+    Job,
+    csv_cells,
+    utcnow,
+)
+from shared.queue import WEBHOOK_TASK, enqueue_images
 from shared.thumbnails import rendition
 
-from . import jobs
 from .auth import current_owner
 from .errors import ApiError
 from .openapi import OPENAPI
@@ -99,24 +115,85 @@ def _job_full(already: int, adding: int) -> ApiError:
                          "nothing from this request was added")
 
 
-def _accept(job: Job, parts: list[StoredPart], created: bool) -> Response:
+def _discard(parts: list[StoredPart]) -> None:
+    """Remove the blobs this request created, unless a committed image refers to them: a concurrent request
+    for the same bytes (a retried upload) may have found this request's blob and committed first."""
+    created = [p for p in parts if p.created]
+    if not created:
+        return
+    try:
+        with services().db.session() as s:
+            held = set(s.scalars(select(ImageItem.sha256).where(ImageItem.sha256.in_({p.sha256 for p in created}))))
+    except OperationalError:  # the database is what failed: keep the files rather than guess
+        return
+    discard(services().storage, [p for p in created if p.sha256 not in held])
+
+
+IDEMPOTENCY_HEADER = "Idempotency-Key"
+
+
+def _idempotency_key() -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
+        raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters (a UUID is typical)")
+    return key
+
+
+def _replay(owner: str | None, key: str | None, what: str) -> Response | None:
+    """The answer a request with this Idempotency-Key already got: its job, as it is now."""
+    if key is None:
+        return None
+    row = db_session().get(IdempotencyKey, (owner or "", key))
+    if row is None:
+        return None
+    if row.request != what:
+        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({row.request}); "
+                            "use a new key for each distinct request")
+    job = db_session().get(Job, row.job_id)
+    resp = jsonify(jobs.job_status(db_session(), job))
+    resp.status_code = 202
+    resp.headers["Location"] = url_for("api.get_job", job_id=job.id)
+    resp.headers["Idempotent-Replayed"] = "true"
+    log.info(kv(event="idempotent_replay", job_id=job.id, request=what))
+    return resp
+
+
+def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = None) -> Response:
     """Commit first, then enqueue: a worker never sees an id the database does not have."""
     session = db_session()
+    what = "create" if created else f"files:{job.id}"
     try:
         if not created:
             # Take the job's row lock (PostgreSQL) or the database's write lock (SQLite) before counting, so
-            # concurrent requests adding to one job are counted one after the other against its limit.
-            session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow()))
+            # concurrent requests adding to one job are counted one after the other against its limit. New
+            # files make the job unfinished again: its webhook is due again when they are done.
+            session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow(), webhook_status=None))
+            session.refresh(job)
+            if job.cancelled_at is not None:
+                raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
             already = jobs.count_images(session, job.id)
             if already + len(parts) > services().settings.max_files_per_job:
                 raise _job_full(already, len(parts))
         uploads = [jobs.Upload(filename=p.filename, sha256=p.sha256, size_bytes=p.size_bytes) for p in parts]
         ids = jobs.add_images(session, job, uploads)
+        if key is not None:
+            session.add(IdempotencyKey(owner=job.owner or "", key=key, request=what, job_id=job.id))
         session.commit()
+    except IntegrityError:
+        # The same Idempotency-Key committed by a concurrent twin of this request: answer with its job.
+        session.rollback()
+        _discard(parts)
+        replay = _replay(job.owner, key, what)
+        if replay is None:
+            raise
+        return replay
     except BaseException:
         session.rollback()
-        discard(services().storage, parts)  # nothing from a refused request stays on disk
+        _discard(parts)  # nothing from a refused request stays on disk
         raise
+    record("submitted", len(ids))
     log.info(kv(event="files_accepted", job_id=job.id, files=len(ids), created=created))
     try:
         enqueue_images(services().celery, ids, services().settings.batch_size)
@@ -139,20 +216,123 @@ def _accept(job: Job, parts: list[StoredPart], created: bool) -> Response:
 @api.post("/api/jobs")
 def create_job():
     owner = current_owner()
+    key = _idempotency_key()
+    replay = _replay(owner, key, "create")  # before reading the body: a retry is not stored twice
+    if replay is not None:
+        return replay
+    callback_url = request.args.get("callback_url") or None
+    if callback_url is not None:
+        problem = webhooks.url_problem(callback_url, services().settings.webhook_allowlist)
+        if problem:
+            raise ApiError(400, problem)
     _check_rate(owner)
     parts = _store_uploads(0)
-    job = Job(owner=owner)
+    job = Job(owner=owner, callback_url=callback_url)
     db_session().add(job)
-    return _accept(job, parts, created=True)
+    return _accept(job, parts, created=True, key=key)
 
 
 @api.post("/api/jobs/<job_id>/files")
 def add_files(job_id: str):
     owner = current_owner()
-    _check_rate(owner)
+    key = _idempotency_key()
     job = _job_or_404(job_id, owner)
+    replay = _replay(owner, key, f"files:{job.id}")
+    if replay is not None:
+        return replay
+    if job.cancelled_at is not None:
+        raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
+    _check_rate(owner)
     parts = _store_uploads(jobs.count_images(db_session(), job.id))
-    return _accept(job, parts, created=False)
+    return _accept(job, parts, created=False, key=key)
+
+
+@api.post("/api/jobs/<job_id>/cancel")
+def cancel_job(job_id: str):
+    """Stop a job: its queued images are never classified; finished ones keep their results."""
+    owner = current_owner()
+    session = db_session()
+    job = _job_or_404(job_id, owner)
+    session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow()))  # one cancel at a time
+    session.refresh(job)
+    if job.cancelled_at is None and jobs.job_status(session, job)["status"] == "done":
+        session.rollback()
+        raise ApiError(409, f"job {job.id} has already finished: there is nothing left to cancel")
+    cancelled = jobs.cancel(session, job)
+    session.commit()
+    record("cancelled", cancelled)
+    log.info(kv(event="job_cancelled", job_id=job.id, images=cancelled))
+    _job_changed(session, job.id)
+    return jsonify(jobs.job_status(session, job))
+
+
+@api.delete("/api/jobs/<job_id>")
+def delete_job(job_id: str):
+    """Delete a job for good: its rows, and the stored uploads, thumbnails and cached verdicts of content that
+    no other job refers to."""
+    owner = current_owner()
+    session = db_session()
+    job = _job_or_404(job_id, owner)
+    jobs.cancel(session, job)  # workers skip its images from now on
+    session.commit()
+    session.close()
+    deleted = delete_jobs(services().db, services().storage, [job.id])
+    record("deleted", deleted.jobs, why="request")
+    _notify(job.id)
+    return jsonify({"deleted": job.id, "images": deleted.images, "files_removed": deleted.files_removed,
+                    "files_kept": deleted.files_kept})
+
+
+def _notify(job_id: str) -> None:
+    try:
+        publish_changes(Redis.from_url(services().settings.broker_url(), socket_timeout=2, socket_connect_timeout=2),
+                        [job_id])
+    except (RedisError, OSError):
+        pass  # a notice is a hint; waiters re-read the database anyway
+
+
+def _job_changed(session: Session, job_id: str) -> None:
+    """After a commit that finished a job here (a cancel): wake its long-polls and send its webhook."""
+    _notify(job_id)
+    for due in webhooks.claim_finished(session, [job_id]):
+        try:
+            services().celery.send_task(WEBHOOK_TASK, args=[due])
+        except (BrokerError, RedisError, OSError) as exc:  # the sweeper re-sends due webhooks later
+            log.error(kv(event="webhook_not_queued", job_id=due, reason=str(exc)))
+
+
+@api.post("/api/jobs/<job_id>/images/<int:image_id>/review")
+def review_image(job_id: str, image_id: int):
+    """A person's verdict on one result (real / fake / unsure) and a note; sending another replaces it."""
+    owner = current_owner()
+    session = db_session()
+    job = _job_or_404(job_id, owner)
+    item = _image_or_404(job, image_id)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise ApiError(400, 'send JSON: {"verdict": "real" | "fake" | "unsure", "note": "..."}')
+    verdict, note = body.get("verdict"), body.get("note")
+    if verdict not in REVIEW_VERDICTS:
+        raise ApiError(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
+    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
+        raise ApiError(400, f"note must be text of at most {MAX_NOTE} characters")
+    jobs.set_review(session, item.id, verdict, note or None)
+    session.commit()
+    log.info(kv(event="reviewed", job_id=job.id, image_id=item.id, verdict=verdict, model_label=item.label))
+    items, _ = jobs.results_page(session, job.id, str(item.id - 1), 1)
+    return jsonify(items[0])
+
+
+MAX_NOTE = 2000
+
+
+def _image_or_404(job: Job, image_id: int) -> ImageItem:
+    item = None
+    if image_id <= MAX_ID:  # a larger number is no row's id, and would overflow the database's integer
+        item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
+    if item is None:
+        raise ApiError(404, f"job {job.id} has no image {image_id}")
+    return item
 
 
 @api.get("/api/jobs/<job_id>")
@@ -168,13 +348,13 @@ def get_job(job_id: str):
     wait = min(_number_arg("wait", 0.0, 0, 1e9), MAX_WAIT_S)
     seen = request.args.get("done", type=int)
     body = jobs.job_status(session, job)
-    if not wait > 0 or body["done"] != seen or body["status"] == "done":
+    if not wait > 0 or body["done"] != seen or body["status"] in jobs.FINAL_STATUSES:
         return jsonify(body)
     watcher = services().watcher
     try:
         with watcher.slot(_client_key(owner)), watcher.watching(job.id) as changed:
             deadline = time.monotonic() + wait
-            while body["done"] == seen and body["status"] != "done":
+            while body["done"] == seen and body["status"] not in jobs.FINAL_STATUSES:
                 session.rollback()  # end the snapshot (and free the connection) while waiting
                 left = deadline - time.monotonic()
                 if left <= 0:
@@ -196,27 +376,50 @@ def get_results(job_id: str):
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(400, "format must be 'json' or 'csv'")
+    filt = _result_filter()
     if request.args.get("download"):
-        return _download(job.id, fmt)
+        return _download(job.id, fmt, filt)
     limit = int(_number_arg("limit", 100, 1, MAX_PAGE))
     cursor = request.args.get("cursor", "0")
-    if not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID):
+    if len(cursor) > 2000 or (filt.sort == "id" and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID)):
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
-    items, next_id = jobs.results_page(db_session(), job.id, int(cursor), limit)
+    try:
+        items, next_cursor = jobs.results_page(db_session(), job.id, cursor, limit, filt)
+    except jobs.BadCursor:
+        raise ApiError(400, "cursor must be the next_cursor value of the previous page, with the same sort") from None
     if fmt == "csv":
         resp = Response(_csv(items), mimetype="text/csv")
-        if next_id is not None:
-            resp.headers["X-Next-Cursor"] = str(next_id)
+        if next_cursor is not None:
+            resp.headers["X-Next-Cursor"] = next_cursor
         return resp
-    return jsonify({"job_id": job.id, "items": items, "next_cursor": str(next_id) if next_id is not None else None})
+    return jsonify({"job_id": job.id, "items": items, "next_cursor": next_cursor})
 
 
-def _download(job_id: str, fmt: str) -> Response:
+def _choices(name: str, allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """?name=a,b or ?name=a&name=b, each one of allowed."""
+    values = tuple(v for raw in request.args.getlist(name) for v in raw.split(",") if v)
+    wrong = [v for v in values if v not in allowed]
+    if wrong:
+        raise ApiError(400, f"{name} must be one or more of {', '.join(allowed)} (comma-separated), got {wrong[0][:40]!r}")
+    return values
+
+
+def _result_filter() -> jobs.ResultFilter:
+    sort = request.args.get("sort", "id")
+    if sort not in jobs.SORTS:
+        raise ApiError(400, f"sort must be one of {', '.join(jobs.SORTS)}, got {sort[:40]!r}")
+    p_min = _number_arg("p_min", -1.0, 0, 1)
+    p_max = _number_arg("p_max", -1.0, 0, 1)
+    return jobs.ResultFilter(labels=_choices("label", LABELS), statuses=_choices("status", STATUSES),
+                             p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, sort=sort)
+
+
+def _download(job_id: str, fmt: str, filt: jobs.ResultFilter) -> Response:
     db = services().db
 
     def generate():
         with db.session() as s:
-            rows = jobs.iter_results(s, job_id)
+            rows = jobs.iter_results(s, job_id, filt=filt)
             if fmt == "csv":
                 yield _csv([], header=True)
                 for row in rows:
@@ -247,11 +450,7 @@ def thumbnail(job_id: str, image_id: int):
     """The PNG the worker made when it classified the image: the web never decodes an upload."""
     owner = current_owner()
     job = _job_or_404(job_id, owner)
-    item = None
-    if image_id <= MAX_ID:  # a larger number is no row's id, and would overflow the database's integer
-        item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
-    if item is None:
-        raise ApiError(404, f"job {job_id} has no image {image_id}")
+    item = _image_or_404(job, image_id)
     size = int(_number_arg("size", 96, 16, 512))
     if item.status == ERROR:
         raise ApiError(422, f"no thumbnail: {item.error}")

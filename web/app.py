@@ -6,6 +6,7 @@ import logging
 from flask import Flask, g
 
 from shared.db import Database
+from shared.metrics import use_folder
 from shared.queue import create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
@@ -13,6 +14,7 @@ from shared.storage import LocalStorage
 from .api import api
 from .errors import register_error_handlers
 from .headers import add_security_headers
+from .metrics import make_scrape_collector, metrics_page
 from .origin import refuse_cross_site_writes
 from .pages import pages
 from .ratelimit import RateLimiter
@@ -23,6 +25,7 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or load_settings()
+    use_folder(settings.prometheus_dir)
     app = Flask(__name__)
     app.config.update(
         # Uploads are parsed as a stream by web.uploads (never through request.files); this bounds the body.
@@ -32,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["pixelproof"] = Services(settings)
     app.register_blueprint(api)
     app.register_blueprint(pages)
+    app.register_blueprint(metrics_page)
     register_error_handlers(app)
     add_security_headers(app)
     refuse_cross_site_writes(app)
@@ -59,3 +63,4 @@ class Services:
         self.celery = create_celery(settings)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.watcher = JobWatcher(settings.broker_url(), settings.long_poll_slots, settings.long_poll_per_client)
+        self.scrape_collector = make_scrape_collector(self)

@@ -13,10 +13,31 @@ _UPLOAD = {
     }}},
 }
 _ACCEPTED = {
-    "description": "stored and queued; Location names the job",
-    "headers": {"Location": {"schema": {"type": "string"}}},
+    "description": "stored and queued; Location names the job. A request repeated with the same Idempotency-Key "
+                   "gets the job the first one made (with Idempotent-Replayed: true), and nothing is added twice",
+    "headers": {"Location": {"schema": {"type": "string"}}, "Idempotent-Replayed": {"schema": {"type": "string"}}},
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
 }
+
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255},
+                "description": "any unique string per logical request (a UUID): a retry after a timeout with the "
+                               "same key returns the same job instead of making a second one or adding files twice; "
+                               "a key is remembered as long as its job exists"}
+_IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+_FILTERS = [
+    {"name": "label", "in": "query", "schema": {"type": "string"}, "description": "only these labels: real, fake, "
+     "uncertain (comma-separated)"},
+    {"name": "status", "in": "query", "schema": {"type": "string"}, "description": "only these statuses: queued, "
+     "running, done, error, cancelled (comma-separated)"},
+    {"name": "p_min", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
+     "description": "only p_fake >= p_min"},
+    {"name": "p_max", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
+     "description": "only p_fake <= p_max"},
+    {"name": "sort", "in": "query", "schema": {"enum": ["id", "p_fake", "-p_fake", "filename", "-filename"]},
+     "description": "order (a leading - for descending; ties by id); images without p_fake sort as -1. The cursor "
+                    "of a page belongs to its sort"},
+]
 
 OPENAPI = {
     "openapi": "3.1.0",
@@ -34,9 +55,14 @@ OPENAPI = {
             "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
                       "required": ["error", "status"]},
             "Job": {"type": "object", "required": ["id", "status", "total", "done", "errors", "counts"], "properties": {
-                "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done"]},
-                "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
+                "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
+                "total": {"type": "integer"},
+                "done": {"type": "integer", "description": "images that will not change any more: classified, "
+                         "failed (errors) or cancelled; total = done + queued + running"},
+                "errors": {"type": "integer"}, "cancelled": {"type": "integer"},
                 "queued": {"type": "integer"}, "running": {"type": "integer"},
+                "cancelled_at": {"type": ["string", "null"], "format": "date-time"},
+                "callback": {"$ref": "#/components/schemas/Callback"},
                 "declared_ai": {"type": "integer", "description": "files whose metadata or Content Credentials say "
                                 "they are AI-generated"},
                 "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
@@ -47,6 +73,21 @@ OPENAPI = {
                 "model": {"$ref": "#/components/schemas/Model"},
                 "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             }},
+            "Callback": {"type": ["object", "null"], "description": "the job's webhook (null without "
+                         "callback_url): POSTed {event: job.finished, job: <this Job>} when the job finishes, signed "
+                         "in the Pixelproof-Signature header (README, Webhooks)", "properties": {
+                "url": {"type": "string"},
+                "status": {"enum": ["waiting", "pending", "delivered", "failed"],
+                           "description": "waiting for the job to finish; pending: being delivered (with retries)"},
+                "attempts": {"type": "array", "items": {"type": "object", "properties": {
+                    "round": {"type": "integer", "description": "1 + how many times files were added after the "
+                              "job had finished"},
+                    "attempt": {"type": "integer"}, "at": {"type": "string", "format": "date-time"},
+                    "status_code": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]},
+                    "ms": {"type": "number"}}}}}},
+            "Review": {"type": "object", "required": ["verdict"], "properties": {
+                "verdict": {"enum": ["real", "fake", "unsure"]},
+                "note": {"type": ["string", "null"], "maxLength": 2000}}},
             "Model": {"type": ["object", "null"], "description": "the model that labelled the results, and what "
                       "its checkpoint says it can be trusted on", "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"},
@@ -69,7 +110,7 @@ OPENAPI = {
             "Result": {"type": "object", "properties": {
                 "id": {"type": "integer"}, "filename": {"type": "string"}, "sha256": {"type": "string"},
                 "size_bytes": {"type": "integer"},
-                "status": {"enum": ["queued", "running", "done", "error"]},
+                "status": {"enum": ["queued", "running", "done", "error", "cancelled"]},
                 "label": {"enum": ["real", "fake", "uncertain", None]},
                 "p_fake": {"type": ["number", "null"]},
                 "real_below": {"type": ["number", "null"]}, "fake_from": {"type": ["number", "null"]},
@@ -83,17 +124,46 @@ OPENAPI = {
                                             "mixed into it; in CSV: the same list as compact JSON"},
                 "evidence_note": {"type": ["string", "null"],
                                   "description": "metadata that could not be read (the classification is unaffected)"},
+                "review": {"enum": ["real", "fake", "unsure", None], "description": "a person's verdict, if any"},
+                "review_note": {"type": ["string", "null"]},
             }},
         },
     },
     "security": [{}, {"bearer": []}],
     "paths": {
         "/api/jobs": {"post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
-                               "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
+                               "parameters": [_IDEMPOTENCY, {
+                                   "name": "callback_url", "in": "query", "schema": {"type": "string"},
+                                   "description": "POST the job's summary here, signed, when it finishes; must be "
+                                                  "under an address in the server's PIXELPROOF_WEBHOOK_ALLOWLIST"}],
+                               "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR, "422": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
         "/api/jobs/{job_id}/files": {"post": {"summary": "Add files to a job (send a large folder in several requests)",
-                                              "parameters": [_JOB_ID], "requestBody": _UPLOAD,
-                                              "responses": {"202": _ACCEPTED, "400": _ERR, "403": _ERR, "404": _ERR, "413": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
-        "/api/jobs/{job_id}": {"get": {
+                                              "parameters": [_JOB_ID, _IDEMPOTENCY], "requestBody": _UPLOAD,
+                                              "responses": {"202": _ACCEPTED, "400": _ERR, "403": _ERR, "404": _ERR, "409": {**_ERR, "description": "the job was cancelled"}, "413": _ERR, "422": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
+        "/api/jobs/{job_id}/cancel": {"post": {
+            "summary": "Cancel a job: its queued images are never classified (status cancelled), finished ones keep "
+                       "their results; a cancelled job takes no more files",
+            "parameters": [_JOB_ID],
+            "responses": {"200": _JOB_RESPONSE, "404": _ERR, "409": {**_ERR, "description": "the job already finished"}}}},
+        "/api/jobs/{job_id}/images/{image_id}/review": {"post": {
+            "summary": "Record a person's verdict on one result (sending another replaces it); exported in CSV/JSON "
+                       "and by `pixelproof export-reviews` for fine-tuning",
+            "parameters": [_JOB_ID, _IMAGE_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Review"}}}},
+            "responses": {"200": {"description": "the result with its review", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/Result"}}}}, "400": _ERR, "404": _ERR}}},
+        "/api/jobs/{job_id}": {
+          "delete": {
+            "summary": "Delete a job for good: its rows, and the stored uploads, thumbnails and cached verdicts that "
+                       "no other job refers to",
+            "parameters": [_JOB_ID],
+            "responses": {"200": {"description": "what was deleted", "content": {"application/json": {"schema": {
+                "type": "object", "properties": {"deleted": {"type": "string"}, "images": {"type": "integer"},
+                                                 "files_removed": {"type": "integer"},
+                                                 "files_kept": {"type": "integer", "description": "uploads other "
+                                                                "jobs also hold"}}}}}},
+                          "404": _ERR}},
+          "get": {
             "summary": "Job status and totals; long-poll with wait and done",
             "parameters": [_JOB_ID,
                            {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 30},
@@ -101,15 +171,14 @@ OPENAPI = {
                                            "bounded per web process and per client (429 with Retry-After past them)"},
                            {"name": "done", "in": "query", "schema": {"type": "integer"},
                             "description": "the `done` value the client already has"}],
-            "responses": {"200": {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}},
-                          "404": _ERR, "429": _ERR}}},
+            "responses": {"200": _JOB_RESPONSE, "404": _ERR, "429": _ERR}}},
         "/api/jobs/{job_id}/results": {"get": {
             "summary": "Results, paginated by cursor, or the whole job as a CSV/JSON download",
             "parameters": [_JOB_ID,
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
                            {"name": "cursor", "in": "query", "schema": {"type": "string"}},
                            {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
-                           {"name": "download", "in": "query", "schema": {"type": "integer"}}],
+                           {"name": "download", "in": "query", "schema": {"type": "integer"}}, *_FILTERS],
             "responses": {"200": {"description": "a page of results", "content": {
                 "application/json": {"schema": {"type": "object", "properties": {
                     "job_id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
@@ -118,7 +187,7 @@ OPENAPI = {
         "/api/jobs/{job_id}/images/{image_id}/thumbnail": {"get": {
             "summary": "A PNG thumbnail the worker made when it classified the image (uploads are never served "
                        "back, nor decoded by the web); send the token in the Authorization header",
-            "parameters": [_JOB_ID, {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}},
+            "parameters": [_JOB_ID, _IMAGE_ID,
                            {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 512},
                             "description": "the smallest stored rendition (128 or 512 px on the longer side) at least "
                                            "this large is served (default 96: the 128-px one); the aspect ratio is kept"}],
@@ -136,5 +205,8 @@ OPENAPI = {
         "/healthz": {"get": {"summary": "Database and broker reachability",
                              "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},
+        "/metrics": {"get": {"summary": "Prometheus metrics of every web and worker process (a token is needed "
+                                        "when API tokens are on)",
+                             "responses": {"200": {"description": "text exposition format"}, "401": _ERR}}},
     },
 }

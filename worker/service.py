@@ -14,9 +14,11 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
+from shared import webhooks
 from shared.db import Database
 from shared.evidence import declares_ai
 from shared.logs import kv
+from shared.metrics import failure_reason, observe, record
 from shared.models import (
     ERROR,
     QUEUED,
@@ -42,6 +44,13 @@ class _Row(NamedTuple):
     attempts: int
 
 
+class _Claimed(NamedTuple):
+    id: int
+    sha256: str
+    job_id: str
+    created_at: object  # when it was uploaded: upload-to-result latency
+
+
 def _unfinished(db: Database, image_ids: Sequence[int], max_attempts: int) -> tuple[list[_Row], set[str]]:
     """The images still to classify, and the jobs of those given up on.
 
@@ -63,23 +72,23 @@ def _unfinished(db: Database, image_ids: Sequence[int], max_attempts: int) -> tu
                               "classify, or stops the worker")
             )
             s.commit()
+            record("failed", len(spent), reason="gave_up")
             for r in spent:
                 log.warning(kv(event="gave_up", job_id=r.job_id, image_id=r.id, attempts=r.attempts))
         return [r for r in rows if r.attempts < max_attempts], {r.job_id for r in spent}
 
 
-def _claim(db: Database, rows: Sequence[_Row]) -> list[tuple[int, str, str]]:
+def _claim(db: Database, rows: Sequence[_Row]) -> list[_Claimed]:
     """Mark the rows running and count the attempt, just before they are classified."""
     with db.session() as s:
-        claimed = s.execute(
+        claimed = dict(s.execute(
             update(ImageItem)
             .where(ImageItem.id.in_([r.id for r in rows]), ImageItem.status.notin_(TERMINAL))
             .values(status=RUNNING, touched_at=utcnow(), attempts=ImageItem.attempts + 1)
-            .returning(ImageItem.id)
-        ).scalars().all()
+            .returning(ImageItem.id, ImageItem.created_at)
+        ).all())
         s.commit()
-    claimed = set(claimed)
-    return [(r.id, r.sha256, r.job_id) for r in rows if r.id in claimed]
+    return [_Claimed(r.id, r.sha256, r.job_id, claimed[r.id]) for r in rows if r.id in claimed]
 
 
 def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
@@ -105,7 +114,8 @@ def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) ->
 
 
 _images = ImageItem.__table__
-_FINISH = update(_images).where(_images.c.id == bindparam("b_id")).values(
+# Only a row still running is finished: one cancelled (or deleted) meanwhile keeps its state.
+_FINISH = update(_images).where(_images.c.id == bindparam("b_id"), _images.c.status == RUNNING).values(
     {c: bindparam(c) for c in ("status", "label", "p_fake", "error", "model_version", "finished_at", "touched_at")}
 )
 
@@ -137,9 +147,9 @@ def classify_images(db: Database, storage: LocalStorage, classifier: Classifier,
 
 
 def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifier,
-                      claimed: list[tuple[int, str, str]], notify: Callable[[set[str]], None] | None) -> dict:
+                      claimed: list[_Claimed], notify: Callable[[set[str]], None] | None) -> dict:
     version = classifier.version
-    shas = {sha for _, sha, _ in claimed}
+    shas = {c.sha256 for c in claimed}
     known = _cached(db, shas, version)
     todo = sorted(shas - known.keys())
     fresh = dict(zip(todo, classifier.classify([_reader(storage, sha) for sha in todo])))
@@ -151,17 +161,29 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
         {"b_id": iid, "status": ERROR if outcome[sha].error else "done", "label": outcome[sha].label,
          "p_fake": outcome[sha].p_fake, "error": outcome[sha].error, "model_version": version,
          "finished_at": now, "touched_at": now}
-        for iid, sha, _ in claimed
+        for iid, sha, _, _ in claimed
     ]
     with db.session() as s:
         s.execute(_FINISH, params)  # Core executemany: the ORM's bulk update by key costs more per row
         s.commit()
+    _count(claimed, outcome, now)
     if notify:
-        notify({j for _, _, j in claimed})
-    for job_id in sorted({j for _, _, j in claimed}):
-        n = sum(1 for _, _, j in claimed if j == job_id)
+        notify({c.job_id for c in claimed})
+    for job_id in sorted({c.job_id for c in claimed}):
+        n = sum(1 for c in claimed if c.job_id == job_id)
         log.info(kv(event="classified", job_id=job_id, images=n, cached=len(known), model_version=version))
     return {"claimed": len(claimed), "cached": len(known), "computed": len(todo)}
+
+
+def _count(claimed: list[_Claimed], outcome: dict[str, Outcome], now) -> None:
+    for c in claimed:
+        result = outcome[c.sha256]
+        if result.error:
+            record("failed", reason=failure_reason(result.error))
+        else:
+            record("classified", label=result.label or "none")
+        created = c.created_at if c.created_at.tzinfo else c.created_at.replace(tzinfo=now.tzinfo)  # SQLite: naive
+        observe("latency", max(0.0, (now - created).total_seconds()))
 
 
 def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: dict[str, Outcome],
@@ -216,3 +238,24 @@ def sweep_stale(db: Database, enqueue: Callable[[list[int]], None], stale_after:
     for job_id in sorted({r.job_id for r in rows}):
         log.info(kv(event="requeued_stale", job_id=job_id, images=sum(1 for r in rows if r.job_id == job_id)))
     return len(ids)
+
+
+def due_webhooks(db: Database, job_ids: set[str] | None, stale_after: float | None = None) -> list[str]:
+    """Jobs whose webhook is now due: those of job_ids that just finished (None: any job), and, for the
+    sweeper (stale_after), due ones whose delivery task was lost."""
+    with db.session() as s:
+        due = webhooks.claim_finished(s, None if job_ids is None else sorted(job_ids))
+        if stale_after is not None:
+            due += webhooks.stale_pending(s, stale_after)
+    return due
+
+
+def deliver_webhook(db: Database, job_id: str, policy: webhooks.Policy) -> webhooks.Attempt | None:
+    with db.session() as s:
+        attempt = webhooks.deliver(s, job_id, policy)
+    if attempt is not None:
+        outcome = "delivered" if attempt.error is None else "retry" if attempt.retry_in is not None else "failed"
+        record("webhooks", outcome=outcome)
+        log.info(kv(event="webhook_attempt", job_id=job_id, attempt=attempt.number, status=attempt.status_code,
+                    outcome=outcome, error=attempt.error, retry_in=attempt.retry_in))
+    return attempt

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 import torch
 from celery import Celery, signals
@@ -12,11 +13,20 @@ from redis import Redis
 from sqlalchemy.exc import DBAPIError, OperationalError
 
 from shared.db import Database
+from shared.deletion import delete_expired
 from shared.events import publish_changes
 from shared.logs import kv
-from shared.queue import CLASSIFY_TASK, SWEEP_TASK, enqueue_images
+from shared.metrics import observe, record
+from shared.queue import (
+    CLASSIFY_TASK,
+    RETENTION_TASK,
+    SWEEP_TASK,
+    WEBHOOK_TASK,
+    enqueue_images,
+)
 from shared.settings import Settings
 from shared.storage import LocalStorage
+from shared.webhooks import Policy
 
 from . import service
 from .inference import Classifier, default_torch_threads
@@ -61,6 +71,12 @@ class WorkerContext:
             self._redis = Redis.from_url(self.settings.broker_url(), socket_timeout=2, socket_connect_timeout=2)
         publish_changes(self._redis, job_ids)
 
+    @property
+    def webhook_policy(self) -> Policy:
+        s = self.settings
+        return Policy(s.webhook_secret or "", s.webhook_allowlist, s.webhook_max_attempts, s.webhook_backoff_s,
+                      s.webhook_timeout_s)
+
     def after_fork(self) -> None:
         self.db.dispose()
         self._classifier = None
@@ -69,12 +85,22 @@ class WorkerContext:
 
 
 def register_tasks(app: Celery, ctx: WorkerContext) -> None:
+    def send_webhooks(job_ids: list[str]) -> None:
+        for job_id in job_ids:
+            app.send_task(WEBHOOK_TASK, args=[job_id])
+
+    def changed(job_ids: set[str]) -> None:
+        """After a commit that moved these jobs: wake their long-polls; send the webhooks of finished ones."""
+        ctx.notify(job_ids)
+        send_webhooks(service.due_webhooks(ctx.db, job_ids))
+
     @app.task(name=CLASSIFY_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
               retry_backoff=True, retry_backoff_max=60, retry_jitter=True, max_retries=8)
     def classify(self, image_ids: list[int]) -> None:
         ctx.register_model()
+        started = time.monotonic()
         try:
-            result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=ctx.notify,
+            result = service.classify_images(ctx.db, ctx.storage, ctx.classifier, image_ids, notify=changed,
                                              max_attempts=ctx.settings.max_attempts)
         except SoftTimeLimitExceeded:
             log.error(kv(event="task_overran", task_id=self.request.id, images=len(image_ids),
@@ -86,12 +112,35 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
                 logging.shutdown()
                 os._exit(70)
             raise
+        observe("task_seconds", time.monotonic() - started, task="classify")
         log.info(kv(event="task_done", task_id=self.request.id, redelivered=bool(self.request.delivery_info.get("redelivered")), **result))
 
     @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
     def sweep() -> int:
+        send_webhooks(service.due_webhooks(ctx.db, None, stale_after=ctx.settings.stale_after))
         return service.sweep_stale(ctx.db, lambda ids: enqueue_images(app, ids, ctx.settings.batch_size),
                                    ctx.settings.stale_after)
+
+    @app.task(name=WEBHOOK_TASK, bind=True, acks_late=True, autoretry_for=(OperationalError, DBAPIError),
+              retry_backoff=True, max_retries=8)
+    def deliver_webhook(self, job_id: str) -> None:
+        """One attempt; the next is this task again after the policy's backoff (its countdown)."""
+        started = time.monotonic()
+        attempt = service.deliver_webhook(ctx.db, job_id, ctx.webhook_policy)
+        observe("task_seconds", time.monotonic() - started, task="webhook")
+        if attempt is not None and attempt.retry_in is not None:
+            raise self.retry(countdown=attempt.retry_in, max_retries=None)
+
+    @app.task(name=RETENTION_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
+    def retention() -> int:
+        days = ctx.settings.retention_days
+        if not days:
+            return 0
+        deleted = delete_expired(ctx.db, ctx.storage, days)
+        record("deleted", deleted.jobs, why="retention")
+        log.info(kv(event="retention", days=days, jobs=deleted.jobs, images=deleted.images,
+                    files_removed=deleted.files_removed, files_kept=deleted.files_kept))
+        return deleted.jobs
 
     @signals.worker_init.connect(weak=False)
     def _pool_size(sender=None, **_):

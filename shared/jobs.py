@@ -1,0 +1,290 @@
+"""Jobs as the API, the page, webhooks and the CLI see them: creation, summaries, result pages, cancel and
+review. Free of Flask, so the worker (webhooks) and tests call the same functions as the web."""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timezone
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared.models import (
+    CANCELLED,
+    DONE,
+    ERROR,
+    QUEUED,
+    RUNNING,
+    UNFINISHED,
+    ImageItem,
+    Job,
+    ModelVersion,
+    Prediction,
+    Review,
+    WebhookAttempt,
+    utcnow,
+)
+
+
+@dataclass
+class Upload:
+    filename: str
+    sha256: str
+    size_bytes: int
+
+
+def add_images(session: Session, job: Job, uploads: list[Upload]) -> list[int]:
+    items = [ImageItem(job=job, filename=u.filename, sha256=u.sha256, size_bytes=u.size_bytes, status=QUEUED) for u in uploads]
+    session.add_all(items)
+    session.flush()
+    return [i.id for i in items]
+
+
+def count_images(session: Session, job_id: str) -> int:
+    return session.scalar(select(func.count()).select_from(ImageItem).where(ImageItem.job_id == job_id)) or 0
+
+
+def job_status(session: Session, job: Job) -> dict:
+    by_status = dict(
+        session.execute(select(ImageItem.status, func.count()).where(ImageItem.job_id == job.id).group_by(ImageItem.status)).all()
+    )
+    labels = dict(
+        session.execute(
+            select(ImageItem.label, func.count()).where(ImageItem.job_id == job.id, ImageItem.status == DONE).group_by(ImageItem.label)
+        ).all()
+    )
+    finished = session.execute(
+        select(func.max(ImageItem.finished_at), func.min(ImageItem.finished_at)).where(ImageItem.job_id == job.id)
+    ).one()
+    declared = session.scalar(
+        select(func.count()).select_from(ImageItem)
+        .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
+        .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
+    ) or 0
+    used = [v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v]
+    # One query for their records; _model then finds each in the session. Oldest to newest by when a worker
+    # last loaded them (then by name): "model" is the newest, not the alphabetically last.
+    loaded = {m.version: m.loaded_at for m in session.scalars(select(ModelVersion).where(ModelVersion.version.in_(used)))}
+    models = [_model(session, v) for v in sorted(used, key=lambda v: (_iso(loaded.get(v)) or "", v))]
+    total = sum(by_status.values())
+    # done counts every image that will not change any more: classified, failed or cancelled.
+    done = by_status.get(DONE, 0) + by_status.get(ERROR, 0) + by_status.get(CANCELLED, 0)
+    if job.cancelled_at is not None and done == total:
+        status = "cancelled"
+    elif total and done == total:
+        status = "done"
+    elif by_status.get(RUNNING) or done:
+        status = "running"
+    else:
+        status = "queued"
+    return {
+        "id": job.id,
+        "status": status,
+        "total": total,
+        "done": done,
+        "errors": by_status.get(ERROR, 0),
+        "cancelled": by_status.get(CANCELLED, 0),
+        "queued": by_status.get(QUEUED, 0),
+        "running": by_status.get(RUNNING, 0),
+        "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0), "uncertain": labels.get("uncertain", 0)},
+        "declared_ai": declared,  # files whose own metadata or Content Credentials say they are AI-generated
+        "created_at": _iso(job.created_at),
+        "updated_at": _iso(job.updated_at),
+        "finished_at": _iso(finished[0]) if status in FINAL_STATUSES else None,
+        "cancelled_at": _iso(job.cancelled_at),
+        "model": models[-1] if models else None,
+        "models": models,
+        "callback": _callback(session, job),
+    }
+
+
+FINAL_STATUSES = ("done", "cancelled")  # a job in one of these changes no more (unless files are added)
+
+
+def _callback(session: Session, job: Job) -> dict | None:
+    """The job's webhook and every attempt to deliver it, as the receiver answered."""
+    if not job.callback_url:
+        return None
+    attempts = session.scalars(select(WebhookAttempt).where(WebhookAttempt.job_id == job.id)
+                               .order_by(WebhookAttempt.id)).all()
+    return {"url": job.callback_url, "status": job.webhook_status or "waiting",
+            "attempts": [{"round": a.round, "attempt": a.attempt, "at": _iso(a.at), "status_code": a.status_code, "error": a.error,
+                          "ms": round(a.ms, 1)} for a in attempts]}
+
+
+def cancel(session: Session, job: Job) -> int:
+    """Cancel what is not finished: queued images are never classified, and a batch a worker is classifying
+    right now has its results dropped (worker.service only finishes running rows). Returns how many."""
+    now = utcnow()
+    if job.cancelled_at is None:
+        job.cancelled_at = now
+    result = session.execute(update(ImageItem).where(ImageItem.job_id == job.id, ImageItem.status.in_(UNFINISHED))
+                             .values(status=CANCELLED, finished_at=now, touched_at=now))
+    return result.rowcount
+
+
+def set_review(session: Session, image_id: int, verdict: str, note: str | None) -> Review:
+    review = session.get(Review, image_id)
+    if review is None:
+        review = Review(image_id=image_id)
+        session.add(review)
+    review.verdict, review.note, review.updated_at = verdict, note, utcnow()
+    return review
+
+
+def _model(session: Session, version: str) -> dict:
+    """A model version: its label thresholds, and the scope and limits its checkpoint states (recorded by the
+    worker that loaded it; thresholds fall back to those recorded with its predictions)."""
+    row = session.get(ModelVersion, version)
+    name = row.name if row else (version.rsplit("-", 1)[0] if "-" in version else version)
+    thresholds = row.thresholds if row else None
+    if not thresholds:
+        details = session.scalar(select(Prediction.details).where(Prediction.model_version == version,
+                                                                  Prediction.details.is_not(None)).limit(1))
+        thresholds = (details or {}).get("thresholds")
+    notes = (row.notes if row else None) or {}
+    return {"name": name, "version": version, "thresholds": thresholds, "scope": notes.get("scope"),
+            "limits": notes.get("limits") or [], "card": notes.get("card")}
+
+
+def current_model(session: Session) -> dict | None:
+    """The model the workers loaded most recently (what a new upload will be classified by), if any."""
+    version = session.scalar(select(ModelVersion.version).order_by(ModelVersion.loaded_at.desc()).limit(1))
+    return _model(session, version) if version else None
+
+
+def _iso(dt) -> str | None:
+    if dt is None:
+        return None
+    if dt.tzinfo is None:  # SQLite hands back naive datetimes; every stored time is UTC
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.isoformat()
+
+
+def result_row(item: ImageItem, details: dict | None = None, review: Review | None = None) -> dict:
+    details = details or {}
+    thresholds = details.get("thresholds") or {}
+    return {
+        "id": item.id,
+        "filename": item.filename,
+        "sha256": item.sha256,
+        "size_bytes": item.size_bytes,
+        "status": item.status,
+        "label": item.label,
+        "p_fake": item.p_fake,
+        "real_below": thresholds.get("real_below"),
+        "fake_from": thresholds.get("fake_from"),
+        "error": item.error,
+        "model_version": item.model_version,
+        "image_width": details.get("width"),
+        "image_height": details.get("height"),
+        "regions": details.get("regions"),
+        "evidence": details.get("evidence") or [],
+        "evidence_note": details.get("evidence_note"),
+        "review": review.verdict if review else None,
+        "review_note": review.note if review else None,
+    }
+
+
+@dataclass(frozen=True)
+class ResultFilter:
+    """Which results a page lists, and in which order (API ?label=&status=&p_min=&p_max=&sort=)."""
+
+    labels: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    p_min: float | None = None
+    p_max: float | None = None
+    sort: str = "id"
+
+    def where(self) -> list:
+        out = []
+        if self.labels:
+            out.append(ImageItem.label.in_(self.labels))
+        if self.statuses:
+            out.append(ImageItem.status.in_(self.statuses))
+        if self.p_min is not None:
+            out.append(ImageItem.p_fake >= self.p_min)
+        if self.p_max is not None:
+            out.append(ImageItem.p_fake <= self.p_max)
+        return out
+
+
+# sort name -> (key, descending). Images without a P (queued, failed) sort as -1: first going up, last going down.
+SORTS = {
+    "id": (ImageItem.id, False),
+    "p_fake": (func.coalesce(ImageItem.p_fake, -1.0), False),
+    "-p_fake": (func.coalesce(ImageItem.p_fake, -1.0), True),
+    "filename": (ImageItem.filename, False),
+    "-filename": (ImageItem.filename, True),
+}
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def _encode_cursor(sort: str, value: object, image_id: int) -> str:
+    if sort == "id":
+        return str(image_id)  # plain ids, as before sorting existed: old clients keep paging
+    return base64.urlsafe_b64encode(json.dumps([value, image_id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(sort: str, cursor: str) -> tuple[object, int] | None:
+    if cursor in ("", "0"):
+        return None
+    try:
+        if sort == "id":
+            return None, int(cursor)
+        value, image_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        want = float if "p_fake" in sort else str
+        if isinstance(value, int) and want is float:
+            value = float(value)
+        if not isinstance(value, want) or not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise BadCursor(cursor)
+        return value, image_id
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise BadCursor(cursor) from None
+
+
+def results_page(session: Session, job_id: str, cursor: str, limit: int,
+                 filt: ResultFilter = ResultFilter()) -> tuple[list[dict], str | None]:
+    """A page of results with what the worker recorded about each prediction (crop scores, thresholds) and any
+    person's review. Keyset pages: a cursor is the last row's sort key and id, so deep pages cost no more."""
+    key, descending = SORTS[filt.sort]
+    query = (
+        select(ImageItem, Prediction.details, Review)
+        .outerjoin(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
+        .outerjoin(Review, Review.image_id == ImageItem.id)
+        .where(ImageItem.job_id == job_id, *filt.where())
+    )
+    after = _decode_cursor(filt.sort, cursor)
+    if filt.sort == "id":
+        if after:
+            query = query.where(ImageItem.id > after[1])
+        query = query.order_by(ImageItem.id)
+    else:
+        if after:
+            value, last_id = after
+            beyond = key < value if descending else key > value
+            query = query.where(or_(beyond, and_(key == value, ImageItem.id > last_id)))
+        query = query.order_by(key.desc() if descending else key, ImageItem.id)
+    rows = session.execute(query.limit(limit + 1)).all()
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = None
+    if more:
+        last = rows[-1][0]
+        value = {"p_fake": last.p_fake if last.p_fake is not None else -1.0, "filename": last.filename}
+        next_cursor = _encode_cursor(filt.sort, value.get(filt.sort.lstrip("-")), last.id)
+    return [result_row(item, details, review) for item, details, review in rows], next_cursor
+
+
+def iter_results(session: Session, job_id: str, chunk: int = 1000,
+                 filt: ResultFilter = ResultFilter()) -> Iterator[dict]:
+    cursor: str | None = "0"
+    while cursor is not None:
+        rows, cursor = results_page(session, job_id, cursor, chunk, filt)
+        yield from rows

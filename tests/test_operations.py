@@ -1,0 +1,434 @@
+"""Integrations and operations on real parts (Redis, SQLite/PostgreSQL, Celery workers, gunicorn, an HTTP
+receiver on loopback): webhooks, idempotent submits, cancel, delete, retention, metrics, reviews, filters."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from itertools import pairwise
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+import requests
+from sqlalchemy import create_engine, func, select, text, update
+
+from shared import webhooks
+from shared.db import Database
+from shared.migrate import upgrade
+from shared.models import ImageItem, Job, Prediction, utcnow
+from shared.settings import DEFAULT_CHECKPOINT, REPO_ROOT
+from shared.storage import LocalStorage
+
+from .conftest import service_env
+from .helpers import all_results, jpeg_bytes, post_files, wait_done, wait_until
+from .processes import start_web, start_worker
+
+pytestmark = pytest.mark.slow
+SECRET = "a-webhook-secret-for-tests"
+
+
+class Receiver:
+    """An HTTP server on loopback that answers the first `failures` POSTs with 500, then 200 (or `then`)."""
+
+    def __init__(self, failures: int = 0, then: int = 200, location: str | None = None):
+        self.hits: list[tuple[float, dict, bytes, str]] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - the stdlib's name
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                outer.hits.append((time.monotonic(), dict(self.headers), body, self.path))
+                self.send_response(500 if len(outer.hits) <= failures else then)
+                if location:
+                    self.send_header("Location", location)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(**kw) -> Receiver:
+        made.append(Receiver(**kw))
+        return made[-1]
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def webhook_env(env: dict, allow: str, **extra: str) -> dict:
+    return {**env, "PIXELPROOF_WEBHOOK_ALLOWLIST": allow, "PIXELPROOF_WEBHOOK_SECRET": SECRET, **extra}
+
+
+def test_webhook_refused_then_accepted_is_signed_retried_with_backoff_and_recorded(make_app, stack_env, mini_dir,
+                                                                                    tmp_path, receiver):
+    rx = receiver(failures=2)
+    env = webhook_env(stack_env, rx.url + "/hooks", PIXELPROOF_WEBHOOK_BACKOFF_S="0.5")
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        client = make_app(env).test_client()
+        for bad in (rx.url + "/elsewhere", "http://127.0.0.1:1/hooks", rx.url.replace("http:", "https:") + "/hooks",
+                    rx.url + "/hooks/../admin", "http://user:pw@" + rx.url[7:] + "/hooks"):
+            resp = post_files(client, f"/api/jobs?callback_url={quote(bad)}", jpeg_bytes(mini_dir, 1))
+            assert resp.status_code == 400, (bad, resp.get_json())
+        assert client.get("/api/jobs/x").status_code == 404
+        target = rx.url + "/hooks/pixelproof?team=news"
+        job = post_files(client, f"/api/jobs?callback_url={quote(target)}", jpeg_bytes(mini_dir, 3)).get_json()
+        assert job["callback"] == {"url": target, "status": "waiting", "attempts": []}
+        wait_done(client, job["id"])
+        wait_until(lambda: client.get(f"/api/jobs/{job['id']}").get_json()["callback"]["status"] == "delivered",
+                   60, "the webhook delivered")
+        time.sleep(1.5)  # nothing more is sent once it is delivered
+    finally:
+        worker.stop()
+    assert len(rx.hits) == 3
+    times = [h[0] for h in rx.hits]
+    gaps = [b - a for a, b in pairwise(times)]
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.95, gaps  # 0.5 s, then doubled
+    for n, (_, headers, body, path) in enumerate(rx.hits, 1):
+        assert path == "/hooks/pixelproof?team=news"
+        assert headers["Pixelproof-Attempt"] == str(n) and headers["Pixelproof-Event"] == "job.finished"
+        signature = headers["Pixelproof-Signature"]
+        assert webhooks.verify(SECRET, body, signature)
+        assert not webhooks.verify("another-secret-entirely", body, signature)
+        assert not webhooks.verify(SECRET, body.replace(b'"done"', b'"dune"'), signature)
+        assert not webhooks.verify(SECRET, body, signature, now=time.time() + 3600)  # a replay an hour later
+    sent = json.loads(rx.hits[-1][2])
+    assert sent["event"] == "job.finished" and sent["job"]["id"] == job["id"] and sent["job"]["status"] == "done"
+    assert sent["job"]["total"] == 3 and sum(sent["job"]["counts"].values()) == 3
+    callback = client.get(f"/api/jobs/{job['id']}").get_json()["callback"]
+    assert [(a["round"], a["attempt"], a["status_code"]) for a in callback["attempts"]] == [(1, 1, 500), (1, 2, 500),
+                                                                                             (1, 3, 200)]
+    assert callback["attempts"][0]["error"] == "the receiver answered HTTP 500" and callback["attempts"][2]["error"] is None
+    assert f"event=webhook_attempt job_id={job['id']} attempt=3 status=200 outcome=delivered" in worker.text()
+
+
+def test_webhook_gives_up_never_follows_a_redirect_and_rechecks_the_allow_list(sqlite_url, tmp_path, receiver):
+    """The service functions the delivery task calls, without Celery."""
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    target = receiver()  # where the redirect points: never contacted
+    rx = receiver(failures=0, then=302, location=target.url + "/hooks")
+    with db.session() as s:
+        for job_id, url in (("redirected", rx.url + "/hooks"), ("no-longer-allowed", rx.url + "/old/x")):
+            s.add(Job(id=job_id, callback_url=url))
+            s.add(ImageItem(job_id=job_id, filename="a.jpg", sha256="0" * 64, size_bytes=1, status="done"))
+        s.commit()
+        assert webhooks.claim_finished(s, ["redirected", "no-longer-allowed"]) == ["no-longer-allowed", "redirected"]
+        assert webhooks.claim_finished(s, ["redirected"]) == []  # claimed once, whoever asks again
+    policy = webhooks.Policy(SECRET, (rx.url + "/hooks",), max_attempts=2, backoff_s=0.1, timeout_s=5)
+    with db.session() as s:
+        first = webhooks.deliver(s, "redirected", policy)
+        assert first.status_code == 302 and "redirects are not followed" in first.error and first.retry_in == 0.1
+        second = webhooks.deliver(s, "redirected", policy)
+        assert second.number == 2 and second.retry_in is None  # the last of max_attempts
+        assert webhooks.deliver(s, "redirected", policy) is None  # given up: nothing more is sent
+        refused = webhooks.deliver(s, "no-longer-allowed", policy)  # the operator narrowed the list meanwhile
+        assert refused.status_code is None and "not under any address" in refused.error and refused.retry_in is None
+        assert s.get(Job, "redirected").webhook_status == "failed"
+    assert len(rx.hits) == 2 and target.hits == []
+
+
+@pytest.mark.parametrize("url,allowed", [
+    ("https://hooks.example.com/pixelproof", True),
+    ("https://hooks.example.com/pixelproof/team/1?x=1", True),
+    ("https://hooks.example.com:443/pixelproof", True),
+    ("https://hooks.example.com/pixelproofs", False),
+    ("https://hooks.example.com/other", False),
+    ("https://hooks.example.com/pixelproof/../admin", False),
+    ("https://hooks.example.com/pixelproof/%2e%2e/admin", False),
+    ("http://hooks.example.com/pixelproof", False),
+    ("https://hooks.example.com:8443/pixelproof", False),
+    ("https://evil.example.com/pixelproof", False),
+    ("https://hooks.example.com.evil.net/pixelproof", False),
+    ("https://me@hooks.example.com/pixelproof", False),
+    ("ftp://hooks.example.com/pixelproof", False),
+    ("https://hooks.example.com:99999/pixelproof", False),
+    ("http://10.0.0.5:9000/anything", True),
+])
+def test_the_allow_list_matches_scheme_host_port_and_path(url, allowed):
+    allow = ("https://hooks.example.com/pixelproof/", "http://10.0.0.5:9000")
+    assert (webhooks.url_problem(url, allow) is None) is allowed
+    assert webhooks.url_problem(url, ()) is not None  # no list: webhooks off
+
+
+def test_a_retried_submit_with_the_same_key_makes_one_job(start_web_only, db_url, mini_dir):
+    """Six copies of one request at once (a client retrying after timeouts), then once more later."""
+    base = start_web_only(db_url)
+    files = jpeg_bytes(mini_dir, 3)
+    key = str(uuid.uuid4())
+
+    def send(url, key=key, batch=files):
+        return requests.post(url, files=[("files", (n, b)) for b, n in batch], headers={"Idempotency-Key": key},
+                             timeout=60)
+
+    with ThreadPoolExecutor(6) as pool:
+        answers = list(pool.map(lambda _: send(base + "/api/jobs"), range(6)))
+    assert [r.status_code for r in answers] == [202] * 6, [r.text for r in answers]
+    assert len({r.json()["id"] for r in answers}) == 1
+    assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in answers) == 5
+    job_id = answers[0].json()["id"]
+    later = send(base + "/api/jobs")
+    assert later.json()["id"] == job_id and later.json()["total"] == 3 and later.headers["Idempotent-Replayed"] == "true"
+    more = jpeg_bytes(mini_dir, 5)[3:]
+    add_key = str(uuid.uuid4())
+    for _ in range(3):
+        added = send(f"{base}/api/jobs/{job_id}/files", key=add_key, batch=more)
+        assert added.status_code == 202 and added.json()["total"] == 5
+    wrong = send(f"{base}/api/jobs/{job_id}/files", key=key, batch=more)  # the create key, for another request
+    assert wrong.status_code == 422 and "another request" in wrong.json()["error"]
+    engine = create_engine(db_url)
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
+        assert conn.execute(text("SELECT count(*) FROM images")).scalar() == 5
+    engine.dispose()
+    storage = LocalStorage(Path(start_web_only.data_dir) / "uploads")
+    assert all(storage.exists(r["sha256"]) for r in requests.get(f"{base}/api/jobs/{job_id}/results").json()["items"])
+    without = send(base + "/api/jobs", key="\x7f")
+    assert without.status_code == 400
+
+
+def test_cancel_mid_job_stops_classifying_and_keeps_counts_true(make_app, sqlite_url, redis_server, mini_dir, tmp_path):
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_BATCH_SIZE="4")
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        client = make_app(env).test_client()
+        files = [(p.read_bytes(), p.name) for p in sorted((mini_dir / "real").iterdir())[:200]]
+        job = post_files(client, "/api/jobs", files).get_json()
+        job_id = job["id"]
+        wait_until(lambda: client.get(f"/api/jobs/{job_id}").get_json()["done"] >= 8, 120, "some images classified")
+        cancelled = client.post(f"/api/jobs/{job_id}/cancel").get_json()
+        assert cancelled["status"] == "cancelled" and cancelled["cancelled"] > 0
+        time.sleep(3)  # a batch in flight at the cancel finishes meanwhile
+        job = client.get(f"/api/jobs/{job_id}").get_json()
+        assert client.post(f"/api/jobs/{job_id}/files", data={"files": [(io.BytesIO(files[0][0]), "x.jpg")]},
+                           content_type="multipart/form-data").status_code == 409
+        assert client.post(f"/api/jobs/{job_id}/cancel").status_code == 200  # cancelling again changes nothing
+    finally:
+        worker.stop()
+    assert job == {**job, "status": "cancelled", "total": 200, "done": 200, "queued": 0, "running": 0}
+    classified = sum(job["counts"].values())
+    assert classified + job["errors"] + job["cancelled"] == 200
+    # Nothing was classified after the cancel: the job as it is now is the job as the cancel answered it.
+    assert job["cancelled"] == cancelled["cancelled"] and job["counts"] == cancelled["counts"], (job, cancelled)
+    items = all_results(client, job_id)
+    assert sum(i["status"] == "cancelled" for i in items) == job["cancelled"]
+    assert all(i["p_fake"] is None for i in items if i["status"] == "cancelled")
+
+
+def test_delete_removes_rows_and_files_no_other_job_holds(make_app, stack_env, mini_dir, tmp_path):
+    worker = start_worker(stack_env, tmp_path / "worker.log")
+    try:
+        client = make_app(stack_env).test_client()
+        a, b, c = jpeg_bytes(mini_dir, 3)
+        first = post_files(client, "/api/jobs", [a, b]).get_json()
+        second = post_files(client, "/api/jobs", [b, c]).get_json()
+        wait_done(client, first["id"])
+        wait_done(client, second["id"])
+        client.post(f"/api/jobs/{first['id']}/images/{all_results(client, first['id'])[0]['id']}/review",
+                    json={"verdict": "fake"})
+    finally:
+        worker.stop()
+    storage = LocalStorage(Path(stack_env["PIXELPROOF_DATA_DIR"]) / "uploads")
+    sha = {name: r["sha256"] for name, r in zip(("a", "b"), all_results(client, first["id"]))}
+    sha["c"] = all_results(client, second["id"])[1]["sha256"]
+    assert all(storage.exists(s) and storage.has_thumbnails(s, (128, 512)) for s in sha.values())
+    gone = client.delete(f"/api/jobs/{first['id']}").get_json()
+    assert gone == {"deleted": first["id"], "images": 2, "files_removed": 1, "files_kept": 1}
+    assert client.get(f"/api/jobs/{first['id']}").status_code == 404
+    assert not storage.exists(sha["a"]) and not storage.thumbnail_path(sha["a"], 128).exists()
+    assert storage.exists(sha["b"]) and storage.has_thumbnails(sha["b"], (128, 512))  # the second job holds it
+    db = Database(stack_env["DATABASE_URL"])
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.sha256 == sha["a"])) == 0
+        assert s.scalar(select(func.count()).select_from(Prediction).where(Prediction.sha256 == sha["b"])) == 1
+        assert s.scalar(text("SELECT count(*) FROM reviews")) == 0
+    assert client.get(f"/api/jobs/{second['id']}").get_json()["done"] == 2
+    assert client.delete(f"/api/jobs/{second['id']}").get_json()["files_removed"] == 2
+    assert not any(storage.exists(s) for s in sha.values())
+    assert client.delete(f"/api/jobs/{second['id']}").status_code == 404
+    db.engine.dispose()
+
+
+def test_retention_deletes_old_jobs_from_the_beat_schedule(make_app, sqlite_url, redis_server, mini_dir, tmp_path):
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_RETENTION_DAYS="30",
+                      PIXELPROOF_RETENTION_INTERVAL_S="1")
+    client = make_app(env).test_client()
+    a, b = jpeg_bytes(mini_dir, 2)
+    old = post_files(client, "/api/jobs", [a, b]).get_json()
+    new = post_files(client, "/api/jobs", [b]).get_json()
+    db = Database(sqlite_url)
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == old["id"]).values(created_at=utcnow() - timedelta(days=31)))
+        s.commit()
+    storage = LocalStorage(tmp_path / "data" / "uploads")
+    sha_a, sha_b = (r["sha256"] for r in all_results(client, old["id"]))
+    worker = start_worker(env, tmp_path / "worker.log", beat=True)
+    try:
+        wait_until(lambda: client.get(f"/api/jobs/{old['id']}").status_code == 404, 60, "the old job deleted")
+        wait_done(client, new["id"])
+    finally:
+        worker.stop()
+    assert not storage.exists(sha_a) and storage.exists(sha_b)
+    assert client.get(f"/api/jobs/{new['id']}").get_json()["total"] == 1
+    assert "event=retention days=30.0 jobs=1 images=2 files_removed=1 files_kept=1" in worker.text()
+    db.engine.dispose()
+
+
+def test_metrics_add_up_web_and_worker_processes(sqlite_url, redis_server, mini_dir, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from pixelproof.embedded_redis import free_port
+    from shared.modeling.checkpoint import read_meta
+
+    upgrade(sqlite_url)
+    env = service_env(sqlite_url, redis_server.url, tmp_path / "data")
+    port = free_port()
+    web = start_web(env, tmp_path / "web.log", port)
+    worker = start_worker(env, tmp_path / "worker.log")
+    base = f"http://127.0.0.1:{port}"
+    try:
+        files = [("files", (n, b)) for b, n in jpeg_bytes(mini_dir, 5)] + [("files", ("notes.jpg", b"not an image"))]
+        job = requests.post(base + "/api/jobs", files=files, timeout=60).json()
+        while job["status"] != "done":
+            job = requests.get(f"{base}/api/jobs/{job['id']}?wait=10&done={job['done']}", timeout=30).json()
+        body = requests.get(base + "/metrics", timeout=30).text
+    finally:
+        worker.stop()
+        web.stop()
+    samples = {}
+    for family in text_string_to_metric_families(body):
+        for s in family.samples:
+            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    def total(name, **labels):
+        return sum(v for (n, ls), v in samples.items() if n == name and set(labels.items()) <= set(ls))
+    assert total("pixelproof_images_submitted_total") == 6  # counted by the web process
+    assert total("pixelproof_images_classified_total") == 5  # counted by the worker's child process
+    assert total("pixelproof_images_classified_total") == sum(job["counts"].values())
+    assert total("pixelproof_images_failed_total", reason="not_an_image") == 1
+    assert total("pixelproof_image_latency_seconds_count") == 6
+    assert total("pixelproof_task_seconds_count", task="classify") >= 1
+    assert total("pixelproof_queue_depth") == 0
+    assert total("pixelproof_workers_alive") == 1
+    assert total("pixelproof_images", status="done") == 5 and total("pixelproof_images", status="error") == 1
+    version = read_meta(DEFAULT_CHECKPOINT).version
+    assert total("pixelproof_model_info", version=version) == 1
+
+
+def test_a_review_round_trip_exports_a_folder_that_training_reads(start_web_only, sqlite_url, mini_dir, tmp_path):
+    base = start_web_only(sqlite_url)
+    picks = [(p.read_bytes(), f"{p.parent.name}/{p.name}") for d in ("real", "fake")
+             for p in sorted((mini_dir / d).iterdir())[:6]]
+    picks.append((b"=HYPERLINK(1)", "=cmd.jpg"))
+    job = requests.post(base + "/api/jobs", files=[("files", (n, b)) for b, n in picks], timeout=60).json()
+    items = requests.get(f"{base}/api/jobs/{job['id']}/results", timeout=30).json()["items"]
+    for item in items:
+        verdict = "unsure" if item["filename"] == "=cmd.jpg" else item["filename"].split("/")[0]
+        resp = requests.post(f"{base}/api/jobs/{job['id']}/images/{item['id']}/review",
+                             json={"verdict": verdict, "note": f"=checked {item['filename']}"}, timeout=30)
+        assert resp.status_code == 200 and resp.json()["review"] == verdict, resp.text
+    again = requests.post(f"{base}/api/jobs/{job['id']}/images/{items[0]['id']}/review",
+                          json={"verdict": "fake", "note": "on second thought"}, timeout=30).json()
+    assert (again["review"], again["review_note"]) == ("fake", "on second thought")
+    for bad in ({"verdict": "maybe"}, {"verdict": "real", "note": "x" * 2001}, [1]):
+        assert requests.post(f"{base}/api/jobs/{job['id']}/images/{items[1]['id']}/review", json=bad,
+                             timeout=30).status_code == 400
+    assert requests.post(f"{base}/api/jobs/{job['id']}/images/999999/review", json={"verdict": "real"},
+                         timeout=30).status_code == 404
+    rows = list(csv.DictReader(io.StringIO(requests.get(f"{base}/api/jobs/{job['id']}/results?format=csv",
+                                                        timeout=30).text)))
+    assert rows[0]["review"] == "fake" and rows[0]["review_note"] == "on second thought"
+    assert rows[1]["review"] == "real" and rows[1]["review_note"].startswith("'=checked")  # no live formula
+    out = tmp_path / "reviewed"
+    env = service_env(sqlite_url, "redis://127.0.0.1:1/0", start_web_only.data_dir)
+    done = subprocess.run([sys.executable, "-m", "pixelproof.cli", "export-reviews", str(out), "--job", job["id"]],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "exported 5 real and 7 fake images" in done.stdout and "1 unsure" in done.stdout
+    assert len(list((out / "real").iterdir())) == 5 and len(list((out / "fake").iterdir())) == 7
+    assert all(p.name.startswith("review__") for p in (out / "fake").iterdir())
+    manifest = list(csv.DictReader((out / "reviews.csv").read_text().splitlines()))
+    assert len(manifest) == 12 and manifest[0]["note"] == "on second thought"
+    train = subprocess.run([sys.executable, "-m", "pixelproof.cli", "train", "--data", str(out), "--out",
+                            str(tmp_path / "run"), "--init-from", str(DEFAULT_CHECKPOINT), "--epochs", "1",
+                            "--threads", "1", "--batch-size", "4"],
+                           env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert train.returncode == 0, train.stderr[-3000:]
+    assert "checkpoint" in train.stdout
+    from shared.modeling.checkpoint import read_meta
+
+    path = Path(train.stdout.split("checkpoint ", 1)[1].split(" version")[0])
+    meta = read_meta(path)
+    assert meta.training["init_from_version"] == read_meta(DEFAULT_CHECKPOINT).version
+    assert meta.training["n_train"] + meta.training["n_val"] == 12  # every exported image, none of the unsure
+
+
+def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
+    base = start_web_only(db_url)
+    files = jpeg_bytes(mini_dir, 12)
+    job = requests.post(base + "/api/jobs", files=[("files", (f"{i:02d}-{n}", b)) for i, (b, n) in
+                                                   enumerate(files)], timeout=60).json()
+    engine = create_engine(db_url)
+    ps = [0.9, 0.1, 0.5, None, 0.95, 0.02, 0.5, 0.7, None, 0.3, 0.99, 0.6]
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM images ORDER BY id"))]
+        for image_id, p in zip(ids, ps):
+            label = None if p is None else "fake" if p >= 0.7 else "real" if p < 0.3 else "uncertain"
+            status = "error" if p is None else "done"
+            conn.execute(text("UPDATE images SET status=:s, label=:l, p_fake=:p WHERE id=:i"),
+                         {"s": status, "l": label, "p": p, "i": image_id})
+    engine.dispose()
+
+    def listing(**params):
+        got, cursor = [], "0"
+        while cursor is not None:
+            page = requests.get(f"{base}/api/jobs/{job['id']}/results", params={**params, "limit": 3, "cursor": cursor},
+                                timeout=30)
+            assert page.status_code == 200, page.text
+            got += page.json()["items"]
+            cursor = page.json()["next_cursor"]
+        return got
+
+    by_id = {i: p for i, p in zip(ids, ps)}
+    fakes = listing(label="fake", sort="-p_fake")
+    assert [r["p_fake"] for r in fakes] == [0.99, 0.95, 0.9, 0.7]
+    both = listing(label="fake,uncertain", p_min=0.5, p_max=0.9, sort="p_fake")
+    assert [r["p_fake"] for r in both] == [0.5, 0.5, 0.6, 0.7, 0.9]
+    assert [r["id"] for r in both][:2] == sorted(i for i, p in by_id.items() if p == 0.5)  # ties by id
+    errors = listing(status="error")
+    assert [r["id"] for r in errors] == [i for i, p in by_id.items() if p is None]
+    everything = listing(sort="-p_fake")
+    assert [r["p_fake"] for r in everything] == sorted([p for p in ps if p is not None], reverse=True) + [None, None]
+    names = listing(sort="-filename")
+    assert [r["filename"] for r in names] == sorted((r["filename"] for r in names), reverse=True) and len(names) == 12
+    csv_text = requests.get(f"{base}/api/jobs/{job['id']}/results",
+                            params={"format": "csv", "download": 1, "label": "real", "sort": "p_fake"}, timeout=30).text
+    assert [float(r["p_fake"]) for r in csv.DictReader(io.StringIO(csv_text))] == [0.02, 0.1]
+    for bad in ({"label": "maybe"}, {"status": "lost"}, {"p_min": "2"}, {"sort": "size"},
+                {"sort": "p_fake", "cursor": "not-a-cursor"}, {"sort": "p_fake", "cursor": "WyJhIiwyXQ"}):
+        resp = requests.get(f"{base}/api/jobs/{job['id']}/results", params=bad, timeout=30)
+        assert resp.status_code == 400, (bad, resp.text)
