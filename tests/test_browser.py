@@ -130,6 +130,7 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     page.dispatch_event("#token", "change")
     page.set_input_files("#folder-input", str(folder))
     page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    page.locator("#results tbody tr").last.scroll_into_view_if_needed()  # thumbnails load as rows come into view
     page.wait_for_function("() => [...document.querySelectorAll('#results tbody img')]"
                            ".every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator("#results tbody tr").count() == 3
@@ -291,3 +292,87 @@ def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
     assert "made with DALL-E 3" in evidence and "signature valid" in evidence and "strong evidence" in evidence
     page.screenshot(path=str(tmp_path / "evidence.png"))
     assert not page_problems(page)
+
+
+def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sqlite_url, redis_server, mini_dir,
+                                                    tmp_path):
+    import csv
+    import io
+
+    import requests
+
+    from .conftest import service_env
+    from .processes import start_worker
+
+    base = start_web_only(sqlite_url)
+    queued, mixed = tmp_path / "queued", tmp_path / "mixed"
+    queued.mkdir()
+    for p in sorted((mini_dir / "real").iterdir())[:4]:
+        shutil.copy(p, queued / p.name)
+    for d in ("real", "fake"):
+        (mixed / d).mkdir(parents=True)
+        for p in sorted((mini_dir / d).iterdir())[10:18]:
+            shutil.copy(p, mixed / d / p.name)
+    page = watched_page(browser)
+    page.goto(base + "/")
+    # Cancel: no worker yet, so the job waits; after the click nothing of it is ever classified.
+    page.set_input_files("#folder-input", str(queued))
+    page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 4")
+    page.click("#cancel-job")
+    page.wait_for_selector("#status[data-status=cancelled]")
+    assert "4 cancelled" in page.locator("#job-text").inner_text() and not page.locator("#cancel-job").is_visible()
+    cancelled_id = page.url.split("job=")[1]
+    worker = start_worker(service_env(sqlite_url, redis_server.url, tmp_path / "data"), tmp_path / "worker.log")
+    try:
+        page.goto(base + "/")
+        page.set_input_files("#folder-input", str(mixed))
+        page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+        job_id = page.url.split("job=")[1]
+        job = requests.get(f"{base}/api/jobs/{cancelled_id}", timeout=10).json()
+        assert job["status"] == "cancelled" and job["cancelled"] == 4 and sum(job["counts"].values()) == 0
+    finally:
+        worker.stop()
+    counts = requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["counts"]
+    assert page.locator("#results tbody tr").count() == 16
+
+    # Filter and sort: the rows the API would list, in its order.
+    smaller = min((label for label in counts if counts[label]), key=counts.get)  # a label some rows have
+    page.select_option("#f-label", smaller)
+    page.wait_for_function(f"() => document.querySelectorAll('#results tbody tr').length === {counts[smaller]}")
+    text = {"fake": "AI-generated", "real": "real", "uncertain": "uncertain"}[smaller]
+    assert {t.split("\n")[0] for t in page.locator("#results tbody td.label").all_inner_texts()} == {text}
+    assert counts[smaller] < 16
+    page.select_option("#f-label", "")
+    page.select_option("#f-sort", "-p_fake")
+    page.fill("#f-pmin", "0.2")
+    expected = [r for r in requests.get(f"{base}/api/jobs/{job_id}/results?sort=-p_fake&p_min=0.2", timeout=10)
+                .json()["items"]]
+    page.wait_for_function(f"() => document.querySelector('#f-count').textContent === '{len(expected)} shown'")
+    shown = [float(t) for t in page.locator("#results tbody tr td:nth-child(4)").all_inner_texts()]
+    assert shown == sorted(shown, reverse=True) and all(p >= 0.2 for p in shown) and len(shown) == len(expected)
+    assert page.locator("#results tbody tr td:nth-child(2)").all_inner_texts() == [r["filename"] for r in expected]
+
+    # Review the top row: saved on the server, shown on the row, exported in the CSV.
+    page.locator("#results tbody tr").first.click()
+    page.locator("#detail").wait_for(state="visible")
+    page.check("#review input[value=real]")
+    page.fill("#review-note", "our photographer took it")
+    page.click("#review-save")
+    page.wait_for_function("() => document.querySelector('#review-status').textContent === 'saved'")
+    page.click("#detail .close")
+    first = page.locator("#results tbody tr").first
+    assert first.locator(".badge.review").inner_text() == "reviewed: real"
+    csv_text = download_text(page, "#dl-csv")  # as filtered: P >= 0.2, highest first
+    rows = list(csv.DictReader(io.StringIO(csv_text)))
+    assert rows[0]["filename"] == expected[0]["filename"] and rows[0]["review"] == "real"
+    assert rows[0]["review_note"] == "our photographer took it" and len(rows) == len(expected)
+    page.screenshot(path=str(tmp_path / "operations.png"), full_page=True)
+
+    # Delete, after the browser's confirmation: gone from the server and from the page.
+    page.once("dialog", lambda d: d.accept())
+    page.click("#delete-job")
+    page.wait_for_selector("#error:not([hidden])")
+    assert f"Job {job_id} was deleted: 16 results" in page.locator("#error").inner_text()
+    assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).status_code == 404
+    assert page.locator("#results").is_hidden() and "job=" not in page.url
+    assert [p for p in page_problems(page) if "404" not in p] == []

@@ -46,8 +46,13 @@
     el.hidden = false;
   }
 
-  async function api(url) {
-    const resp = await fetch(url, { headers: headers() });
+  async function api(url, method = "GET", payload = undefined) {
+    const opts = { method, headers: headers() };
+    if (payload !== undefined) {
+      opts.headers["Content-Type"] = "application/json";
+      opts.body = JSON.stringify(payload);
+    }
+    const resp = await fetch(url, opts);
     const body = await resp.json().catch(() => ({}));
     if (!resp.ok) {
       const err = new Error(body.error || resp.statusText);
@@ -196,10 +201,17 @@
     await follow(job.id, job);
   }
 
+  const FINAL = ["done", "cancelled"];
+  let currentJob = null;
+
   function render(job) {
+    currentJob = job.id;
     if (job.model) showScope(job.model);
     $("job-bar").value = job.total ? job.done / job.total : 0;
-    $("job-text").textContent = `${job.done} / ${job.total}` + (job.errors ? ` (${job.errors} errors)` : "");
+    const notes = [job.errors ? `${job.errors} errors` : "", job.cancelled ? `${job.cancelled} cancelled` : ""];
+    $("job-text").textContent = `${job.done} / ${job.total}` + (notes.some(Boolean) ? ` (${notes.filter(Boolean).join(", ")})` : "");
+    $("job-actions").hidden = false;
+    $("cancel-job").hidden = FINAL.includes(job.status);
     $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
     $("status").dataset.status = job.status;
     $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
@@ -270,6 +282,7 @@
       ev.appendChild(li);
     }
     $("detail-evidence-block").hidden = !ev.children.length;
+    showReview(jobId, r);
     $("detail-img").removeAttribute("src");
     showImage($("detail-img"), `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512`);
     $("detail").showModal();
@@ -295,12 +308,12 @@
     let shown = -1, refreshed = 0;
     for (;;) {
       // New rows at most every 1.5 s while the job runs (a large job moves in many small steps), and at the end.
-      if (job.done !== shown && (job.status === "done" || Date.now() - refreshed > 1500)) {
+      if (job.done !== shown && (FINAL.includes(job.status) || Date.now() - refreshed > 1500)) {
         shown = job.done;
         refreshed = Date.now();
         await refreshResults(jobId);
       }
-      if (job.status === "done") break;
+      if (FINAL.includes(job.status) || stopFollowing === jobId) break;
       try {
         job = await api(`/api/jobs/${jobId}?wait=20&done=${done}`);
         failures = 0;
@@ -310,16 +323,18 @@
           await new Promise((r) => setTimeout(r, e.retryAfter * 1000));
           continue;
         }
+        if (stopFollowing === jobId) return;  // deleted from this page
         // A restarting server or a dropped connection: say so, back off, keep following the job.
         if (/no job/.test(e.message) || ++failures > 30) throw e;
         showError(`${e.message}; retrying…`);
         await new Promise((r) => setTimeout(r, Math.min(10000, 500 * 2 ** Math.min(failures, 5))));
         continue;
       }
+      if (stopFollowing === jobId) return;
       render(job);
       done = job.done;
     }
-    showDownloads(jobId);
+    if (stopFollowing !== jobId) showDownloads(jobId);
   }
 
   // Rows by image id. Everything before `frontier` is final, so each refresh reads only from the first row
@@ -346,10 +361,18 @@
       lazy.observe(img);
       tr.onclick = () => openDetail(jobId, r);
     }
+    tr.dataset.id = r.id;
     const label = r.status === "error" ? "error" : r.status === "done" ? (LABEL_TEXT[r.label] || r.label) : r.status;
     const labelCell = document.createElement("span");
     labelCell.textContent = label;
     for (const b of badges(r.evidence)) labelCell.appendChild(b);
+    if (r.review) {
+      const b = document.createElement("span");
+      b.className = "badge review";
+      b.textContent = `reviewed: ${LABEL_TEXT[r.review] || r.review}`;
+      b.title = r.review_note || "a person's verdict";
+      labelCell.appendChild(b);
+    }
     const cells = [img, r.filename, labelCell, r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
     cells.forEach((c, k) => {
       const td = document.createElement("td");
@@ -380,12 +403,44 @@
     return out;
   }
 
-  async function refreshResults(jobId) {
+  // The filter bar: label, status, P range and order, as the API's query parameters.
+  function filterParams() {
+    const q = new URLSearchParams();
+    if ($("f-label").value) q.set("label", $("f-label").value);
+    if ($("f-status").value) q.set("status", $("f-status").value);
+    for (const [id, name] of [["f-pmin", "p_min"], ["f-pmax", "p_max"]]) {
+      const v = $(id).value.trim();
+      if (v !== "" && Number(v) >= 0 && Number(v) <= 1) q.set(name, v);
+    }
+    if ($("f-sort").value !== "id") q.set("sort", $("f-sort").value);
+    return q;
+  }
+
+  let refreshing = Promise.resolve();
+
+  // One refresh at a time: a filter change while the job is followed waits for the refresh in flight.
+  function refreshResults(jobId) {
+    refreshing = refreshing.catch(() => {}).then(() => loadResults(jobId));
+    return refreshing;
+  }
+
+  async function loadResults(jobId) {
     const tbody = $("results").querySelector("tbody");
+    const params = filterParams();
+    const filtered = params.toString() !== "";
+    if (filtered) {  // a filtered or re-ordered list is read whole each time, in the server's order
+      rows = new Map();
+      frontier = "0";
+      tbody.textContent = "";
+    }
     let cursor = frontier;
-    let settled = true;  // every row so far is final: the frontier may move past it
+    let settled = !filtered;  // every row so far is final: the frontier may move past it
+    let shownCount = 0;
     while (cursor !== null) {
-      const page = await api(`/api/jobs/${jobId}/results?limit=1000&cursor=${cursor}`);
+      params.set("limit", "1000");
+      params.set("cursor", cursor);
+      const page = await api(`/api/jobs/${jobId}/results?${params}`);
+      shownCount += page.items.length;
       const frag = document.createDocumentFragment();
       for (const r of page.items) {
         let tr = rows.get(r.id);
@@ -402,6 +457,8 @@
       tbody.appendChild(frag);
       cursor = page.next_cursor;
     }
+    $("filters").hidden = false;
+    $("f-count").textContent = filtered ? `${shownCount} shown` : "";
     $("results").hidden = rows.size === 0;
   }
 
@@ -409,11 +466,72 @@
     for (const fmt of ["csv", "json"]) {
       $(`dl-${fmt}`).onclick = (e) => {
         e.preventDefault();
-        run(download(`/api/jobs/${jobId}/results?format=${fmt}&download=1`, `pixelproof-${jobId}.${fmt}`));
+        const params = filterParams();
+        params.set("format", fmt);
+        params.set("download", "1");
+        run(download(`/api/jobs/${jobId}/results?${params}`, `pixelproof-${jobId}.${fmt}`));
       };
     }
     $("downloads").hidden = false;
   }
+
+  let filterTimer = 0;
+  $("filters").addEventListener("input", () => {
+    clearTimeout(filterTimer);
+    filterTimer = setTimeout(() => { if (currentJob) run(refreshResults(currentJob)); }, 250);
+  });
+  $("filters").addEventListener("submit", (e) => e.preventDefault());
+
+  let stopFollowing = null;
+
+  $("cancel-job").addEventListener("click", () => run((async () => {
+    const job = await api(`/api/jobs/${currentJob}/cancel`, "POST");
+    render(job);
+    await refreshResults(job.id);
+  })()));
+
+  $("delete-job").addEventListener("click", () => run((async () => {
+    const id = currentJob;
+    if (!confirm(`Delete job ${id} with its results and uploads? This cannot be undone.`)) return;
+    stopFollowing = id;
+    const gone = await api(`/api/jobs/${id}`, "DELETE");
+    clearResults();
+    $("progress").hidden = true;
+    $("filters").hidden = true;
+    history.replaceState(null, "", location.pathname);
+    $("status").textContent = "";
+    const el = $("error");
+    el.textContent = `Job ${gone.deleted} was deleted: ${gone.images} results, ${gone.files_removed} stored files removed.`;
+    el.hidden = false;
+    currentJob = null;
+  })()));
+
+  // The per-image view's review form: a person's verdict, saved on the server and shown on the row.
+  let reviewing = null;
+
+  function showReview(jobId, r) {
+    reviewing = { jobId, id: r.id };
+    for (const input of document.querySelectorAll("#review input[name=verdict]")) input.checked = input.value === r.review;
+    $("review-note").value = r.review_note || "";
+    $("review-status").textContent = r.review ? "saved" : "";
+  }
+
+  $("review").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const chosen = document.querySelector("#review input[name=verdict]:checked");
+    if (!chosen || !reviewing) {
+      $("review-status").textContent = "choose real, AI-generated or unsure first";
+      return;
+    }
+    const { jobId, id } = reviewing;
+    run((async () => {
+      const item = await api(`/api/jobs/${jobId}/images/${id}/review`, "POST",
+                             { verdict: chosen.value, note: $("review-note").value });
+      $("review-status").textContent = "saved";
+      const tr = rows.get(item.id);
+      if (tr) fillRow(tr, jobId, item);
+    })());
+  });
 
   function fromInput(input) {
     return Array.from(input.files).map((file) => ({ file, path: file.webkitRelativePath || file.name }));
