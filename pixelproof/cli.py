@@ -39,8 +39,7 @@ def _preprocessing(args: argparse.Namespace):
     (fine-tuning must feed the model what it was trained on)."""
     from shared.imaging import Preprocessing
 
-    given = {k: v for k, v in (("input_size", args.input_size), ("resize", args.resize),
-                               ("max_crops", args.max_crops)) if v is not None}
+    given = {k: getattr(args, k) for k in ("input_size", "resize", "max_crops") if hasattr(args, k)}
     if args.init_from and not given:
         from shared.modeling.checkpoint import read_meta
 
@@ -51,20 +50,11 @@ def _preprocessing(args: argparse.Namespace):
 @_user_errors_exit_2
 def _train(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
-    from training.train import TrainConfig, train
+    from training.config import from_flags
+    from training.train import train
 
     setup_logging()
-    cfg = TrainConfig(
-        data=args.data, out=Path(args.out), arch=args.arch, arch_args=json.loads(args.arch_args),
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, ema_decay=args.ema,
-        optimizer=args.optimizer, val_fraction=args.val_fraction, seed=args.seed, patience=args.patience,
-        device=args.device, limit=args.limit, augment=not args.no_augment, p_shift=args.shift, threads=args.threads,
-        precision=args.precision, resume=args.resume, name=args.name, init_from=args.init_from or "",
-        teacher=args.teacher or "", distill_weight=args.distill_weight, distill_temperature=args.distill_temperature,
-        workers=args.workers, holdout=tuple(h for h in (args.holdout or "").split(",") if h),
-        crops_per_image=args.crops_per_image, crop_augment=json.loads(args.crop_augment), max_minutes=args.max_minutes,
-        preprocessing=_preprocessing(args),
-    )
+    cfg = from_flags(args, preprocessing=_preprocessing(args))
     path, meta = train(cfg)
     print(f"checkpoint {path} version {meta.version}")
     return 0
@@ -200,6 +190,8 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 def build_parser() -> argparse.ArgumentParser:
     import os
 
+    from training.config import add_flags  # light: no torch (the parser is built for every command)
+
     p = argparse.ArgumentParser(prog="pixelproof", description=__doc__, epilog=SERVICE_ENV, formatter_class=Formatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -244,48 +236,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = _parser(sub, "train", "train a model from an image folder (real/, fake/), a parquet folder or a Hugging Face "
                 "dataset, and write a self-describing checkpoint")
-    t.add_argument("--data", required=True, help="parquet dir, image folder, or Hugging Face dataset name")
-    t.add_argument("--out", required=True, help="run folder (checkpoint, history, resume state)")
-    t.add_argument("--arch", default="tiny_resnet", help="architecture from the model registry (tiny_resnet, residual_energy, ...; shared/modeling/registry.py)")
-    t.add_argument("--arch-args", default="{}", help="JSON, e.g. '{\"widths\": [16, 32, 64, 128]}'")
-    t.add_argument("--epochs", type=int, default=10, help="passes over the training data (the one-cycle schedule spans them)")
-    t.add_argument("--batch-size", type=int, default=128, help="images per step")
-    t.add_argument("--lr", type=float, default=3e-3, help="peak learning rate of the one-cycle schedule")
-    t.add_argument("--weight-decay", type=float, default=5e-4, help="AdamW weight decay")
-    t.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights per step, e.g. 0.999 (0: off)")
-    t.add_argument("--optimizer", choices=["adamw", "adam"], default="adamw", help="optimiser")
-    t.add_argument("--val-fraction", type=float, default=0.1, help="share of the data held out for validation (stratified by class, and by source for crops)")
-    t.add_argument("--seed", type=int, default=0, help="seed of the split, the initialisation and the augmentation")
-    t.add_argument("--patience", type=int, default=3, help="early stopping on validation loss")
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"], help="where to train: auto picks CUDA, then MPS, then the CPU")
-    t.add_argument("--limit", type=int, default=0, help="train on at most this many images")
-    t.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    t.add_argument("--shift", type=float, default=0.0, help="probability of a mirrored shift of up to 3 px")
-    t.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: all cores)")
-    t.add_argument("--precision", default="auto", choices=PRECISIONS,
-                   help="auto: float16 on CUDA, bfloat16 on a CPU with native support, else float32")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out from its last saved epoch")
-    t.add_argument("--init-from", help="fine-tune: start from this checkpoint's architecture and weights")
-    t.add_argument("--teacher", help="distil: also learn from this checkpoint's softened scores")
-    t.add_argument("--distill-weight", type=float, default=0.7, help="share of the loss given to the teacher")
-    t.add_argument("--distill-temperature", type=float, default=2.0, help="temperature that softens the teacher's scores")
-    t.add_argument("--workers", type=int, default=0, help="data-loading processes (GPU training wants several)")
-    t.add_argument("--max-minutes", type=float, default=0.0,
-                   help="after the first epoch, shorten the schedule to the epochs that fit in this many minutes")
-    t.add_argument("--name", default="pixelproof", help="model name, the first part of the checkpoint's version")
+    add_flags(t)  # one flag per TrainConfig field, with its default and help (training/config.py)
     # Preprocessing: unset flags take Preprocessing's defaults (32, squash, 9), or --init-from's checkpoint's.
-    t.add_argument("--input-size", type=int, default=None,
+    t.add_argument("--input-size", type=int, default=argparse.SUPPRESS,
                    help="the model's input side; with native_crops, the crop side (32, or --init-from's)")
-    t.add_argument("--resize", default=None, choices=list(ROUTES),
+    t.add_argument("--resize", default=argparse.SUPPRESS, choices=list(ROUTES),
                    help="squash/center_crop: the whole image resized to the input; native_crops: a grid of crops "
                         "at the image's own resolution (squash, or --init-from's)")
-    t.add_argument("--max-crops", type=int, default=None,
+    t.add_argument("--max-crops", type=int, default=argparse.SUPPRESS,
                    help="native_crops: crops scored per image at most (9, or --init-from's)")
-    t.add_argument("--holdout", help="native_crops: comma-separated sources (file names <source>__<id>) kept out of "
-                                     "training and scored at the end")
-    t.add_argument("--crops-per-image", type=int, default=1, help="native_crops: random crops of each image per epoch")
-    t.add_argument("--crop-augment", default="{}", help="native_crops: JSON overrides of the augmentation, e.g. "
-                                                        "'{\"p_jpeg\": 0.8}' (training.native.CropAugment)")
     t.set_defaults(func=_train)
 
     e = _parser(sub, "evaluate", "score a checkpoint on labelled data: metrics, robustness rows and plots")

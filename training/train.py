@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from shared.imaging import Preprocessing, to_array
+from shared.logs import kv
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
 from shared.modeling.device import InPrecision, as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
 from shared.modeling.registry import build_model
@@ -23,48 +24,11 @@ from shared.scoring import calibrated, choose_thresholds, image_logits
 
 from . import native
 from .augment import Augment
+from .config import TrainConfig
 from .data import ImageSet, load_image_sets, pil_from_uint8, split_validation
 from .metrics import classification_report
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    out: Path
-    arch: str = "tiny_resnet"
-    arch_args: dict = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 128
-    lr: float = 3e-3
-    weight_decay: float = 5e-4
-    ema_decay: float = 0.0  # > 0 keeps an exponential moving average of the weights and validates/saves that
-    optimizer: str = "adamw"  # "adam" reproduces the report's seed CNN
-    val_fraction: float = 0.1
-    seed: int = 0
-    patience: int = 3
-    device: str = "auto"
-    limit: int = 0  # use only this many training images (quick runs, tests)
-    augment: bool = True
-    p_shift: float = 0.0  # probability of a whole-pixel mirrored shift (up to 3 px) in augmentation
-    threads: int = 0
-    precision: str = "auto"  # shared.modeling.device.compute_dtype: float16 on CUDA, bfloat16 on a CPU that has it
-    resume: bool = False
-    init_from: str = ""  # a checkpoint whose architecture and weights this run starts from (fine-tuning)
-    teacher: str = ""  # a checkpoint whose scores this run also learns from (knowledge distillation)
-    distill_weight: float = 0.7  # share of the loss taken by the teacher's softened scores
-    distill_temperature: float = 2.0
-    workers: int = 0  # DataLoader processes decoding and augmenting; a GPU outruns one CPU core
-    # Crop-based checkpoints (preprocessing.resize == "native_crops"):
-    holdout: tuple[str, ...] = ()  # sources (file-name prefixes) kept out of training and scored at the end
-    crops_per_image: int = 1  # random crops of each training image per epoch
-    crop_augment: dict = field(default_factory=dict)  # overrides of training.native.CropAugment's arguments
-    max_false_fake: float = 0.01  # the three-label thresholds (shared.scoring.choose_thresholds)
-    max_false_real: float = 0.05
-    max_minutes: float = 0.0  # > 0: after the first epoch, shorten the schedule to the epochs that fit in this time
-    name: str = "pixelproof"
-    preprocessing: Preprocessing = field(default_factory=Preprocessing)
 
 
 class RunMismatch(ValueError):
@@ -216,153 +180,167 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
     return RunData(train_data, len(train_set), len(val_set), validate, held_out)
 
 
-def _fit_schedule(cfg: TrainConfig, opt, sched, steps_per_epoch: int, done: int, seconds: float):
+def _fit_schedule(cfg: TrainConfig, run: Run, steps_per_epoch: int, done: int, seconds: float) -> TrainConfig:
     """--max-minutes: from the first epoch's time, the epochs that fit; the one-cycle schedule is redrawn over
     them (at the point already reached), so the rate still anneals to its end instead of stopping mid-way.
-    cfg.epochs is updated, so the checkpoint records the schedule that was run."""
+    Returns the config with those epochs, so the checkpoint records the schedule that was run."""
     fit = max(done, int(cfg.max_minutes * 60 / max(seconds / done, 1e-6)))
     if fit >= cfg.epochs:
-        return sched
-    log.info("schedule shortened to fit max_minutes=%s epochs=%d (was %d)", cfg.max_minutes, fit, cfg.epochs)
-    cfg.epochs = fit
-    fresh = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, fit * steps_per_epoch), pct_start=0.15)
+        return cfg
+    log.info(kv(event="schedule_shortened", max_minutes=cfg.max_minutes, epochs=fit, was=cfg.epochs))
+    fresh = torch.optim.lr_scheduler.OneCycleLR(run.opt, max_lr=cfg.lr, total_steps=max(1, fit * steps_per_epoch),
+                                                pct_start=0.15)
     for _ in range(min(done * steps_per_epoch, fit * steps_per_epoch - 1)):
         fresh.step()
-    return fresh
+    run.sched = fresh
+    return replace(cfg, epochs=fit)
 
 
-def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    seed_everything(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
-    spec = cfg.preprocessing
+@dataclass
+class Run:
+    """What changes while a run trains: the model and what steps it, and the record kept for resuming."""
 
-    amp_dtype = compute_dtype(device, cfg.precision)
-    data = _native_data(cfg, device, amp_dtype) if spec.native else _resized_data(cfg, device, amp_dtype)
-    log.info("data source=%s train=%d val=%d held_out=%d device=%s precision=%s", cfg.data, data.n_train, data.n_val,
-             len(data.held_out) if data.held_out is not None else 0, device, precision_name(amp_dtype))
-    gen = torch.Generator().manual_seed(cfg.seed)
-    loader_opts = dict(num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
-    train_loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
-                              drop_last=len(data.train) > cfg.batch_size, worker_init_fn=_seed_worker_augment, **loader_opts)
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    ema: torch.optim.swa_utils.AveragedModel | None
+    scaler: torch.amp.GradScaler
+    teacher: nn.Module | None
+    history: list[dict] = field(default_factory=list)
+    best_val: float = float("inf")
+    best_state: dict | None = None
+    bad_epochs: int = 0
 
-    provenance: dict[str, str] = {}
-    if cfg.init_from:
-        # Start from our own earlier checkpoint: its architecture wins, and its version is recorded below.
-        model, source = _checkpoint_with_preprocessing(cfg.init_from, spec, "")
-        provenance["init_from_version"] = source.version
-        cfg.arch, cfg.arch_args = source.architecture, dict(source.arch_args)
-        model = model.train().to(device)
-        log.info("init_from checkpoint=%s version=%s", cfg.init_from, source.version)
-    else:
-        model = build_model(cfg.arch, **cfg.arch_args).to(device)
+    @property
+    def scored(self) -> nn.Module:
+        """The weights validated and saved: the running average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
+
+
+LOSS = nn.BCEWithLogitsLoss()
+
+
+def _base_model(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, nn.Module, dict[str, str]]:
+    """A new model, or (fine-tuning) our own earlier checkpoint, whose architecture then wins."""
+    if not cfg.init_from:
+        return cfg, build_model(cfg.arch, **cfg.arch_args).to(device), {}
+    model, source = _checkpoint_with_preprocessing(cfg.init_from, cfg.preprocessing, "")
+    log.info(kv(event="init_from", checkpoint=cfg.init_from, version=source.version))
+    cfg = replace(cfg, arch=source.architecture, arch_args=dict(source.arch_args))
+    return cfg, model.train().to(device), {"init_from_version": source.version}
+
+
+def _new_run(cfg: TrainConfig, model: nn.Module, device: torch.device, amp_dtype, steps_per_epoch: int,
+             provenance: dict[str, str]) -> Run:
     model = model.to(memory_format=memory_format(device))
     teacher = None
     if cfg.teacher:
-        teacher, teacher_meta = _checkpoint_with_preprocessing(cfg.teacher, spec, "teacher ")
+        teacher, teacher_meta = _checkpoint_with_preprocessing(cfg.teacher, cfg.preprocessing, "teacher ")
         teacher = teacher.eval().requires_grad_(False).to(device).to(memory_format=memory_format(device))
         provenance["teacher_version"] = teacher_meta.version
-        log.info("teacher checkpoint=%s version=%s", cfg.teacher, teacher_meta.version)
+        log.info(kv(event="teacher", checkpoint=cfg.teacher, version=teacher_meta.version))
     if cfg.optimizer == "adam":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     else:
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = max(1, cfg.epochs * len(train_loader))
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=steps, pct_start=0.15)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(1, cfg.epochs * steps_per_epoch),
+                                                pct_start=0.15)
     # Averaging the weights along the trajectory smooths out the last noisy steps (Polyak averaging); torch's
     # AveragedModel also averages the BatchNorm statistics, so the averaged copy is complete on its own.
     ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay),
                                                use_buffers=True) if cfg.ema_decay > 0 else None)
     # float16 needs its gradients scaled to stay in range; bfloat16 has float32's exponent and does not.
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    loss_fn = nn.BCEWithLogitsLoss()
+    return Run(model, opt, sched, ema, scaler, teacher)
 
-    history: list[dict] = []
-    best_val, best_state, bad_epochs, start_epoch = float("inf"), None, 0, 0
-    state_path = out / "state.pt"
-    if cfg.resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        # The learning-rate schedule, the data split and the augmentation all follow from the arguments; resuming
-        # under others would silently train something no command describes (or fail deep in the scheduler).
-        changed = sorted(k for k, v in _run_arguments(cfg).items() if st.get("arguments", {}).get(k, v) != v)
-        if changed:
-            raise RunMismatch(f"{state_path} belongs to a run with different arguments ({', '.join(changed)}); "
-                              "resume with the same arguments, or train into a new --out")
-        model.load_state_dict(st["model"]), opt.load_state_dict(st["opt"]), sched.load_state_dict(st["sched"])
-        if ema is not None and st.get("ema") is not None:
-            ema.load_state_dict(st["ema"])
-        history, best_val, best_state, bad_epochs = st["history"], st["best_val"], st["best_state"], st["bad_epochs"]
-        start_epoch = st["epoch"] + 1
-        torch.set_rng_state(st["rng"])
-        log.info("resumed from epoch=%d", start_epoch)
 
-    started = time.time()
-    epoch = start_epoch
-    while epoch < cfg.epochs:
-        # Each epoch's shuffle and augmentation follow from (seed, epoch) alone, so a resumed run sees exactly what
-        # the same run left alone would have (with persistent loader processes, the shuffle only).
-        gen.manual_seed(cfg.seed * 10_007 + epoch)
-        if getattr(data.train, "augment", None) is not None:
-            data.train.augment.rng.seed(cfg.seed * 10_007 + epoch)
-        model.train()
-        # Running sums stay on the device: reading them every step would stall a GPU at each batch.
-        t0, seen = time.time(), 0
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device)
-        bar = tqdm(train_loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
-        for step, (x, y) in enumerate(bar):
-            x = as_input(x, device)
-            y = y.to(device, non_blocking=True)
-            with autocast(device, amp_dtype):
-                logits = model(x)
-                hard = loss_fn(logits.float(), y)  # what train_loss reports: the same measure as val_loss
-                loss = hard
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-                    loss = (1 - cfg.distill_weight) * hard + cfg.distill_weight * distillation_loss(
-                        logits, t_logits, cfg.distill_temperature)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            if ema is not None:
-                ema.update_parameters(model)
-            seen += len(y)
-            loss_sum += hard.detach() * len(y)
-            correct += ((logits.detach() > 0).float() == y).sum()
-            if step % 50 == 0:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
-        loss_sum, correct = loss_sum.item(), correct.item()
-        scored = ema.module if ema is not None else model
-        v_logits, v_labels = data.validate(scored)
-        v_loss = float(loss_fn(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
-        v_acc = float(((v_logits > 0).astype(int) == v_labels).mean())
-        row = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-               "val_loss": v_loss, "val_acc": v_acc, "seconds": round(time.time() - t0, 1)}
-        history.append(row)
-        log.info("epoch " + " ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        if cfg.max_minutes and epoch == start_epoch:
-            sched = _fit_schedule(cfg, opt, sched, len(train_loader), epoch + 1, time.time() - started)
-        if v_loss < best_val - 1e-4:
-            best_val, bad_epochs = v_loss, 0
-            best_state = {k: v.detach().cpu().clone() for k, v in scored.state_dict().items()}
-        else:
-            bad_epochs += 1
-        torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(),
-                    "ema": ema.state_dict() if ema is not None else None, "history": history, "best_val": best_val, "best_state": best_state, "bad_epochs": bad_epochs,
-                    "epoch": epoch, "rng": torch.get_rng_state(), "arguments": _run_arguments(cfg)}, state_path)
-        (out / "history.json").write_text(json.dumps(history, indent=2))
-        if bad_epochs >= cfg.patience:
-            log.info("early stop epoch=%d best_val_loss=%.4f", epoch + 1, best_val)
-            break
-        epoch += 1
+def save_state(path: Path, run: Run, cfg: TrainConfig, epoch: int) -> None:
+    torch.save({"model": run.model.state_dict(), "opt": run.opt.state_dict(), "sched": run.sched.state_dict(),
+                "ema": run.ema.state_dict() if run.ema is not None else None, "history": run.history,
+                "best_val": run.best_val, "best_state": run.best_state, "bad_epochs": run.bad_epochs,
+                "epoch": epoch, "rng": torch.get_rng_state(), "arguments": _run_arguments(cfg)}, path)
 
-    model.load_state_dict(best_state)
+
+def resume_state(path: Path, run: Run, cfg: TrainConfig, device: torch.device) -> int:
+    """Load a saved run into `run`; returns the epoch to continue from."""
+    st = torch.load(path, map_location=device, weights_only=False)
+    # The learning-rate schedule, the data split and the augmentation all follow from the arguments; resuming
+    # under others would silently train something no command describes (or fail deep in the scheduler).
+    changed = sorted(k for k, v in _run_arguments(cfg).items() if st.get("arguments", {}).get(k, v) != v)
+    if changed:
+        raise RunMismatch(f"{path} belongs to a run with different arguments ({', '.join(changed)}); "
+                          "resume with the same arguments, or train into a new --out")
+    run.model.load_state_dict(st["model"])
+    run.opt.load_state_dict(st["opt"])
+    run.sched.load_state_dict(st["sched"])
+    if run.ema is not None and st.get("ema") is not None:
+        run.ema.load_state_dict(st["ema"])
+    run.history, run.best_val, run.best_state = st["history"], st["best_val"], st["best_state"]
+    run.bad_epochs = st["bad_epochs"]
+    torch.set_rng_state(st["rng"])
+    log.info(kv(event="resumed", epoch=st["epoch"] + 1))
+    return st["epoch"] + 1
+
+
+def train_one_epoch(cfg: TrainConfig, run: Run, loader: DataLoader, device: torch.device, amp_dtype,
+                    epoch: int) -> dict:
+    """One pass over the training data; returns its mean loss and accuracy (the hard-label loss, the measure
+    validation reports too)."""
+    run.model.train()
+    # Running sums stay on the device: reading them every step would stall a GPU at each batch.
+    t0, seen = time.time(), 0
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False, mininterval=2.0)
+    for step, (x, y) in enumerate(bar):
+        x = as_input(x, device)
+        y = y.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            logits = run.model(x)
+            hard = LOSS(logits.float(), y)
+            loss = hard
+            if run.teacher is not None:
+                with torch.no_grad():
+                    t_logits = run.teacher(x)
+                loss = (1 - cfg.distill_weight) * hard + cfg.distill_weight * distillation_loss(
+                    logits, t_logits, cfg.distill_temperature)
+        run.opt.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.opt)
+        run.scaler.update()
+        run.sched.step()
+        if run.ema is not None:
+            run.ema.update_parameters(run.model)
+        seen += len(y)
+        loss_sum += hard.detach() * len(y)
+        correct += ((logits.detach() > 0).float() == y).sum()
+        if step % 50 == 0:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+    return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
+            "seconds": round(time.time() - t0, 1)}
+
+
+def evaluate(model: nn.Module, data: RunData) -> dict:
+    """Validation loss and accuracy of model, by image."""
+    v_logits, v_labels = data.validate(model)
+    v_loss = float(LOSS(torch.tensor(v_logits), torch.tensor(v_labels, dtype=torch.float32)))
+    return {"val_loss": v_loss, "val_acc": float(((v_logits > 0).astype(int) == v_labels).mean())}
+
+
+def _keep_best(run: Run, val_loss: float) -> None:
+    if val_loss < run.best_val - 1e-4:
+        run.best_val, run.bad_epochs = val_loss, 0
+        run.best_state = {k: v.detach().cpu().clone() for k, v in run.scored.state_dict().items()}
+    else:
+        run.bad_epochs += 1
+
+
+def _checkpoint(cfg: TrainConfig, run: Run, data: RunData, device: torch.device, provenance: dict,
+                out: Path) -> tuple[Path, CheckpointMeta]:
+    """The best weights, calibrated on validation (temperature, and for crop models the label thresholds)."""
+    spec = cfg.preprocessing
+    model = run.model
+    model.load_state_dict(run.best_state)
     model = model.to(memory_format=torch.contiguous_format)
     v_logits, v_labels = data.validate(model)
     temperature = fit_temperature(v_logits, v_labels)
@@ -374,17 +352,65 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     if data.held_out is not None and len(data.held_out):
         h_logits, h_labels = data.validate(model, data.held_out)
         metrics["held_out"] = {"sources": list(cfg.holdout), **classification_report(h_labels, calibrated(h_logits, temperature))}
-        log.info("held_out sources=%s n=%d roc_auc=%.4f", ",".join(cfg.holdout), len(h_labels), metrics["held_out"]["roc_auc"])
-    cfg_dict = _config_dict(cfg, {"preprocessing"})
+        log.info(kv(event="held_out", sources=",".join(cfg.holdout), n=len(h_labels),
+                    roc_auc=f"{metrics['held_out']['roc_auc']:.4f}"))
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
         thresholds=thresholds,
-        training={"config": cfg_dict, "history": history, "n_train": data.n_train, "n_val": data.n_val,
-                  "torch": torch.__version__, "device": str(device), **provenance},
+        training={"config": _config_dict(cfg, {"preprocessing"}), "history": run.history, "n_train": data.n_train,
+                  "n_val": data.n_val, "torch": torch.__version__, "device": str(device), **provenance},
         metrics=metrics,
     )
     path = out / "model.safetensors"
     meta = save_checkpoint(model.cpu(), meta, path)
-    log.info("saved checkpoint=%s version=%s temperature=%.3f val_acc=%.4f val_auc=%.4f", path, meta.version, temperature,
-             metrics["validation"]["accuracy"], metrics["validation"]["roc_auc"])
+    log.info(kv(event="saved", checkpoint=path, version=meta.version, temperature=f"{temperature:.3f}",
+                val_acc=f"{metrics['validation']['accuracy']:.4f}", val_auc=f"{metrics['validation']['roc_auc']:.4f}"))
     return path, meta
+
+
+def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
+    """A whole run, the way torchvision's classification reference lays one out: data, model, optimiser, an
+    optional resume, then train_one_epoch and evaluate per epoch with early stopping, then the checkpoint."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    amp_dtype = compute_dtype(device, cfg.precision)
+    data = _native_data(cfg, device, amp_dtype) if cfg.preprocessing.native else _resized_data(cfg, device, amp_dtype)
+    log.info(kv(event="data", source=cfg.data, train=data.n_train, val=data.n_val,
+                held_out=len(data.held_out) if data.held_out is not None else 0, device=device,
+                precision=precision_name(amp_dtype)))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
+                        drop_last=len(data.train) > cfg.batch_size, worker_init_fn=_seed_worker_augment,
+                        num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
+    cfg, model, provenance = _base_model(cfg, device)
+    run = _new_run(cfg, model, device, amp_dtype, len(loader), provenance)
+    state_path = out / "state.pt"
+    start_epoch = resume_state(state_path, run, cfg, device) if cfg.resume and state_path.exists() else 0
+
+    started = time.time()
+    epoch = start_epoch
+    while epoch < cfg.epochs:  # cfg.epochs may shrink after the first epoch (--max-minutes)
+        # Each epoch's shuffle and augmentation follow from (seed, epoch) alone, so a resumed run sees exactly what
+        # the same run left alone would have (with persistent loader processes, the shuffle only).
+        gen.manual_seed(cfg.seed * 10_007 + epoch)
+        if getattr(data.train, "augment", None) is not None:
+            data.train.augment.rng.seed(cfg.seed * 10_007 + epoch)
+        row = {"epoch": epoch + 1, **train_one_epoch(cfg, run, loader, device, amp_dtype, epoch),
+               **evaluate(run.scored, data)}
+        row = {k: row[k] for k in ("epoch", "train_loss", "train_acc", "val_loss", "val_acc", "seconds")}
+        run.history.append(row)
+        log.info(kv(event="epoch", **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()}))
+        if cfg.max_minutes and epoch == start_epoch:
+            cfg = _fit_schedule(cfg, run, len(loader), epoch + 1, time.time() - started)
+        _keep_best(run, row["val_loss"])
+        save_state(state_path, run, cfg, epoch)
+        (out / "history.json").write_text(json.dumps(run.history, indent=2))
+        if run.bad_epochs >= cfg.patience:
+            log.info(kv(event="early_stop", epoch=epoch + 1, best_val_loss=f"{run.best_val:.4f}"))
+            break
+        epoch += 1
+    return _checkpoint(cfg, run, data, device, provenance, out)
