@@ -190,7 +190,9 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 def build_parser() -> argparse.ArgumentParser:
     import os
 
-    from training.config import add_flags  # light: no torch (the parser is built for every command)
+    from training.config import (
+        add_flags,  # light: no torch (the parser is built for every command)
+    )
 
     p = argparse.ArgumentParser(prog="pixelproof", description=__doc__, epilog=SERVICE_ENV, formatter_class=Formatter)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

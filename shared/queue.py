@@ -37,7 +37,6 @@ def create_celery(settings: Settings) -> Celery:
         task_publish_retry_policy={"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0},
         beat_schedule=beat_schedule(settings),
     )
-    app.pixelproof_settings = settings
     return app
 
 

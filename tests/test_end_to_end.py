@@ -135,7 +135,7 @@ def test_hostile_corpus_every_file_ends_with_result_or_clear_error(make_app, sta
     finally:
         worker.stop()
     log = worker.text()
-    assert "level=ERROR" not in log and "decode failed" not in log, log[-3000:]
+    assert "level=ERROR" not in log and "event=decode_failed" not in log, log[-3000:]
     items = {i["filename"]: i for i in all_results(client, job["id"])}
     assert job["total"] == len(cases) == len(items)
     for name, _, expected in cases:

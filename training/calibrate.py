@@ -15,7 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from shared.modeling.checkpoint import load_checkpoint, load_for_inference, save_checkpoint
+from shared.logs import kv
+from shared.modeling.checkpoint import (
+    load_checkpoint,
+    load_for_inference,
+    save_checkpoint,
+)
 from shared.scoring import calibrated, choose_thresholds
 
 from .data import labelled_files
@@ -38,7 +43,7 @@ def out_of_fold(folds: list[Path], data: str, precision: str = "float32") -> tup
         z = score_bytes(model, meta, files, logits=True)
         ok = ~np.isnan(z)
         logits.append(z[ok]), labels.append(y[ok]), names.extend(np.array(n)[ok])
-        log.info("out_of_fold checkpoint=%s sources=%s n=%d", path, ",".join(held), int(ok.sum()))
+        log.info(kv(event="out_of_fold", checkpoint=path, sources=",".join(held), n=int(ok.sum())))
     return np.concatenate(logits), np.concatenate(labels), names
 
 
@@ -59,6 +64,6 @@ def calibrate(checkpoint: Path, folds: list[Path], data: str, out: Path, max_fal
     meta.training = {**meta.training, "calibrated_on": {"folds": [str(f) for f in folds], "data": data,
                                                         "max_false_fake": max_false_fake, "max_false_real": max_false_real}}
     meta = save_checkpoint(model, meta, out)
-    log.info("calibrated checkpoint=%s version=%s temperature=%.3f thresholds=%s oof_auc=%.4f", out, meta.version,
-             temperature, rule.to_dict(), report["roc_auc"])
+    log.info(kv(event="calibrated", checkpoint=out, version=meta.version, temperature=f"{temperature:.3f}",
+                real_below=rule.real_below, fake_from=rule.fake_from, oof_auc=f"{report['roc_auc']:.4f}"))
     return {"version": meta.version, **report}

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from shared.imaging import ImageRejected, Preprocessing, fit, load_rgb
+from shared.logs import kv
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def decode_split(split, spec: Preprocessing, keep_raw: bool = False) -> ImageSet
         try:
             images[kept] = np.asarray(fit(load_rgb(data, 10**9, target=size), spec))
         except ImageRejected as exc:
-            log.warning("skipping undecodable training image reason=%r", str(exc))
+            log.warning(kv(event="training_image_skipped", reason=str(exc)))
             continue
         labels[kept] = mapping[int(label)]
         if keep_raw:

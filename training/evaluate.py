@@ -18,12 +18,19 @@ import torch
 from PIL import Image
 
 from shared.imaging import ImageRejected, load_rgb, preprocess_bytes
+from shared.logs import kv
 from shared.modeling.checkpoint import CheckpointMeta, load_for_inference
 from shared.modeling.device import precision_name
 from shared.modeling.scorer import in_batches, score_prepared
 
 from . import plots
-from .data import DatasetUnavailable, folder_files, is_image_folder, labelled_files, source_of
+from .data import (
+    DatasetUnavailable,
+    folder_files,
+    is_image_folder,
+    labelled_files,
+    source_of,
+)
 from .metrics import classification_report, label_shares, reliability_bins, roc_points
 
 log = logging.getLogger(__name__)
@@ -73,7 +80,7 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int 
             try:
                 yield i, preprocess_bytes(data, meta.preprocessing, 10**9)
             except ImageRejected as exc:
-                log.warning("undecodable index=%d reason=%r", i, str(exc))
+                log.warning(kv(event="undecodable", index=i, reason=str(exc)))
 
     for run in in_batches(prepared(), lambda item: len(item[1].inputs), max_crops):
         for (i, _), s in zip(run, score_prepared(model, meta, [p for _, p in run], device)):
@@ -115,8 +122,8 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
             fpr, tpr = roc_points(y[ok], p[ok])
             curves[row] = (fpr, tpr, rep["roc_auc"])
             rel[row] = reliability_bins(y[ok], p[ok])
-        log.info("eval set=%s n=%d accuracy=%.4f roc_auc=%.4f tpr_at_fpr_5=%.3f ece=%.4f", row, rep["n"], rep["accuracy"],
-                 rep["roc_auc"], rep["tpr_at_fpr_5"], rep["ece"])
+        log.info(kv(event="eval", set=row, n=rep["n"], accuracy=f"{rep['accuracy']:.4f}",
+                    roc_auc=f"{rep['roc_auc']:.4f}", tpr_at_fpr_5=f"{rep['tpr_at_fpr_5']:.3f}", ece=f"{rep['ece']:.4f}"))
         return p
 
     p_main = record(name, labels, scores(files))

@@ -19,7 +19,15 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from shared.imaging import ImageRejected, Preprocessing, load_rgb_array, native_crops, normalise, pad_to
+from shared.imaging import (
+    ImageRejected,
+    Preprocessing,
+    load_rgb_array,
+    native_crops,
+    normalise,
+    pad_to,
+)
+from shared.logs import kv
 from shared.modeling import scorer
 
 from .augment import jpeg_reencode
@@ -72,7 +80,7 @@ def load_native_set(source: str, keep_side: int = 512) -> NativeSet:
             images.append(_centre(load_rgb_array(data, 10**9), keep_side))
             kept.append(i)
         except ImageRejected as exc:
-            log.warning("skipping undecodable training image name=%s reason=%r", name, str(exc))
+            log.warning(kv(event="training_image_skipped", name=name, reason=str(exc)))
     return NativeSet(images, labels[kept], [names[i] for i in kept])
 
 

@@ -18,7 +18,15 @@ from tqdm import tqdm
 from shared.imaging import Preprocessing, to_array
 from shared.logs import kv
 from shared.modeling.checkpoint import CheckpointMeta, load_checkpoint, save_checkpoint
-from shared.modeling.device import InPrecision, as_input, autocast, compute_dtype, memory_format, pick_device, precision_name
+from shared.modeling.device import (
+    InPrecision,
+    as_input,
+    autocast,
+    compute_dtype,
+    memory_format,
+    pick_device,
+    precision_name,
+)
 from shared.modeling.registry import build_model
 from shared.scoring import calibrated, choose_thresholds, image_logits
 

@@ -5,6 +5,8 @@ from flask import Flask, jsonify, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException
 
+from shared.logs import kv
+
 
 class ApiError(Exception):
     def __init__(self, status: int, message: str, *, headers: dict | None = None, **extra):
@@ -45,13 +47,13 @@ def register_error_handlers(app: Flask) -> None:
     def _database_down(err: OperationalError):
         reason = str(err.orig)
         if any(s in reason.lower() for s in DISK_FULL):  # SQLite "database or disk is full", PostgreSQL ENOSPC
-            app.logger.error("database disk full path=%s reason=%r", request.path, reason)
+            app.logger.error(kv(event="database_full", path=request.path, reason=reason))
             resp = jsonify({"error": "the server's disk is full: nothing was changed; retry when space has been "
                                      "freed", "status": 507})
             resp.status_code = 507
             resp.headers["Retry-After"] = "60"
             return resp
-        app.logger.error("database unreachable path=%s reason=%r", request.path, reason)
+        app.logger.error(kv(event="database_unreachable", path=request.path, reason=reason))
         resp = jsonify({"error": "the database is unreachable right now; nothing was changed, retry shortly",
                         "status": 503})
         resp.status_code = 503
@@ -60,7 +62,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception):
-        app.logger.exception("unhandled error path=%s", request.path)
+        app.logger.exception(kv(event="unhandled_error", path=request.path, error=type(err).__name__))
         resp = jsonify({"error": "internal error; the incident was logged", "status": 500})
         resp.status_code = 500
         return resp

@@ -69,7 +69,7 @@ class Classifier:
         except ImageRejected as exc:
             return Outcome(error=str(exc), details=evidence), evidence
         except Exception as exc:  # a decoder bug must cost one image, not the batch
-            log.exception("decode failed")
+            log.exception(kv(event="decode_failed", reason=type(exc).__name__))
             return Outcome(error=f"the image could not be decoded ({type(exc).__name__})", details=evidence), evidence
 
     def _outcome(self, prepared: Prepared, scored, evidence: dict) -> Outcome:

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from shared.imaging import Preprocessing
+from shared.logs import kv
 from shared.scoring import Thresholds
 
 from .device import InPrecision, compute_dtype, memory_format
@@ -159,7 +160,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     try:
         return fuse(model.eval(), inplace=False)
     except Exception as exc:  # an architecture with data-dependent control flow still serves, unfolded
-        log.warning("batchnorm folding skipped arch=%s reason=%r", type(model).__name__, str(exc))
+        log.warning(kv(event="batchnorm_folding_skipped", arch=type(model).__name__, reason=str(exc)))
         return model
 
 
