@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.photos import cost_split, make_photos  # noqa: E402
-from benchmarks.run import machine  # noqa: E402
+from benchmarks.stack import machine  # noqa: E402
 from shared.evidence import gather  # noqa: E402
 
 TARGET = 0.10

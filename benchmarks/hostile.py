@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import MemoryWatch, Stack, machine  # noqa: E402
+from benchmarks.stack import MemoryWatch, Stack, machine  # noqa: E402
 from pixelproof.submit import Client  # noqa: E402
 from tests.corpus import corpus, heavy_files  # noqa: E402
 

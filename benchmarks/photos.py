@@ -30,17 +30,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.run import (  # noqa: E402
-    CIFAKE_TEST,
-    PHOTOS_SECTION,
-    MemoryWatch,
-    Stack,
-    ceiling_processes,
-    cpu_seconds,
-    database_url,
-    end_to_end,
-    machine,
-)
+from benchmarks.measurements import CIFAKE_TEST, ceiling_processes, end_to_end  # noqa: E402
+from benchmarks.report import PHOTOS_SECTION  # noqa: E402
+from benchmarks.stack import MemoryWatch, Stack, cpu_seconds, database_url, machine  # noqa: E402
 from shared.modeling.checkpoint import read_meta  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT, load_settings  # noqa: E402
 

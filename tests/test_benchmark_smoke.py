@@ -57,3 +57,21 @@ def test_hostile_benchmark_smoke(tmp_path):
 def test_evidence_cost_benchmark_smoke(tmp_path):
     text = run_smoke("evidence_cost.py", tmp_path / "EVIDENCE.md")
     assert "| photos with signed Content Credentials |" in text and "share of the pixel model's cost" in text
+
+
+def test_the_report_notes_follow_the_figures():
+    """The notes are derived from what was measured, so another machine's figures give other sentences."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from benchmarks.report import Figures, notes
+
+    base = dict(cores=2, ceil_one=100.0, ceil_setup="torch 2 threads", ceil_procs=150.0, sync=20.0, e2e_1=60.0,
+                e2e_2=90.0, p50_ms=120.0, p95_ms=200.0, web_mb=80.0, worker_mb=900.0, web_ms=2.0, workers_ms=14.0,
+                db_ms=4.0, db_kind="PostgreSQL", gpu=False)
+    text = notes(Figures(**base))
+    assert "2 single-threaded processes, 1.50x one process" in text and "2 workers did best: 60% of the ceiling" in text
+    assert "the workers took 70%, the web 10% and the database server 20%" in text and "No GPU" in text
+    assert "Over target" not in text
+    other = notes(Figures(**{**base, "ceil_one": 300.0, "e2e_1": 200.0, "p50_ms": 400.0, "gpu": True}))
+    assert "one process (torch 2 threads), 2.00x 2 single-threaded processes" in other
+    assert "1 worker did best: 67% of the ceiling" in other and "Over target: p50 latency 400 against 250" in other
+    assert "No GPU" not in other
