@@ -304,7 +304,12 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     from .conftest import service_env
     from .processes import start_worker
 
-    base = start_web_only(sqlite_url)
+    from .test_operations import SECRET, Receiver
+
+    rx = Receiver()
+    hooks = {"PIXELPROOF_WEBHOOK_ALLOWLIST": rx.url, "PIXELPROOF_WEBHOOK_SECRET": SECRET,
+             "PIXELPROOF_RETENTION_DAYS": "30"}
+    base = start_web_only(sqlite_url, **hooks)
     queued, mixed = tmp_path / "queued", tmp_path / "mixed"
     queued.mkdir()
     for p in sorted((mini_dir / "real").iterdir())[:4]:
@@ -314,6 +319,9 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
         for p in sorted((mini_dir / d).iterdir())[10:18]:
             shutil.copy(p, mixed / d / p.name)
     page = watched_page(browser)
+    keys = []
+    page.on("request", lambda r: r.method == "POST" and r.url.endswith(("/api/jobs", "/files"))
+            and keys.append(r.headers.get("idempotency-key")))
     page.goto(base + "/")
     # Cancel: no worker yet, so the job waits; after the click nothing of it is ever classified.
     page.set_input_files("#folder-input", str(queued))
@@ -321,10 +329,21 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     page.click("#cancel-job")
     page.wait_for_selector("#status[data-status=cancelled]")
     assert "4 cancelled" in page.locator("#job-text").inner_text() and not page.locator("#cancel-job").is_visible()
+    assert len(keys) == 1 and keys[0] and len(keys[0]) == 32  # each upload request carries its own key
     cancelled_id = page.url.split("job=")[1]
-    worker = start_worker(service_env(sqlite_url, redis_server.url, tmp_path / "data"), tmp_path / "worker.log")
+    worker = start_worker(service_env(sqlite_url, redis_server.url, tmp_path / "data", **hooks),
+                          tmp_path / "worker.log")
     try:
+        # A job made through the API with a webhook: its page shows how the delivery went.
+        hooked = requests.post(f"{base}/api/jobs?callback_url={rx.url}/done",
+                               files=[("files", (p.name, p.read_bytes())) for p in sorted(queued.iterdir())[:2]],
+                               timeout=30).json()
+        page.goto(f"{base}/?job={hooked['id']}")
+        page.wait_for_function("() => document.querySelector('#status').textContent.includes('webhook delivered')",
+                               timeout=60_000)
+        assert "(1 attempt, last: 200)" in page.locator("#status").inner_text() and len(rx.hits) == 1
         page.goto(base + "/")
+        assert "deletes jobs, their results and their uploads 30 days after" in page.locator("#retention").inner_text()
         page.set_input_files("#folder-input", str(mixed))
         page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
         job_id = page.url.split("job=")[1]
@@ -332,6 +351,7 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
         assert job["status"] == "cancelled" and job["cancelled"] == 4 and sum(job["counts"].values()) == 0
     finally:
         worker.stop()
+        rx.close()
     counts = requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["counts"]
     assert page.locator("#results tbody tr").count() == 16
 

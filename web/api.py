@@ -494,6 +494,10 @@ def config():
                    "max_files_per_request": settings.max_files_per_request,
                    "max_files_per_job": settings.max_files_per_job, "max_pixels": settings.max_pixels},
         "model": jobs.current_model(db_session()),
+        # How long a job is kept (PIXELPROOF_RETENTION_DAYS; null: until it is deleted), and whether jobs may ask
+        # for a webhook (an allow-list is set).
+        "retention_days": settings.retention_days,
+        "webhooks": bool(settings.webhook_allowlist),
     })
 
 

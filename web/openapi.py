@@ -201,7 +201,10 @@ OPENAPI = {
                     "limits": {"type": "object", "properties": {k: {"type": "integer"} for k in (
                         "max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job",
                         "max_pixels")}},
-                    "model": {"$ref": "#/components/schemas/Model"}}}}}}}}},
+                    "model": {"$ref": "#/components/schemas/Model"},
+                    "retention_days": {"type": ["number", "null"], "description": "jobs are deleted this many days "
+                                       "after they were made (null: kept until deleted)"},
+                    "webhooks": {"type": "boolean", "description": "whether jobs may give a callback_url"}}}}}}}}},
         "/healthz": {"get": {"summary": "Database and broker reachability",
                              "responses": {"200": {"description": "healthy"}, "503": {"description": "degraded"}}}},
         "/api/openapi.json": {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI"}}}},

@@ -37,6 +37,11 @@
       const config = await api("/api/config");
       limits = config.limits;
       showScope(config.model);
+      if (config.retention_days) {
+        $("retention").textContent = `This server deletes jobs, their results and their uploads ` +
+          `${config.retention_days} days after they are made.`;
+        $("retention").hidden = false;
+      }
     } catch (_) { /* an older server: nothing is checked before upload */ }
   }
 
@@ -98,14 +103,34 @@
     setTimeout(() => URL.revokeObjectURL(href), 60000);
   }
 
+  // A key per upload request: sent again after a dropped connection, the server answers with the job the first
+  // attempt made instead of adding the files twice (Idempotency-Key).
+  function newKey() {
+    const bytes = crypto.getRandomValues(new Uint8Array(16));  // randomUUID needs a secure context; this does not
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  }
+
+  async function send(url, batch, onProgress) {
+    const key = newKey();
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await sendOnce(url, batch, onProgress, key);
+      } catch (e) {
+        if (!e.retry || attempt >= 3) throw e;
+        await new Promise((r) => setTimeout(r, 1000 * attempt));
+      }
+    }
+  }
+
   // One multipart request; resolves with the job JSON. XHR because fetch has no upload progress.
-  function send(url, batch, onProgress) {
+  function sendOnce(url, batch, onProgress, key) {
     return new Promise((resolve, reject) => {
       const form = new FormData();
       for (const { file, path } of batch) form.append("files", file, path);
       const xhr = new XMLHttpRequest();
       xhr.open("POST", url);
       for (const [k, v] of Object.entries(headers())) xhr.setRequestHeader(k, v);
+      xhr.setRequestHeader("Idempotency-Key", key);
       xhr.upload.onprogress = (e) => onProgress(e.loaded);
       xhr.onload = () => {
         let body = {};
@@ -113,9 +138,13 @@
         if (xhr.status === 202) resolve(body);
         // The queue is down, but the files are stored in the job and will be queued when it is back.
         else if (xhr.status === 503 && body.job) resolve({ id: body.job, warning: body.error });
-        else reject(new Error(body.error || `upload failed (HTTP ${xhr.status})`));
+        else {
+          const err = new Error(body.error || `upload failed (HTTP ${xhr.status})`);
+          err.retry = xhr.status === 502 || xhr.status === 504;  // a proxy gave up: the server may have it
+          reject(err);
+        }
       };
-      xhr.onerror = () => reject(new Error("the server could not be reached"));
+      xhr.onerror = () => reject(Object.assign(new Error("the server could not be reached"), { retry: true }));
       xhr.send(form);
     });
   }
@@ -212,7 +241,10 @@
     $("job-text").textContent = `${job.done} / ${job.total}` + (notes.some(Boolean) ? ` (${notes.filter(Boolean).join(", ")})` : "");
     $("job-actions").hidden = false;
     $("cancel-job").hidden = FINAL.includes(job.status);
-    $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "");
+    const hook = job.callback;
+    $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "") +
+      (hook ? ` · webhook ${hook.status}` + (hook.attempts.length ? ` (${hook.attempts.length} attempt` +
+        `${hook.attempts.length === 1 ? "" : "s"}, last: ${hook.attempts[hook.attempts.length - 1].status_code || hook.attempts[hook.attempts.length - 1].error})` : "") : "");
     $("status").dataset.status = job.status;
     $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
       ` · uncertain: ${job.counts.uncertain || 0}` +
@@ -335,6 +367,13 @@
       done = job.done;
     }
     if (stopFollowing !== jobId) showDownloads(jobId);
+    // A webhook is sent after the job finishes: show how its delivery goes for a while.
+    for (let i = 0; i < 60 && job.callback && ["waiting", "pending"].includes(job.callback.status); i++) {
+      await new Promise((r) => setTimeout(r, 2000));
+      if (stopFollowing === jobId) return;
+      job = await api(`/api/jobs/${jobId}`);
+      render(job);
+    }
   }
 
   // Rows by image id. Everything before `frontier` is final, so each refresh reads only from the first row
