@@ -129,6 +129,18 @@ def _discard(parts: list[StoredPart]) -> None:
     discard(services().storage, [p for p in created if p.sha256 not in held])
 
 
+def _lock(session: Session, job: Job, **values) -> None:
+    """Take the job's row lock (PostgreSQL) or the database's write lock (SQLite) for this transaction, setting
+    values, and read the job again under it."""
+    session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow(), **values))
+    session.refresh(job)
+
+
+def _refuse_if_cancelled(job: Job) -> None:
+    if job.cancelled_at is not None:
+        raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
+
+
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 
 
@@ -166,13 +178,10 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
     what = "create" if created else f"files:{job.id}"
     try:
         if not created:
-            # Take the job's row lock (PostgreSQL) or the database's write lock (SQLite) before counting, so
-            # concurrent requests adding to one job are counted one after the other against its limit. New
-            # files make the job unfinished again: its webhook is due again when they are done.
-            session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow(), webhook_status=None))
-            session.refresh(job)
-            if job.cancelled_at is not None:
-                raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
+            # Locked before counting, so concurrent requests adding to one job are counted one after the other
+            # against its limit. New files make the job unfinished again: its webhook is due again when they are.
+            _lock(session, job, webhook_status=None)
+            _refuse_if_cancelled(job)
             already = jobs.count_images(session, job.id)
             if already + len(parts) > services().settings.max_files_per_job:
                 raise _job_full(already, len(parts))
@@ -240,8 +249,7 @@ def add_files(job_id: str):
     replay = _replay(owner, key, f"files:{job.id}")
     if replay is not None:
         return replay
-    if job.cancelled_at is not None:
-        raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
+    _refuse_if_cancelled(job)
     _check_rate(owner)
     parts = _store_uploads(jobs.count_images(db_session(), job.id))
     return _accept(job, parts, created=False, key=key)
@@ -253,8 +261,7 @@ def cancel_job(job_id: str):
     owner = current_owner()
     session = db_session()
     job = _job_or_404(job_id, owner)
-    session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow()))  # one cancel at a time
-    session.refresh(job)
+    _lock(session, job)  # one cancel at a time, and none while files are being added
     if job.cancelled_at is None and jobs.job_status(session, job)["status"] == "done":
         session.rollback()
         raise ApiError(409, f"job {job.id} has already finished: there is nothing left to cancel")
