@@ -12,6 +12,7 @@ from datetime import timezone
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.model_version import name_of
 from shared.models import (
     CANCELLED,
     DONE,
@@ -139,7 +140,7 @@ def _model(session: Session, version: str) -> dict:
     """A model version: its label thresholds, and the scope and limits its checkpoint states (recorded by the
     worker that loaded it; thresholds fall back to those recorded with its predictions)."""
     row = session.get(ModelVersion, version)
-    name = row.name if row else (version.rsplit("-", 1)[0] if "-" in version else version)
+    name = row.name if row else name_of(version)
     thresholds = row.thresholds if row else None
     if not thresholds:
         details = session.scalar(select(Prediction.details).where(Prediction.model_version == version,

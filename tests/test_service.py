@@ -141,3 +141,15 @@ def test_an_image_that_never_finishes_is_given_up_and_its_batch_mates_finish(wor
     assert rows[poison].status == "error" and "tried 3 times" in rows[poison].error
     assert all(rows[i].status in ("done", "error") and rows[i].attempts == 2 for i in mates)
     assert notices  # the job's watchers are told
+
+
+def test_a_model_version_names_its_model():
+    """The web reads a model's name back from its version (shared.model_version) without opening a checkpoint."""
+    from shared.model_version import name_of
+    from shared.modeling.checkpoint import read_meta
+    from shared.settings import CIFAKE_CHECKPOINT, DEFAULT_CHECKPOINT
+
+    for path in (DEFAULT_CHECKPOINT, CIFAKE_CHECKPOINT):
+        meta = read_meta(path)
+        assert name_of(meta.version) == meta.name
+    assert name_of("no-digest") == "no-digest" and name_of("plain") == "plain"

@@ -14,6 +14,7 @@ from torch import nn
 
 from shared.imaging import Preprocessing
 from shared.logs import kv
+from shared.model_version import make_version
 from shared.scoring import Thresholds
 
 from .device import InPrecision, compute_dtype, memory_format
@@ -100,7 +101,7 @@ def _content_version(name: str, state: dict[str, torch.Tensor], meta: Checkpoint
         digest.update(state[key].detach().cpu().contiguous().numpy().tobytes())
     unversioned = CheckpointMeta(**{**meta.__dict__, "version": "", "metrics": {}, "training": {}, "notes": {}})
     digest.update(unversioned.to_json().encode())
-    return f"{name}-{digest.hexdigest()[:12]}"
+    return make_version(name, digest.hexdigest())
 
 
 def save_checkpoint(model: nn.Module, meta: CheckpointMeta, path: Path) -> CheckpointMeta:
