@@ -432,3 +432,25 @@ def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
                 {"sort": "p_fake", "cursor": "not-a-cursor"}, {"sort": "p_fake", "cursor": "WyJhIiwyXQ"}):
         resp = requests.get(f"{base}/api/jobs/{job['id']}/results", params=bad, timeout=30)
         assert resp.status_code == 400, (bad, resp.text)
+
+
+def test_the_sweeper_finds_webhooks_never_claimed_or_whose_task_was_lost(sqlite_url):
+    from worker.service import due_webhooks
+
+    upgrade(sqlite_url)
+    db = Database(sqlite_url)
+    with db.session() as s:
+        for job_id, status in (("finished", "done"), ("unfinished", "queued"), ("lost", "done")):
+            s.add(Job(id=job_id, callback_url="http://127.0.0.1:9/x"))
+            s.add(ImageItem(job_id=job_id, filename="a.jpg", sha256="0" * 64, size_bytes=1, status=status))
+        s.add(Job(id="no-hook"))
+        s.add(ImageItem(job_id="no-hook", filename="a.jpg", sha256="0" * 64, size_bytes=1, status="done"))
+        s.commit()
+    assert due_webhooks(db, {"lost"}) == ["lost"]  # claimed after its last image, then its task is lost
+    assert due_webhooks(db, None, stale_after=60) == ["finished"]  # never claimed (a worker died after its commit)
+    with db.session() as s:
+        s.execute(update(Job).where(Job.id == "lost").values(webhook_at=utcnow() - timedelta(minutes=5)))
+        s.commit()
+    assert due_webhooks(db, None, stale_after=60) == ["lost"]
+    assert due_webhooks(db, None, stale_after=60) == []  # touched: not sent again at once
+    db.engine.dispose()

@@ -117,7 +117,10 @@ def register_tasks(app: Celery, ctx: WorkerContext) -> None:
 
     @app.task(name=SWEEP_TASK, autoretry_for=(OperationalError, DBAPIError), retry_backoff=True, max_retries=3)
     def sweep() -> int:
-        send_webhooks(service.due_webhooks(ctx.db, None, stale_after=ctx.settings.stale_after))
+        # A due webhook untouched for longer than its longest backoff lost its task: send it again.
+        policy = ctx.webhook_policy
+        lost_after = max(ctx.settings.stale_after, policy.delay(policy.max_attempts) + policy.timeout_s)
+        send_webhooks(service.due_webhooks(ctx.db, None, stale_after=lost_after))
         return service.sweep_stale(ctx.db, lambda ids: enqueue_images(app, ids, ctx.settings.batch_size),
                                    ctx.settings.stale_after)
 
