@@ -5,15 +5,12 @@ import csv
 import io
 import json
 import logging
-import math
 import time
 from datetime import datetime, timezone
 
 from flask import (
     Blueprint,
     Response,
-    current_app,
-    g,
     jsonify,
     request,
     stream_with_context,
@@ -24,11 +21,8 @@ from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
-from sqlalchemy.orm import Session
 
 from shared import jobs, webhooks
-from shared.deletion import delete_jobs
-from shared.events import publish_changes
 from shared.logs import kv
 from shared.metrics import record
 from shared.models import (
@@ -36,19 +30,28 @@ from shared.models import (
     ERROR,
     LABELS,
     RESULT_FIELDS,
-    REVIEW_VERDICTS,
     STATUSES,
     IdempotencyKey,
     ImageItem,
     Job,
     csv_cells,
-    utcnow,
 )
-from shared.queue import WEBHOOK_TASK, enqueue_images
+from shared.queue import enqueue_images
 from shared.thumbnails import rendition
 
 from .auth import current_owner
+from .context import (
+    MAX_ID,
+    client_key,
+    db_session,
+    image_or_404,
+    job_or_404,
+    lock_job,
+    number_arg,
+    services,
+)
 from .errors import ApiError
+from .idempotency import earlier_answer, idempotency_key
 from .openapi import OPENAPI
 from .uploads import StoredPart, discard, receive_files
 from .watch import RECHECK_S, TooManyWaiting
@@ -58,36 +61,12 @@ api = Blueprint("api", __name__)
 
 MAX_PAGE = 1000
 MAX_WAIT_S = 30.0
-MAX_ID = 2**63 - 1
-NEVER_SENT = datetime(2000, 1, 1, tzinfo=timezone.utc)  # touched_at of images whose task could not be sent  # the largest id either database can hold
+NEVER_SENT = datetime(2000, 1, 1, tzinfo=timezone.utc)  # touched_at of images whose task could not be sent
 RETRY_WAIT_S = 5
 
 
-def services():
-    return current_app.extensions["pixelproof"]
-
-
-def db_session() -> Session:
-    if "db_session" not in g:
-        g.db_session = services().db.sessionmaker()
-    return g.db_session
-
-
-def _job_or_404(job_id: str, owner: str | None) -> Job:
-    job = db_session().get(Job, job_id) if len(job_id) <= 32 else None
-    if job is None or job.owner != owner:  # another token's job looks exactly like a missing one
-        raise ApiError(404, f"no job with id {job_id!r}")
-    return job
-
-
-def _client_key(owner: str | None) -> str:
-    """Who a limit counts against: the resolved token when tokens are on (never the raw header, which can be
-    spelt many ways), else the client's address."""
-    return f"token:{owner}" if owner else f"addr:{request.remote_addr or '?'}"
-
-
 def _check_rate(owner: str | None) -> None:
-    retry = services().limiter.check(_client_key(owner))
+    retry = services().limiter.check(client_key(owner))
     if retry is not None:
         limit = services().settings.rate_limit_per_minute
         raise ApiError(429, f"too many upload requests: the limit is {limit} per minute; retry in {retry} s",
@@ -129,47 +108,9 @@ def _discard(parts: list[StoredPart]) -> None:
     discard(services().storage, [p for p in created if p.sha256 not in held])
 
 
-def _lock(session: Session, job: Job, **values) -> None:
-    """Take the job's row lock (PostgreSQL) or the database's write lock (SQLite) for this transaction, setting
-    values, and read the job again under it."""
-    session.execute(update(Job).where(Job.id == job.id).values(updated_at=utcnow(), **values))
-    session.refresh(job)
-
-
 def _refuse_if_cancelled(job: Job) -> None:
     if job.cancelled_at is not None:
         raise ApiError(409, f"job {job.id} was cancelled: start a new job for these files")
-
-
-IDEMPOTENCY_HEADER = "Idempotency-Key"
-
-
-def _idempotency_key() -> str | None:
-    key = request.headers.get(IDEMPOTENCY_HEADER)
-    if key is None:
-        return None
-    if not (0 < len(key) <= 255 and key.isascii() and key.isprintable()):
-        raise ApiError(400, f"{IDEMPOTENCY_HEADER} must be 1 to 255 printable ASCII characters (a UUID is typical)")
-    return key
-
-
-def _replay(owner: str | None, key: str | None, what: str) -> Response | None:
-    """The answer a request with this Idempotency-Key already got: its job, as it is now."""
-    if key is None:
-        return None
-    row = db_session().get(IdempotencyKey, (owner or "", key))
-    if row is None:
-        return None
-    if row.request != what:
-        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({row.request}); "
-                            "use a new key for each distinct request")
-    job = db_session().get(Job, row.job_id)
-    resp = jsonify(jobs.job_status(db_session(), job))
-    resp.status_code = 202
-    resp.headers["Location"] = url_for("api.get_job", job_id=job.id)
-    resp.headers["Idempotent-Replayed"] = "true"
-    log.info(kv(event="idempotent_replay", job_id=job.id, request=what))
-    return resp
 
 
 def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = None) -> Response:
@@ -180,7 +121,7 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
         if not created:
             # Locked before counting, so concurrent requests adding to one job are counted one after the other
             # against its limit. New files make the job unfinished again: its webhook is due again when they are.
-            _lock(session, job, webhook_status=None)
+            lock_job(session, job, webhook_status=None)
             _refuse_if_cancelled(job)
             already = jobs.count_images(session, job.id)
             if already + len(parts) > services().settings.max_files_per_job:
@@ -194,10 +135,10 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
         # The same Idempotency-Key committed by a concurrent twin of this request: answer with its job.
         session.rollback()
         _discard(parts)
-        replay = _replay(job.owner, key, what)
-        if replay is None:
+        answered = earlier_answer(job.owner, key, what)
+        if answered is None:
             raise
-        return replay
+        return answered
     except BaseException:
         session.rollback()
         _discard(parts)  # nothing from a refused request stays on disk
@@ -225,10 +166,10 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
 @api.post("/api/jobs")
 def create_job():
     owner = current_owner()
-    key = _idempotency_key()
-    replay = _replay(owner, key, "create")  # before reading the body: a retry is not stored twice
-    if replay is not None:
-        return replay
+    key = idempotency_key()
+    answered = earlier_answer(owner, key, "create")  # before reading the body: a retry is not stored twice
+    if answered is not None:
+        return answered
     callback_url = request.args.get("callback_url") or None
     if callback_url is not None:
         problem = webhooks.url_problem(callback_url, services().settings.webhook_allowlist)
@@ -244,102 +185,15 @@ def create_job():
 @api.post("/api/jobs/<job_id>/files")
 def add_files(job_id: str):
     owner = current_owner()
-    key = _idempotency_key()
-    job = _job_or_404(job_id, owner)
-    replay = _replay(owner, key, f"files:{job.id}")
-    if replay is not None:
-        return replay
+    key = idempotency_key()
+    job = job_or_404(job_id, owner)
+    answered = earlier_answer(owner, key, f"files:{job.id}")
+    if answered is not None:
+        return answered
     _refuse_if_cancelled(job)
     _check_rate(owner)
     parts = _store_uploads(jobs.count_images(db_session(), job.id))
     return _accept(job, parts, created=False, key=key)
-
-
-@api.post("/api/jobs/<job_id>/cancel")
-def cancel_job(job_id: str):
-    """Stop a job: its queued images are never classified; finished ones keep their results."""
-    owner = current_owner()
-    session = db_session()
-    job = _job_or_404(job_id, owner)
-    _lock(session, job)  # one cancel at a time, and none while files are being added
-    if job.cancelled_at is None and jobs.job_status(session, job)["status"] == "done":
-        session.rollback()
-        raise ApiError(409, f"job {job.id} has already finished: there is nothing left to cancel")
-    cancelled = jobs.cancel(session, job)
-    session.commit()
-    record("cancelled", cancelled)
-    log.info(kv(event="job_cancelled", job_id=job.id, images=cancelled))
-    _job_changed(session, job.id)
-    return jsonify(jobs.job_status(session, job))
-
-
-@api.delete("/api/jobs/<job_id>")
-def delete_job(job_id: str):
-    """Delete a job for good: its rows, and the stored uploads, thumbnails and cached verdicts of content that
-    no other job refers to."""
-    owner = current_owner()
-    session = db_session()
-    job = _job_or_404(job_id, owner)
-    jobs.cancel(session, job)  # workers skip its images from now on
-    session.commit()
-    session.close()
-    deleted = delete_jobs(services().db, services().storage, [job.id])
-    record("deleted", deleted.jobs, why="request")
-    _notify(job.id)
-    return jsonify({"deleted": job.id, "images": deleted.images, "files_removed": deleted.files_removed,
-                    "files_kept": deleted.files_kept})
-
-
-def _notify(job_id: str) -> None:
-    try:
-        publish_changes(Redis.from_url(services().settings.broker_url(), socket_timeout=2, socket_connect_timeout=2),
-                        [job_id])
-    except (RedisError, OSError):
-        pass  # a notice is a hint; waiters re-read the database anyway
-
-
-def _job_changed(session: Session, job_id: str) -> None:
-    """After a commit that finished a job here (a cancel): wake its long-polls and send its webhook."""
-    _notify(job_id)
-    for due in webhooks.claim_finished(session, [job_id]):
-        try:
-            services().celery.send_task(WEBHOOK_TASK, args=[due])
-        except (BrokerError, RedisError, OSError) as exc:  # the sweeper re-sends due webhooks later
-            log.error(kv(event="webhook_not_queued", job_id=due, reason=str(exc)))
-
-
-@api.post("/api/jobs/<job_id>/images/<int:image_id>/review")
-def review_image(job_id: str, image_id: int):
-    """A person's verdict on one result (real / fake / unsure) and a note; sending another replaces it."""
-    owner = current_owner()
-    session = db_session()
-    job = _job_or_404(job_id, owner)
-    item = _image_or_404(job, image_id)
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise ApiError(400, 'send JSON: {"verdict": "real" | "fake" | "unsure", "note": "..."}')
-    verdict, note = body.get("verdict"), body.get("note")
-    if verdict not in REVIEW_VERDICTS:
-        raise ApiError(400, f"verdict must be one of {', '.join(REVIEW_VERDICTS)}, got {str(verdict)[:40]!r}")
-    if note is not None and (not isinstance(note, str) or len(note) > MAX_NOTE):
-        raise ApiError(400, f"note must be text of at most {MAX_NOTE} characters")
-    jobs.set_review(session, item.id, verdict, note or None)
-    session.commit()
-    log.info(kv(event="reviewed", job_id=job.id, image_id=item.id, verdict=verdict, model_label=item.label))
-    items, _ = jobs.results_page(session, job.id, str(item.id - 1), 1)
-    return jsonify(items[0])
-
-
-MAX_NOTE = 2000
-
-
-def _image_or_404(job: Job, image_id: int) -> ImageItem:
-    item = None
-    if image_id <= MAX_ID:  # a larger number is no row's id, and would overflow the database's integer
-        item = db_session().scalar(select(ImageItem).where(ImageItem.id == image_id, ImageItem.job_id == job.id))
-    if item is None:
-        raise ApiError(404, f"job {job.id} has no image {image_id}")
-    return item
 
 
 @api.get("/api/jobs/<job_id>")
@@ -351,15 +205,15 @@ def get_job(job_id: str):
     """
     owner = current_owner()
     session = db_session()
-    job = _job_or_404(job_id, owner)
-    wait = min(_number_arg("wait", 0.0, 0, 1e9), MAX_WAIT_S)
+    job = job_or_404(job_id, owner)
+    wait = min(number_arg("wait", 0.0, 0, 1e9), MAX_WAIT_S)
     seen = request.args.get("done", type=int)
     body = jobs.job_status(session, job)
     if not wait > 0 or body["done"] != seen or body["status"] in jobs.FINAL_STATUSES:
         return jsonify(body)
     watcher = services().watcher
     try:
-        with watcher.slot(_client_key(owner)), watcher.watching(job.id) as changed:
+        with watcher.slot(client_key(owner)), watcher.watching(job.id) as changed:
             deadline = time.monotonic() + wait
             while body["done"] == seen and body["status"] not in jobs.FINAL_STATUSES:
                 session.rollback()  # end the snapshot (and free the connection) while waiting
@@ -379,14 +233,14 @@ def get_job(job_id: str):
 @api.get("/api/jobs/<job_id>/results")
 def get_results(job_id: str):
     owner = current_owner()
-    job = _job_or_404(job_id, owner)
+    job = job_or_404(job_id, owner)
     fmt = request.args.get("format", "json")
     if fmt not in ("json", "csv"):
         raise ApiError(400, "format must be 'json' or 'csv'")
     filt = _result_filter()
     if request.args.get("download"):
         return _download(job.id, fmt, filt)
-    limit = int(_number_arg("limit", 100, 1, MAX_PAGE))
+    limit = int(number_arg("limit", 100, 1, MAX_PAGE))
     cursor = request.args.get("cursor", "0")
     if len(cursor) > 2000 or (filt.sort == "id" and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID)):
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
@@ -415,8 +269,8 @@ def _result_filter() -> jobs.ResultFilter:
     sort = request.args.get("sort", "id")
     if sort not in jobs.SORTS:
         raise ApiError(400, f"sort must be one of {', '.join(jobs.SORTS)}, got {sort[:40]!r}")
-    p_min = _number_arg("p_min", -1.0, 0, 1)
-    p_max = _number_arg("p_max", -1.0, 0, 1)
+    p_min = number_arg("p_min", -1.0, 0, 1)
+    p_max = number_arg("p_max", -1.0, 0, 1)
     return jobs.ResultFilter(labels=_choices("label", LABELS), statuses=_choices("status", STATUSES),
                              p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, sort=sort)
 
@@ -456,9 +310,9 @@ def _csv(items: list[dict], header: bool = True) -> str:
 def thumbnail(job_id: str, image_id: int):
     """The PNG the worker made when it classified the image: the web never decodes an upload."""
     owner = current_owner()
-    job = _job_or_404(job_id, owner)
-    item = _image_or_404(job, image_id)
-    size = int(_number_arg("size", 96, 16, 512))
+    job = job_or_404(job_id, owner)
+    item = image_or_404(job, image_id)
+    size = int(number_arg("size", 96, 16, 512))
     if item.status == ERROR:
         raise ApiError(422, f"no thumbnail: {item.error}")
     path = services().storage.thumbnail_path(item.sha256, rendition(size))
@@ -513,15 +367,3 @@ def openapi():
     return jsonify(OPENAPI)
 
 
-def _number_arg(name: str, default: float, low: float, high: float) -> float:
-    """A finite number within [low, high] from the query string, or a 400 that says which parameter is wrong."""
-    raw = request.args.get(name)
-    if raw is None:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and low <= value <= high):
-        raise ApiError(400, f"{name} must be a number from {low:g} to {high:g}, got {raw[:40]!r}")
-    return value

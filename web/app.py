@@ -11,6 +11,7 @@ from shared.queue import create_celery
 from shared.settings import Settings, load_settings
 from shared.storage import LocalStorage
 
+from .actions import actions
 from .api import api
 from .errors import register_error_handlers
 from .headers import add_security_headers
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     )
     app.extensions["pixelproof"] = Services(settings)
     app.register_blueprint(api)
+    app.register_blueprint(actions)
     app.register_blueprint(pages)
     app.register_blueprint(metrics_page)
     register_error_handlers(app)
