@@ -66,7 +66,7 @@ def start_web(env: dict[str, str], log: Path, port: int) -> Proc:
         try:
             if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200:
                 return proc
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a worker still booting behind the bound port
             pass
         if proc.popen.poll() is not None:
             raise RuntimeError(proc.text()[-3000:])

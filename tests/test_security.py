@@ -100,7 +100,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, log_path) -> None:
         assert proc.poll() is None, log_path.read_text()[-2000:]
         try:
             return requests.get(base + "/healthz", timeout=2).status_code == 200
-        except requests.ConnectionError:
+        except (requests.ConnectionError, requests.Timeout):  # a worker still booting behind the bound port
             return False
 
     wait_until(up, 60, "the web to answer")
