@@ -154,12 +154,11 @@ def deliver(session: Session, job_id: str, policy: Policy) -> Attempt | None:
     body = json.dumps({"event": EVENT, "job": job_status(session, job)}, separators=(",", ":")).encode()
     session.commit()  # no transaction stays open while the receiver takes its time
     started = time.monotonic()
-    status_code, error = None, url_problem(url, policy.allowlist)
-    if error is None:
-        status_code, error = _post(url, body, policy, number)
+    refused = url_problem(url, policy.allowlist)
+    status_code, error = (None, refused) if refused else _post(url, body, policy, number)
     ms = (time.monotonic() - started) * 1000
     ok = status_code is not None and 200 <= status_code < 300
-    final = ok or number >= policy.max_attempts or url_problem(url, policy.allowlist) is not None
+    final = ok or number >= policy.max_attempts or refused is not None
     session.add(WebhookAttempt(job_id=job_id, round=round_, attempt=number, status_code=status_code, error=error, ms=ms))
     # Only the webhook this attempt was for: a job deleted or given new files meanwhile is left as it is.
     session.execute(update(Job).where(Job.id == job_id, Job.webhook_status == WEBHOOK_PENDING,
