@@ -86,6 +86,16 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2
+def _make_aligned(args: argparse.Namespace) -> int:
+    from shared.logs import setup_logging
+    from training.aligned import make_pairs
+
+    setup_logging()
+    print(json.dumps(make_pairs(args.data, Path(args.autoencoder), Path(args.out), args.max_side, args.every), indent=2))
+    return 0
+
+
 def _up(args: argparse.Namespace) -> int:
     from .stack import up
 
@@ -273,6 +283,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--max-false-fake", type=float, default=0.01, help="share of real photos the fake threshold lets through")
     c.add_argument("--max-false-real", type=float, default=0.05, help="share of generated images labelled real at most")
     c.set_defaults(func=_calibrate)
+
+    a = _parser(sub, "make-aligned", "write aligned training pairs: the real photos of an image folder (linked) and "
+                "their reconstructions through a latent-diffusion autoencoder (OUT/fake, sources named taef2-<source>)")
+    a.add_argument("--data", required=True, help="image folder whose real/ photos are reconstructed")
+    a.add_argument("--autoencoder", default="../shared/models/taef2",
+                   help="folder with taef2_encoder.pth and taef2_decoder.pth (local files; nothing is downloaded)")
+    a.add_argument("--out", required=True, help="image folder to write (real/, fake/); an interrupted run continues")
+    a.add_argument("--max-side", type=int, default=192, help="reconstruct the centre square of at most this side (0: whole)")
+    a.add_argument("--every", type=int, default=1, help="take every n-th real photo")
+    a.set_defaults(func=_make_aligned)
     return p
 
 

@@ -14,7 +14,7 @@ from shared.modeling.checkpoint import load_for_inference
 from shared.modeling.registry import NeighbourResidual
 from shared.modeling.scorer import score_prepared
 from shared.scoring import Thresholds, choose_thresholds, image_logits
-from training.data import source_of
+from training.data import DatasetUnavailable, source_of
 from training.native import CropAugment, load_native_set, split_validation
 from training.train import TrainConfig, train
 
@@ -51,6 +51,10 @@ def test_sources_come_from_file_names_and_validation_keeps_every_source(toy_dir)
     assert source_of("fake/gen-a__003.png") == "gen-a" and source_of("plain.jpg") == ""
     rest, held = data.without_sources(("cam-b", "gen-b"))
     assert set(held.sources) == {"cam-b", "gen-b"} and set(rest.sources) == {"cam-a", "gen-a"}
+    # A fold may name sources that only its evaluation data holds (aligned pairs); naming none of these fails.
+    assert set(data.without_sources(("cam-b", "only-elsewhere"))[1].sources) == {"cam-b"}
+    with pytest.raises(DatasetUnavailable, match="only-elsewhere"):
+        data.without_sources(("only-elsewhere",))
     train_part, val_part = split_validation(rest, 0.25, seed=0)
     assert set(val_part.sources) == set(train_part.sources) == {"cam-a", "gen-a"} and len(val_part) == 10
     assert not set(train_part.names) & set(val_part.names)

@@ -56,11 +56,17 @@ class NativeSet:
         return NativeSet([self.images[i] for i in idx], self.labels[idx], [self.names[i] for i in idx])
 
     def without_sources(self, held_out: tuple[str, ...]) -> tuple[NativeSet, NativeSet]:
-        """(the images of every other source, the images of the held-out ones)."""
+        """(the images of every other source, the images of the held-out ones).
+
+        A fold may name sources this data lacks: aligned pairs (training.aligned) hold real photos only, yet a
+        fold's held-out set also names the generated sources it is scored against later, so that `calibrate`
+        and `evaluate --held-out` find them in the evaluation data. Naming none that is here is a mistake."""
         unknown = set(held_out) - set(self.sources)
-        if unknown:
+        if unknown == set(held_out):
             raise DatasetUnavailable(f"no images of source(s) {', '.join(sorted(unknown))} in the data "
                                      f"(sources: {', '.join(sorted(set(self.sources)))})")
+        if unknown:
+            log.info(kv(event="holdout_sources_absent", sources=",".join(sorted(unknown))))
         out = np.isin(self.sources, list(held_out))
         return self.subset(np.flatnonzero(~out)), self.subset(np.flatnonzero(out))
 
