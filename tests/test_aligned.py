@@ -24,7 +24,7 @@ def _photo() -> np.ndarray:
     real = DATASETS / "mixed100" / "real"
     if not real.is_dir():
         unavailable(f"{real} not found")
-    return centre(load_rgb_array(sorted(real.iterdir())[0].read_bytes(), 10**9), 96)
+    return centre(load_rgb_array(min(real.iterdir()).read_bytes(), 10**9), 96)
 
 
 def test_the_rebuilt_autoencoder_reconstructs_a_photo_through_a_latent_at_one_eighth():

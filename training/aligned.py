@@ -82,7 +82,9 @@ class Autoencoder(nn.Module):
 
     def __init__(self, folder: Path):
         super().__init__()
-        load = lambda name: torch.load(Path(folder) / name, map_location="cpu", weights_only=True)  # noqa: E731
+        def load(name: str) -> dict[str, torch.Tensor]:
+            return torch.load(Path(folder) / name, map_location="cpu", weights_only=True)
+
         self.encoder = _from_state(load("taef2_encoder.pth"), decoder=False)
         self.decoder = _from_state(load("taef2_decoder.pth"), decoder=True)
 
