@@ -106,6 +106,25 @@ def test_healthz_checks_database_and_broker(client, make_app, stack_env):
     assert resp.status_code == 503 and resp.get_json()["checks"]["broker"].startswith("unreachable")
 
 
+def test_the_web_reuses_one_redis_connection_for_health_notices_and_metrics(client, redis_server, mini_dir):
+    """Redis counts every connection it accepts; health checks, metrics scrapes and cancel notices (a
+    publish each) must not open one per request."""
+    from redis import Redis
+
+    def accepted() -> int:
+        return Redis.from_url(redis_server.url).info("stats")["total_connections_received"]
+
+    jobs = [post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 1)).get_json()["id"] for _ in range(2)]
+    # Warm up: the pool's first connection, and Celery's own for the workers' ping (cached by /metrics).
+    client.get("/healthz"), client.get("/metrics"), client.post(f"/api/jobs/{jobs[0]}/cancel")
+    before = accepted()
+    for _ in range(10):
+        assert client.get("/healthz").status_code == 200
+        assert client.get("/metrics").status_code == 200
+    assert client.post(f"/api/jobs/{jobs[1]}/cancel").status_code == 200
+    assert accepted() - before <= 2  # this check's own second client (a client per request made it 22)
+
+
 def test_broker_down_is_503_with_reason_and_files_kept(make_app, stack_env, mini_dir):
     client = make_app({**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
     resp = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2))

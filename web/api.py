@@ -17,7 +17,6 @@ from flask import (
     url_for,
 )
 from kombu.exceptions import OperationalError as BrokerError
-from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -336,7 +335,7 @@ def healthz():
     except Exception as exc:  # report, don't raise: this endpoint exists to say what is down
         checks["database"] = f"unreachable: {type(exc).__name__}"
     try:
-        Redis.from_url(services().settings.broker_url(), socket_timeout=2, socket_connect_timeout=2).ping()
+        services().redis.ping()
         checks["broker"] = "ok"
     except (RedisError, OSError) as exc:
         checks["broker"] = f"unreachable: {type(exc).__name__}"

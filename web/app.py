@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, g
+from redis import Redis
 
 from shared.db import Database
 from shared.metrics import use_folder
@@ -63,6 +64,9 @@ class Services:
         self.db = Database(settings.db_url)
         self.storage = LocalStorage(settings.upload_dir)
         self.celery = create_celery(settings)
+        # One client (a connection pool, connected on first use) for the web's own Redis calls: job notices,
+        # /healthz and the /metrics queue depth; a client per call opened a new connection each time.
+        self.redis = Redis.from_url(settings.broker_url(), socket_timeout=2, socket_connect_timeout=2)
         self.limiter = RateLimiter(settings.rate_limit_per_minute)
         self.watcher = JobWatcher(settings.broker_url(), settings.long_poll_slots, settings.long_poll_per_client)
         self.scrape_collector = make_scrape_collector(self)

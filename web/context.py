@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 from flask import current_app, g, request
-from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
@@ -66,8 +65,7 @@ def number_arg(name: str, default: float, low: float, high: float) -> float:
 
 def notify(job_id: str) -> None:
     try:
-        publish_changes(Redis.from_url(services().settings.broker_url(), socket_timeout=2, socket_connect_timeout=2),
-                        [job_id])
+        publish_changes(services().redis, [job_id])
     except (RedisError, OSError):
         pass  # a notice is a hint; waiters re-read the database anyway
 

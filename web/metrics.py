@@ -7,7 +7,6 @@ import threading
 import time
 
 from flask import Blueprint, Response, current_app
-from redis import Redis
 from redis.exceptions import RedisError
 from sqlalchemy import func, select
 
@@ -46,8 +45,7 @@ class _ScrapeCollector:
 
         depth = GaugeMetricFamily("pixelproof_queue_depth", "Classify tasks waiting in the Redis queue")
         try:
-            redis = Redis.from_url(self.services.settings.broker_url(), socket_timeout=2, socket_connect_timeout=2)
-            depth.add_metric([], redis.llen(QUEUE))
+            depth.add_metric([], self.services.redis.llen(QUEUE))
         except (RedisError, OSError):
             depth.add_metric([], float("nan"))
         yield depth
