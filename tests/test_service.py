@@ -8,11 +8,12 @@ import pytest
 from sqlalchemy import func, select, update
 
 from shared.db import Database
+from shared.jobs import Upload, add_images, cancel
+from shared.metrics import metrics
 from shared.migrate import upgrade
 from shared.models import ImageItem, Job, Prediction, utcnow
 from shared.settings import DEFAULT_CHECKPOINT
 from shared.storage import LocalStorage
-from shared.jobs import Upload, add_images
 from worker.inference import Classifier
 from worker.service import classify_images, sweep_stale
 
@@ -153,3 +154,42 @@ def test_a_model_version_names_its_model():
         meta = read_meta(path)
         assert name_of(meta.version) == meta.name
     assert name_of("no-digest") == "no-digest" and name_of("plain") == "plain"
+
+
+class _CancelledWhileClassifying:
+    """The real classifier, with the job cancelled (as the API does) while its batch is being scored."""
+
+    def __init__(self, inner: Classifier, db: Database, job_id: str):
+        self.inner, self.db, self.job_id = inner, db, job_id
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def classify(self, readers):
+        with self.db.session() as s:
+            cancel(s, s.get(Job, self.job_id))
+            s.commit()
+        return self.inner.classify(readers)
+
+
+def _classified_total() -> float:
+    return sum(sample.value for metric in metrics().classified.collect() for sample in metric.samples
+               if sample.name.endswith("_total"))
+
+
+def test_a_batch_cancelled_in_flight_keeps_its_state_and_is_not_counted(world, classifier):
+    db, storage, ids, files = world
+    with db.session() as s:  # one image moves to a job that nobody cancels
+        job_id = s.get(ImageItem, ids[0]).job_id
+        other = Job()
+        s.add(other)
+        s.flush()
+        s.execute(update(ImageItem).where(ImageItem.id == ids[5]).values(job_id=other.id))
+        s.commit()
+    before = _classified_total()
+    assert classify_images(db, storage, _CancelledWhileClassifying(classifier, db, job_id), ids[:4])["claimed"] == 4
+    with db.session() as s:
+        assert {s.get(ImageItem, i).status for i in ids[:4]} == {"cancelled"}
+    assert _classified_total() == before  # the batch's results were dropped, so none was classified
+    classify_images(db, storage, classifier, ids[5:6])
+    assert _classified_total() == before + 1  # an image finished as usual is counted

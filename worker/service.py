@@ -165,8 +165,13 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
     ]
     with db.session() as s:
         s.execute(_FINISH, params)  # Core executemany: the ORM's bulk update by key costs more per row
+        # Which rows this batch finished (executemany gives no per-row count): the others were cancelled or
+        # deleted while it ran, their results dropped, and must not be counted as classified either.
+        finished = set(s.scalars(select(_images.c.id).where(
+            _images.c.id.in_([c.id for c in claimed]), _images.c.finished_at == now,
+            _images.c.status.in_(("done", ERROR)))))
         s.commit()
-    _count(claimed, outcome, now)
+    _count([c for c in claimed if c.id in finished], outcome, now)
     if notify:
         notify({c.job_id for c in claimed})
     for job_id in sorted({c.job_id for c in claimed}):
