@@ -3,11 +3,12 @@ real links and reconstructions under names that keep the source."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from shared.imaging import load_rgb_array
 from training.aligned import PREFIX, Autoencoder, centre, make_pairs, psnr
-from training.data import source_of
+from training.data import DatasetUnavailable, source_of
 
 from .conftest import DATASETS, REPO_ROOT, unavailable
 
@@ -61,3 +62,14 @@ def test_make_aligned_links_reals_and_writes_named_reconstructions_once(tmp_path
     assert sorted(p.name for p in (out / "real").iterdir()) == ["cams__0.png", "cams__1.png"]
     assert (out / "real" / "cams__0.png").resolve() == (data / "real" / "cams__0.png").resolve()
     assert make_pairs(str(data), TAEF2, out, max_side=64)["made"] == 0  # an interrupted run continues
+
+
+def test_make_aligned_names_what_is_missing(tmp_path):
+    _autoencoder()
+    with pytest.raises(DatasetUnavailable, match="not a folder"):
+        make_pairs(str(tmp_path / "absent"), TAEF2, tmp_path / "out")
+    (tmp_path / "empty" / "fake").mkdir(parents=True)
+    with pytest.raises(DatasetUnavailable, match="no real photos"):
+        make_pairs(str(tmp_path / "empty"), TAEF2, tmp_path / "out")
+    with pytest.raises(DatasetUnavailable, match="taef2_encoder.pth"):
+        make_pairs(str(tmp_path / "empty"), tmp_path, tmp_path / "out")

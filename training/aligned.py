@@ -23,7 +23,7 @@ from torch import nn
 
 from shared.imaging import load_rgb_array
 from shared.logs import kv
-from training.data import folder_files, source_of
+from training.data import DatasetUnavailable, folder_files, source_of
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,16 @@ def make_pairs(data: str, autoencoder: Path, out: Path, max_side: int = 192, eve
     """Write OUT/real (links to the real photos of DATA) and OUT/fake (their reconstructions, named
     PREFIX<source>__<id>.jpg, JPEG at `quality` with no chroma subsampling, as `realworld` was encoded).
     Idempotent: reconstructions already written are kept, so an interrupted run continues."""
-    ae = Autoencoder(autoencoder)
+    missing = [n for n in ("taef2_encoder.pth", "taef2_decoder.pth") if not (Path(autoencoder) / n).is_file()]
+    if missing:
+        raise DatasetUnavailable(f"{autoencoder} lacks {' and '.join(missing)} (the FLUX.2 tiny autoencoder's "
+                                 "state dicts, e.g. ../shared/models/taef2)")
+    if not Path(data).is_dir():
+        raise DatasetUnavailable(f"{data} is not a folder (an image folder with real/ and fake/ is expected)")
     reals = [f for f, label in folder_files(Path(data)) if label == 0][::every]
+    if not reals:
+        raise DatasetUnavailable(f"no real photos in {data} (expected a real/ folder, or a synonym of it)")
+    ae = Autoencoder(autoencoder)
     (out / "real").mkdir(parents=True, exist_ok=True)
     (out / "fake").mkdir(parents=True, exist_ok=True)
     made, quality_db = 0, []
