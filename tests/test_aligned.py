@@ -7,8 +7,9 @@ import pytest
 from PIL import Image
 
 from shared.imaging import load_rgb_array
-from training.aligned import PREFIX, Autoencoder, centre, make_pairs, psnr
+from training.aligned import PREFIX, Autoencoder, make_pairs, psnr
 from training.data import DatasetUnavailable, source_of
+from training.native import centre
 
 from .conftest import DATASETS, REPO_ROOT, unavailable
 

@@ -24,6 +24,7 @@ from torch import nn
 from shared.imaging import load_rgb_array
 from shared.logs import kv
 from training.data import DatasetUnavailable, folder_files, source_of
+from training.native import centre
 
 log = logging.getLogger(__name__)
 
@@ -103,15 +104,6 @@ class Autoencoder(nn.Module):
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def centre(rgb: np.ndarray, side: int) -> np.ndarray:
-    """The centre square of at most `side` px, at native resolution (bounds the autoencoder's cost)."""
-    h, w = rgb.shape[:2]
-    if side <= 0 or (h <= side and w <= side):
-        return rgb
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return rgb[top:top + side, left:left + side]
 
 
 def make_pairs(data: str, autoencoder: Path, out: Path, max_side: int = 192, every: int = 1,

@@ -71,10 +71,13 @@ class NativeSet:
         return self.subset(np.flatnonzero(~out)), self.subset(np.flatnonzero(out))
 
 
-def _centre(arr: np.ndarray, keep_side: int) -> np.ndarray:
+def centre(arr: np.ndarray, side: int) -> np.ndarray:
+    """The centre square of at most `side` px (0: the whole image), at native resolution, as its own array."""
+    if side <= 0:
+        return arr
     h, w = arr.shape[:2]
-    top, left = max(0, (h - keep_side) // 2), max(0, (w - keep_side) // 2)
-    return np.ascontiguousarray(arr[top: top + keep_side, left: left + keep_side])
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return np.ascontiguousarray(arr[top: top + side, left: left + side])
 
 
 def load_native_set(source: str, keep_side: int = 512) -> NativeSet:
@@ -83,7 +86,7 @@ def load_native_set(source: str, keep_side: int = 512) -> NativeSet:
     images, kept = [], []
     for i, (data, name) in enumerate(zip(files, names)):
         try:
-            images.append(_centre(load_rgb_array(data, 10**9), keep_side))
+            images.append(centre(load_rgb_array(data, 10**9), keep_side))
             kept.append(i)
         except ImageRejected as exc:
             log.warning(kv(event="training_image_skipped", name=name, reason=str(exc)))
