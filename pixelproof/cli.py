@@ -18,8 +18,8 @@ from shared.settings import PRECISIONS
 
 
 def _user_errors_exit_2(command):
-    """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, or arguments that contradict the run folder,
-    are the user's to fix, so one line and exit 2."""
+    """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, or arguments that
+    contradict the run folder, are the user's to fix, so one line and exit 2."""
 
     def run(args: argparse.Namespace) -> int:
         from training.data import DatasetUnavailable

@@ -53,9 +53,10 @@ def test_make_aligned_links_reals_and_writes_named_reconstructions_once(tmp_path
     for i in range(2):
         Image.fromarray(photo).save(data / "real" / f"cams__{i}.png")
     Image.fromarray(photo).save(data / "fake" / "gen__0.png")  # generated images are not reconstructed
+    (data / "real" / "cams__9.jpg").write_bytes(b"not an image")  # skipped, and the others still made
     out = tmp_path / "pairs"
     summary = make_pairs(str(data), TAEF2, out, max_side=64)
-    assert summary["reals"] == 2 and summary["made"] == 2 and summary["mean_psnr_db"] > 20
+    assert summary["reals"] == 3 and summary["made"] == 2 and summary["mean_psnr_db"] > 20
     fakes = sorted(p.name for p in (out / "fake").iterdir())
     assert fakes == [f"{PREFIX}cams__0.jpg", f"{PREFIX}cams__1.jpg"]
     assert {source_of(n) for n in fakes} == {PREFIX + "cams"}

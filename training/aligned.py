@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from shared.imaging import load_rgb_array
+from shared.imaging import ImageRejected, load_rgb_array
 from shared.logs import kv
 from training.data import DatasetUnavailable, folder_files, source_of
 from training.native import centre
@@ -127,20 +127,24 @@ def make_pairs(data: str, autoencoder: Path, out: Path, max_side: int = 192, eve
     for path in reals:
         name = path.name if source_of(path.name) else f"unnamed__{path.name}"
         link = out / "real" / name
+        target = out / "fake" / (PREFIX + Path(name).with_suffix(".jpg").name)
+        if not target.exists():
+            try:
+                rgb = centre(load_rgb_array(path.read_bytes(), 10**9), max_side)
+            except ImageRejected as exc:  # that photo gets no pair and no link; the others still do
+                log.warning(kv(event="aligned_image_skipped", name=path.name, reason=str(exc)))
+                continue
+            if min(rgb.shape[:2]) < 8:
+                continue
+            rec = ae.reconstruct(rgb)
+            quality_db.append(psnr(rec, rgb[:rec.shape[0], :rec.shape[1]]))
+            Image.fromarray(rec).save(target, "JPEG", quality=quality, subsampling=0)
+            made += 1
+            if made % 200 == 0:
+                log.info(kv(event="aligned_progress", made=made, of=len(reals),
+                            psnr_db=round(float(np.mean(quality_db)), 2)))
         if not link.exists():
             os.symlink(path.resolve(), link)
-        target = out / "fake" / (PREFIX + Path(name).with_suffix(".jpg").name)
-        if target.exists():
-            continue
-        rgb = centre(load_rgb_array(path.read_bytes(), 10**9), max_side)
-        if min(rgb.shape[:2]) < 8:
-            continue
-        rec = ae.reconstruct(rgb)
-        quality_db.append(psnr(rec, rgb[:rec.shape[0], :rec.shape[1]]))
-        Image.fromarray(rec).save(target, "JPEG", quality=quality, subsampling=0)
-        made += 1
-        if made % 200 == 0:
-            log.info(kv(event="aligned_progress", made=made, of=len(reals), psnr_db=round(float(np.mean(quality_db)), 2)))
     summary = {"reals": len(reals), "made": made,
                "mean_psnr_db": round(float(np.mean(quality_db)), 2) if quality_db else None}
     log.info(kv(event="aligned_done", **summary))
