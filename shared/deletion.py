@@ -3,6 +3,9 @@ upload, thumbnail and cached prediction that no remaining job refers to.
 
 Rows go first, in one transaction; files are removed after the commit, for content no image row refers to
 any more. Uploads are content-addressed and shared between jobs, so a file another job also uploaded stays.
+An upload of the same bytes may be on its way meanwhile (its rows not yet committed), so a file is moved
+aside, the rows are looked at again, and it comes back if one refers to it now; the upload itself puts its
+own copy in place if it commits after that second look (LocalStorage.settle).
 """
 from __future__ import annotations
 
@@ -60,21 +63,42 @@ def delete_jobs(db: Database, storage: LocalStorage, job_ids: Sequence[str]) -> 
             out.images += s.execute(delete(ImageItem).where(ImageItem.job_id.in_(ids))).rowcount
             out.jobs += s.execute(delete(Job).where(Job.id.in_(ids))).rowcount
         s.commit()
-    orphans = _unreferenced(db, sorted(shas))
-    out.files_kept = len(shas) - len(orphans)
-    with db.session() as s:  # the cached verdicts about content nobody holds any more go with it
-        for chunk in _chunks(orphans):
-            s.execute(delete(Prediction).where(Prediction.sha256.in_(chunk)))
-        s.commit()
-    for sha in orphans:
-        try:
-            storage.remove(sha)
-            out.files_removed += 1
-        except OSError as exc:  # the rows are gone already; a file left behind is logged, not fatal
-            log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))
+    out.files_removed, out.files_kept = remove_unreferenced(db, storage, shas)
     for job_id in job_ids:
         log.info(kv(event="job_deleted", job_id=job_id))
     return out
+
+
+def remove_unreferenced(db: Database, storage: LocalStorage, shas: set[str] | Sequence[str]) -> tuple[int, int]:
+    """Remove the uploads, thumbnails and cached predictions of the content no image row refers to any more:
+    (files removed, files kept because a row still refers to them). Also called by the worker for images
+    deleted while it classified them, whose thumbnails and prediction it may have written after the deletion."""
+    shas = sorted(set(shas))
+    orphans = _unreferenced(db, shas)
+    retired = {}
+    for sha in orphans:
+        try:
+            retired[sha] = storage.retire(sha)
+        except OSError as exc:
+            log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))
+    gone = set(_unreferenced(db, orphans))  # the second look: an upload of the same bytes committed meanwhile?
+    for sha, trash in retired.items():
+        if sha not in gone and trash is not None:
+            storage.restore(trash, sha)
+    with db.session() as s:  # the cached verdicts about content nobody holds any more go with it
+        for chunk in _chunks(sorted(gone)):
+            s.execute(delete(Prediction).where(Prediction.sha256.in_(chunk)))
+        s.commit()
+    removed = 0
+    for sha in sorted(gone):
+        try:
+            storage.remove(sha)  # its thumbnails (and the upload, had it not been moved aside)
+            if retired.get(sha) is not None:
+                retired[sha].unlink()
+            removed += 1
+        except OSError as exc:  # the rows are gone already; a file left behind is logged, not fatal
+            log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))
+    return removed, len(shas) - len(gone)
 
 
 def _unreferenced(db: Database, shas: list[str]) -> list[str]:

@@ -6,6 +6,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
@@ -67,6 +68,31 @@ class LocalStorage:
         except BaseException:
             writer.abort()
             raise
+
+    def settle(self, sha256: str, spare: str | None) -> None:
+        """After the rows that refer to `sha256` are committed: make sure its upload is there. A deletion that
+        found no row referring to it while the request ran may have removed it; `spare` (the request's own copy
+        of the same bytes, kept by BlobWriter.finish(keep_spare=True)) takes its place then."""
+        if spare is None:
+            return
+        if self.path(sha256).exists():
+            os.unlink(spare)
+        else:
+            self.path(sha256).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(spare, self.path(sha256))
+
+    def retire(self, sha256: str) -> Path | None:
+        """Move an upload aside, the first step of removing it for good (see shared.deletion): unlike a removal
+        it can be undone by restore() if a row referring to it was committed meanwhile. None: it was not there."""
+        trash = self.tmp / f"retired-{sha256}-{uuid.uuid4().hex}"
+        try:
+            os.rename(self.path(sha256), trash)
+        except FileNotFoundError:
+            return None
+        return trash
+
+    def restore(self, trash: Path, sha256: str) -> None:
+        os.replace(trash, self.path(sha256))  # a copy settled meanwhile holds the same bytes
 
     def discard(self, sha256: str) -> None:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
@@ -130,6 +156,7 @@ class BlobWriter:
         self.digest = hashlib.sha256()
         self.size = 0
         self.tmp_name = ""
+        self.spare: str | None = None  # see finish(keep_spare=True)
         with _no_space_is_full(storage.root):
             fd, self.tmp_name = tempfile.mkstemp(dir=storage.tmp)
         self.out = os.fdopen(fd, "wb")
@@ -147,15 +174,20 @@ class BlobWriter:
             self.abort()
             raise
 
-    def finish(self) -> tuple[str, int, bool]:
-        """(sha256, size, created): created is False when the same content was already stored."""
+    def finish(self, keep_spare: bool = False) -> tuple[str, int, bool]:
+        """(sha256, size, created): created is False when the same content was already stored. Then, with
+        keep_spare, the written copy stays as `self.spare` until LocalStorage.settle: the stored one belongs to
+        other jobs, and deleting them before this upload's rows are committed would remove it."""
         try:
             with _no_space_is_full(self.storage.root):
                 self.out.close()  # buffered bytes reach the disk here, so a full disk can show up here too
                 sha = self.digest.hexdigest()
                 final = self.storage.path(sha)
                 if final.exists():
-                    os.unlink(self.tmp_name)
+                    if keep_spare:
+                        self.spare, self.tmp_name = self.tmp_name, ""
+                    else:
+                        os.unlink(self.tmp_name)
                     return sha, self.size, False
                 final.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(self.tmp_name, final)  # atomic: readers never see a half-written file

@@ -273,6 +273,60 @@ def test_delete_removes_rows_and_files_no_other_job_holds(make_app, stack_env, m
     db.engine.dispose()
 
 
+def test_an_upload_of_the_same_bytes_keeps_its_file_when_a_delete_races_it(make_app, stack_env, mini_dir,
+                                                                           monkeypatch):
+    """The stored file of a job being deleted is the file a concurrent upload of the same bytes found: whichever
+    commits first, the upload's job must still have its file afterwards (the worker reads it later)."""
+    from shared import jobs
+    from shared.deletion import delete_jobs
+
+    client = make_app(stack_env).test_client()
+    storage = LocalStorage(Path(stack_env["PIXELPROOF_DATA_DIR"]) / "uploads")
+    db = Database(stack_env["DATABASE_URL"])
+    (a, _), (b, _) = jpeg_bytes(mini_dir, 2)
+
+    # 1. The delete runs after the upload stored its bytes and before it commits its rows.
+    first = post_files(client, "/api/jobs", [(a, "a.jpg")]).get_json()
+    sha = all_results(client, first["id"])[0]["sha256"]
+    add_images = jobs.add_images
+
+    def deleted_meanwhile(session, job, uploads):
+        monkeypatch.setattr(jobs, "add_images", add_images)
+        assert delete_jobs(db, storage, [first["id"]]).files_removed == 1
+        assert not storage.exists(sha)
+        return add_images(session, job, uploads)
+
+    monkeypatch.setattr(jobs, "add_images", deleted_meanwhile)
+    second = post_files(client, "/api/jobs", [(a, "again.jpg")])
+    assert second.status_code == 202, second.get_json()
+    assert storage.read(sha) == a
+    assert not list(storage.tmp.iterdir())  # the request's spare copy became the file, nothing left over
+
+    # 2. The upload commits after the delete's first look at the rows and before it removes the file.
+    third = post_files(client, "/api/jobs", [(b, "b.jpg")]).get_json()
+    sha_b = all_results(client, third["id"])[0]["sha256"]
+    retire = storage.retire
+
+    def committed_meanwhile(digest):
+        trash = retire(digest)
+        with db.session() as s:
+            job = Job()
+            s.add(job)
+            jobs.add_images(s, job, [jobs.Upload("b-again.jpg", digest, len(b))])
+            s.commit()
+        return trash
+
+    monkeypatch.setattr(storage, "retire", committed_meanwhile)
+    gone = delete_jobs(db, storage, [third["id"]])
+    assert (gone.files_removed, gone.files_kept) == (0, 1)
+    assert storage.read(sha_b) == b and not list(storage.tmp.iterdir())
+    # and with nothing racing it, a delete still removes what nobody holds
+    monkeypatch.setattr(storage, "retire", retire)
+    assert client.delete(f"/api/jobs/{second.get_json()['id']}").get_json()["files_removed"] == 1
+    assert not storage.exists(sha) and not list(storage.tmp.iterdir())
+    db.engine.dispose()
+
+
 def test_retention_deletes_old_jobs_from_the_beat_schedule(make_app, sqlite_url, redis_server, mini_dir, tmp_path):
     upgrade(sqlite_url)
     env = service_env(sqlite_url, redis_server.url, tmp_path / "data", PIXELPROOF_RETENTION_DAYS="30",

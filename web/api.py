@@ -52,7 +52,7 @@ from .context import (
 from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key
 from .openapi import OPENAPI
-from .uploads import StoredPart, discard, receive_files
+from .uploads import StoredPart, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ def _job_full(already: int, adding: int) -> ApiError:
 def _discard(parts: list[StoredPart]) -> None:
     """Remove the blobs this request created, unless a committed image refers to them: a concurrent request
     for the same bytes (a retried upload) may have found this request's blob and committed first."""
+    drop_spares(parts)
     created = [p for p in parts if p.created]
     if not created:
         return
@@ -142,6 +143,11 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
         session.rollback()
         _discard(parts)  # nothing from a refused request stays on disk
         raise
+    try:
+        settle(services().storage, parts)
+    except OSError as exc:  # the rows are committed: the worker reports a missing upload for that image alone
+        log.error(kv(event="upload_not_settled", job_id=job.id, reason=str(exc)))
+        drop_spares(parts)
     record("submitted", len(ids))
     log.info(kv(event="files_accepted", job_id=job.id, files=len(ids), created=created))
     try:

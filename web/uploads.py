@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 from werkzeug.datastructures import Headers
@@ -34,6 +35,7 @@ class StoredPart:
     sha256: str
     size_bytes: int
     created: bool  # this request put the content in storage (nothing else had it)
+    spare: str | None = None  # this request's own copy of content stored before it (see LocalStorage.settle)
 
 
 class _Decoder(MultipartDecoder):
@@ -68,9 +70,9 @@ def receive_files(stream: BinaryIO, content_type: str | None, storage: LocalStor
             elif isinstance(event, Data) and writer is not None:
                 writer.write(event.data)
                 if not event.more_data:
-                    sha, size, created = writer.finish()
+                    sha, size, created = writer.finish(keep_spare=True)
+                    stored.append(StoredPart(name, sha, size, created, writer.spare))
                     writer = None
-                    stored.append(StoredPart(name, sha, size, created))
             elif isinstance(event, Epilogue):
                 break
     except TooLarge as exc:
@@ -97,9 +99,24 @@ def receive_files(stream: BinaryIO, content_type: str | None, storage: LocalStor
 
 def discard(storage: LocalStorage, parts: list[StoredPart]) -> None:
     """Remove what a refused request added to storage; content that was already there stays."""
+    drop_spares(parts)
     for part in parts:
         if part.created:
             storage.discard(part.sha256)
+
+
+def drop_spares(parts: list[StoredPart]) -> None:
+    for part in parts:
+        if part.spare is not None:
+            Path(part.spare).unlink(missing_ok=True)
+            part.spare = None
+
+
+def settle(storage: LocalStorage, parts: list[StoredPart]) -> None:
+    """Once the request's rows are committed: every upload they refer to is in storage (LocalStorage.settle)."""
+    for part in parts:
+        spare, part.spare = part.spare, None
+        storage.settle(part.sha256, spare)
 
 
 def _mib(n: int) -> str:
