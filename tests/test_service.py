@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import func, select, update
 
 from shared.db import Database
+from shared.deletion import delete_jobs
 from shared.jobs import Upload, add_images, cancel
 from shared.metrics import metrics
 from shared.migrate import upgrade
@@ -170,6 +171,50 @@ class _CancelledWhileClassifying:
             cancel(s, s.get(Job, self.job_id))
             s.commit()
         return self.inner.classify(readers)
+
+
+class _DeletedWhileClassifying(_CancelledWhileClassifying):
+    """The real classifier, with the job deleted (as DELETE /api/jobs/<id> does) while its batch is scored."""
+
+    def __init__(self, inner: Classifier, db: Database, job_id: str, storage: LocalStorage):
+        super().__init__(inner, db, job_id)
+        self.storage = storage
+
+    def classify(self, readers):
+        data = [read() for read in readers]  # the batch has read its files before they go
+        delete_jobs(self.db, self.storage, [self.job_id])
+        return self.inner.classify([lambda d=d: d for d in data])
+
+
+def test_a_batch_deleted_in_flight_leaves_no_prediction_thumbnail_or_file(world, classifier):
+    db, storage, ids, _ = world
+    with db.session() as s:
+        job_id = s.get(ImageItem, ids[0]).job_id
+        shas = {s.get(ImageItem, i).sha256 for i in ids[:4]}
+    scored = _Remembering(classifier)
+    assert classify_images(db, storage, _DeletedWhileClassifying(scored, db, job_id, storage), ids[:4])["claimed"] == 4
+    assert scored.seen == 4  # the model did score the batch, and its results were dropped afterwards
+    with db.session() as s:
+        assert s.scalar(select(func.count()).select_from(ImageItem)) == 0
+        assert s.scalar(select(func.count()).select_from(Prediction)) == 0
+    for sha in shas:
+        assert not storage.exists(sha)
+        assert not any(storage.thumbnail_path(sha, size).exists() for size in (128, 512))
+
+
+class _Remembering:
+    """The real classifier, noting that it scored (so the test above cannot pass by scoring nothing)."""
+
+    def __init__(self, inner: Classifier):
+        self.inner, self.seen = inner, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def classify(self, readers):
+        out = self.inner.classify(readers)
+        self.seen += len(out)
+        return out
 
 
 def _classified_total() -> float:

@@ -16,6 +16,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from shared import webhooks
 from shared.db import Database
+from shared.deletion import remove_unreferenced
 from shared.evidence import declares_ai
 from shared.logs import kv
 from shared.metrics import failure_reason, observe, record
@@ -172,11 +173,16 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
             _images.c.status.in_(("done", ERROR)))))
         s.commit()
     _count([c for c in claimed if c.id in finished], outcome, now)
+    dropped = {c.sha256 for c in claimed if c.id not in finished}
+    if dropped:  # deleted meanwhile: what this batch wrote for content no job holds any more goes too
+        remove_unreferenced(db, storage, dropped)
     if notify:
         notify({c.job_id for c in claimed})
     for job_id in sorted({c.job_id for c in claimed}):
-        n = sum(1 for c in claimed if c.job_id == job_id)
-        log.info(kv(event="classified", job_id=job_id, images=n, cached=len(known), model_version=version))
+        n = sum(1 for c in claimed if c.job_id == job_id and c.id in finished)
+        cached = sum(1 for c in claimed if c.job_id == job_id and c.id in finished and c.sha256 in known)
+        log.info(kv(event="classified", job_id=job_id, images=n, cached=cached, dropped=len(
+            [c for c in claimed if c.job_id == job_id]) - n, model_version=version))
     return {"claimed": len(claimed), "cached": len(known), "computed": len(todo)}
 
 
