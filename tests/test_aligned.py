@@ -75,3 +75,72 @@ def test_make_aligned_names_what_is_missing(tmp_path):
         make_pairs(str(tmp_path / "empty"), TAEF2, tmp_path / "out")
     with pytest.raises(DatasetUnavailable, match="taef2_encoder.pth"):
         make_pairs(str(tmp_path / "empty"), tmp_path, tmp_path / "out")
+
+
+def _pairs_folder(tmp_path):
+    """make-aligned on ten different detailed photos under two sources (cams, phones), at a side of 80 px."""
+    _autoencoder()
+    data = tmp_path / "data"
+    (data / "real").mkdir(parents=True)
+    photos = sorted((DATASETS / "realworld" / "real").glob("sr-testsets-real__*"))[:10]
+    if len(photos) < 10:
+        unavailable("realworld's sr-testsets-real photos not found")
+    for k, path in enumerate(photos):
+        rgb = centre(load_rgb_array(path.read_bytes(), 10**9), 96)
+        Image.fromarray(rgb).save(data / "real" / f"{('cams', 'phones')[k // 5]}__{k % 5}.png")
+    out = tmp_path / "pairs"
+    make_pairs(str(data), TAEF2, out, max_side=80)  # not the default side: pairing finds how they were cut
+    return out
+
+
+def test_paired_crops_line_up_and_pairs_stay_together(tmp_path):
+    """train --paired: a photo and its reconstruction are matched by name, cut alike, augmented alike (the
+    same crop, flip, resampling and JPEG quality), and a pair never straddles training and held-out data."""
+    from shared.imaging import Preprocessing
+    from training.native import (
+        CropAugment,
+        PairedCropDataset,
+        aligned_pairs,
+        flatten_pairs,
+        load_native_set,
+        split_pairs,
+    )
+
+    out = _pairs_folder(tmp_path)
+    Image.fromarray(_photo()).save(out / "fake" / f"{PREFIX}nowhere__0.jpg")  # no real photo of that name
+    pairs = aligned_pairs(load_native_set(str(out)), PREFIX, side=192)
+    assert len(pairs) == 20 and list(pairs.labels) == [0, 1] * 10
+    assert all(pairs.names[k + 1] == f"fake/{PREFIX}" + pairs.names[k][5:].replace(".png", ".jpg")
+               for k in range(0, 20, 2))
+    assert all(pairs.images[k].shape == (80, 80, 3) and psnr(pairs.images[k], pairs.images[k + 1]) > 20
+               for k in range(0, 20, 2))
+
+    train, val, held = split_pairs(pairs, ("phones",), fraction=0.2, seed=0)
+    assert len(train) == 4 and len(val) == 2 and len(held) == 10
+    assert set(held.sources) == {"phones", PREFIX + "phones"} and list(held.labels) == [0, 1] * 5
+    assert list(val.sources) == ["cams", PREFIX + "cams"]
+
+    spec = Preprocessing(resize="native_crops", input_size=48, mean=(0.5,) * 3, std=(0.25,) * 3)
+    ds = PairedCropDataset(train, spec, CropAugment(48, p_resize=0.5, p_jpeg=0.5, p_flip=0.5, seed=3), samples=40)
+    x, y = flatten_pairs([ds[i] for i in range(40)])
+    assert x.shape == (80, 3, 48, 48) and y.tolist() == [0.0, 1.0] * 40
+    # Same place, same augmentation: each pair differs by the decoder's traces, far less than two crops do.
+    within = (x[0::2] - x[1::2]).abs().mean().item()
+    across = (x[0::2] - x[0::2].roll(1, 0)).abs().mean().item()
+    assert within < across / 3, (within, across)
+
+
+def test_train_paired_holds_out_whole_pairs_and_scores_them(tmp_path):
+    from shared.imaging import Preprocessing
+    from training.config import TrainConfig
+    from training.train import train
+
+    out = _pairs_folder(tmp_path)
+    spec = Preprocessing(input_size=48, resize="native_crops", max_crops=4)
+    path, meta = train(TrainConfig(data=str(out), out=tmp_path / "run", arch="residual_energy", epochs=2,
+                                   batch_size=2, paired=True, holdout=("phones",), val_fraction=0.2, threads=1,
+                                   precision="float32", preprocessing=spec))
+    assert path.is_file() and len(meta.training["history"]) == 2
+    assert (meta.training["n_train"], meta.training["n_val"]) == (8, 2)  # 4 pairs and 1 pair, as images
+    assert meta.metrics["held_out"]["n"] == 10 and meta.metrics["held_out"]["sources"] == ["phones"]
+    assert meta.training["config"]["paired"] is True

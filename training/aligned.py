@@ -24,11 +24,12 @@ from torch import nn
 from shared.imaging import ImageRejected, load_rgb_array
 from shared.logs import kv
 from training.data import DatasetUnavailable, folder_files, source_of
-from training.native import centre
+from training.native import centre, psnr
 
 log = logging.getLogger(__name__)
 
 PREFIX = "taef2-"  # sources of the reconstructions are named PREFIX + the real photo's source
+MAX_SIDE = 192  # the centre of each photo that is reconstructed, at most this many px a side
 
 
 def _conv3(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:
@@ -101,12 +102,7 @@ class Autoencoder(nn.Module):
         return np.clip(np.rint(y * 255), 0, 255).astype(np.uint8)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
-def make_pairs(data: str, autoencoder: Path, out: Path, max_side: int = 192, every: int = 1,
+def make_pairs(data: str, autoencoder: Path, out: Path, max_side: int = MAX_SIDE, every: int = 1,
                quality: int = 90) -> dict:
     """Write OUT/real (links to the real photos of DATA) and OUT/fake (their reconstructions, named
     PREFIX<source>__<id>.jpg, JPEG at `quality` with no chroma subsampling, as `realworld` was encoded).

@@ -70,6 +70,10 @@ class TrainConfig:
     # Crop-based checkpoints (preprocessing.resize == "native_crops"):
     holdout: tuple[str, ...] = _opt((), "native_crops: comma-separated sources (file names <source>__<id>) kept "
                                     "out of training and scored at the end", type=_sources)
+    paired: bool = _opt(False, "native_crops: DATA is a `make-aligned` folder; each batch holds every real crop "
+                        "beside its reconstruction cut at the same place through the same augmentation, so the "
+                        "classes differ only by the decoder's traces (--batch-size counts pairs); --holdout "
+                        "names the real photos' sources")
     crops_per_image: int = _opt(1, "native_crops: random crops of each image per epoch")
     crop_augment: dict = _opt({}, "native_crops: JSON overrides of the augmentation, e.g. '{\"p_jpeg\": 0.8}' "
                               "(training.native.CropAugment)")

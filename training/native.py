@@ -163,6 +163,94 @@ class CropDataset(Dataset):
         return torch.from_numpy(normalise(crop[None], self.spec)[0]), torch.tensor(float(self.data.labels[i]))
 
 
+class PairedCropDataset(Dataset):
+    """Aligned pairs (training.aligned): each item is a real photo's random crop and its reconstruction's crop
+    at the same place, through the same augmentation (the augmenter's random state is replayed for the second),
+    so within a batch the two classes differ by the decoder's traces alone. Items are (2 x C x H x W, [0, 1]);
+    flatten_pairs makes a batch of 2 x the pairs drawn."""
+
+    def __init__(self, pairs: list[tuple[np.ndarray, np.ndarray]], spec: Preprocessing, augment: CropAugment,
+                 samples: int = 0):
+        self.pairs, self.spec, self.augment = pairs, spec, augment
+        self.samples = samples or len(pairs)
+
+    def __len__(self) -> int:
+        return self.samples
+
+    def __getitem__(self, i: int):
+        real, fake = self.pairs[i % len(self.pairs)]
+        state = self.augment.rng.getstate()
+        first = self.augment(real)
+        self.augment.rng.setstate(state)
+        both = np.stack([first, self.augment(fake)])
+        return torch.from_numpy(normalise(both, self.spec)), torch.tensor([0.0, 1.0])
+
+
+def flatten_pairs(batch):
+    return torch.cat([x for x, _ in batch]), torch.cat([y for _, y in batch])
+
+
+def aligned_pairs(data: NativeSet, prefix: str, side: int, min_psnr_db: float = 20.0) -> NativeSet:
+    """Match each reconstruction (named `prefix` + its real photo's name) with its real photo, cut the photo as
+    the reconstruction was cut (its centre of at most `side` px, then the latent's grid from the top-left), and
+    check that they line up. Returns them pair by pair: real at even indices, its reconstruction after it.
+    Pairs made with another --max-side are found too: the centre's side is within 8 px of the larger side of
+    the reconstruction, or the whole photo."""
+    def stem(name: str) -> str:  # "real/cams__1.png" -> "cams__1"
+        return name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+    reals = {stem(n): i for i, n in enumerate(data.names) if data.labels[i] == 0}
+    images, names, skipped = [], [], 0
+    for i, name in enumerate(data.names):
+        if data.labels[i] != 1 or not stem(name).startswith(prefix):
+            continue
+        j = reals.get(stem(name)[len(prefix):])
+        fake = data.images[i]
+        m = max(fake.shape[:2])
+        real = None if j is None else next(
+            (r for s in (side, *range(m, m + 8), 0) if (r := centre(data.images[j], s)[: fake.shape[0], : fake.shape[1]])
+             .shape == fake.shape and psnr(r, fake) >= min_psnr_db), None)
+        if real is None:
+            skipped += 1
+            continue
+        images += [np.ascontiguousarray(real), fake]
+        names += [data.names[j], name]
+    if skipped:
+        log.warning(kv(event="aligned_pairs_skipped", skipped=skipped, reason="no matching real photo, or not aligned"))
+    if not images:
+        raise DatasetUnavailable(f"no aligned pairs (a real photo and {prefix}<its name>) in the data: make them "
+                                 "with `pixelproof make-aligned`")
+    return NativeSet(images, np.array([0, 1] * (len(images) // 2)), names)
+
+
+def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,
+                seed: int) -> tuple[list[tuple[np.ndarray, np.ndarray]], NativeSet, NativeSet | None]:
+    """(training pairs, validation images, held-out images) of aligned_pairs' output, by pair: a photo and its
+    reconstruction always fall on the same side. held_out names the real photos' sources."""
+    reals = NativeSet(pairs.images[0::2], np.zeros(len(pairs) // 2, dtype=int), pairs.names[0::2])
+    k = np.arange(len(reals))
+    if held_out:
+        reals.without_sources(held_out)  # naming no source that is here is a mistake, as for unpaired data
+    out = np.isin(reals.sources, list(held_out))
+    rng = np.random.default_rng(seed)
+    val = np.zeros(len(reals), dtype=bool)
+    for src in sorted(set(reals.sources[~out])):
+        idx = np.flatnonzero((reals.sources == src) & ~out)
+        val[rng.permutation(idx)[: round(len(idx) * fraction)]] = True
+    train = k[~out & ~val]
+
+    def both(sel: np.ndarray) -> NativeSet:
+        return pairs.subset(np.stack([2 * sel, 2 * sel + 1], axis=1).ravel())
+
+    return ([(pairs.images[2 * i], pairs.images[2 * i + 1]) for i in train], both(k[val]),
+            both(k[out]) if held_out else None)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * math.log10(255.0**2 / mse)
+
+
 def crop_logits(model, data: NativeSet, spec: Preprocessing, device: torch.device, batch: int = 256) -> tuple[np.ndarray, list[int]]:
     """Every image's serving grid through the model: (all crop logits in order, crops per image)."""
     logits, counts = [], []

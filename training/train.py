@@ -30,7 +30,7 @@ from shared.modeling.device import (
 from shared.modeling.registry import build_model
 from shared.scoring import calibrated, choose_thresholds, image_logits
 
-from . import native
+from . import aligned, native
 from .augment import Augment
 from .config import TrainConfig
 from .data import ImageSet, load_image_sets, pil_from_uint8, split_validation
@@ -145,6 +145,7 @@ class RunData:
     n_val: int
     validate: Callable[..., tuple[np.ndarray, np.ndarray]]  # (model[, images]) -> (image logits, labels)
     held_out: native.NativeSet | None = None
+    collate: Callable | None = None  # how the loader makes a batch of items (None: torch's default)
 
 
 def _resized_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
@@ -168,9 +169,14 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
     """Native-resolution images: held-out sources set aside first, then a validation split stratified by source."""
     spec = cfg.preprocessing
     everything = native.load_native_set(cfg.data)
-    pool, held_out = everything.without_sources(tuple(cfg.holdout)) if cfg.holdout else (everything, None)
-    train_set, val_set = native.split_validation(pool, cfg.val_fraction, cfg.seed)
-    if cfg.limit:
+    if cfg.paired:
+        pairs = native.aligned_pairs(everything, aligned.PREFIX, aligned.MAX_SIDE)
+        train_pairs, val_set, held_out = native.split_pairs(pairs, tuple(cfg.holdout), cfg.val_fraction, cfg.seed)
+        train_set = native.NativeSet([im for pair in train_pairs for im in pair], np.array([0, 1] * len(train_pairs)))
+    else:
+        pool, held_out = everything.without_sources(tuple(cfg.holdout)) if cfg.holdout else (everything, None)
+        train_set, val_set = native.split_validation(pool, cfg.val_fraction, cfg.seed)
+    if cfg.limit and not cfg.paired:
         rng = np.random.default_rng(cfg.seed)
         train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
         val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[: max(cfg.limit // 5, 16)]))
@@ -184,6 +190,9 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
         logits, counts = native.crop_logits(scorer, images, spec, device)
         return image_logits(logits, counts, spec.aggregate), images.labels
 
+    if cfg.paired:
+        train_data = native.PairedCropDataset(train_pairs, spec, augment, samples=len(train_pairs) * cfg.crops_per_image)
+        return RunData(train_data, len(train_set), len(val_set), validate, held_out, collate=native.flatten_pairs)
     train_data = native.CropDataset(train_set, spec, augment, samples=len(train_set) * cfg.crops_per_image)
     return RunData(train_data, len(train_set), len(val_set), validate, held_out)
 
@@ -393,6 +402,7 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=len(data.train) > cfg.batch_size, worker_init_fn=_seed_worker_augment,
+                        collate_fn=data.collate,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
     cfg, model, provenance = _base_model(cfg, device)
     run = _new_run(cfg, model, device, amp_dtype, len(loader), provenance)
