@@ -90,6 +90,9 @@ def test_temperature_scaling_recovers_a_known_temperature():
     true_logits = rng.normal(0, 2, 20000)
     labels = (rng.random(20000) < 1 / (1 + np.exp(-true_logits))).astype(int)
     assert fit_temperature(true_logits * 3.0, labels) == pytest.approx(3.0, rel=0.05)
+    # Logits far smaller than 1 (a residual_energy run's were): LBFGS from T = 1 stopped at 0.92 here.
+    assert fit_temperature(true_logits * 0.01, labels) == pytest.approx(0.01, rel=0.05)
+    assert fit_temperature(true_logits * 0.0002, labels) == pytest.approx(0.0002, rel=0.05)
 
 
 def test_cli_evaluate_writes_report(mini_dir, tmp_path):

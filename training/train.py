@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -119,21 +120,26 @@ def predict_logits(model: nn.Module, loader: DataLoader, device: torch.device,
 
 
 def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature scaling (Guo et al. 2017): one scalar fitted on held-out NLL."""
-    z = torch.tensor(logits, dtype=torch.float64)
-    y = torch.tensor(labels, dtype=torch.float64)
-    log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=200)
-    loss_fn = nn.BCEWithLogitsLoss()
+    """Temperature scaling (Guo et al. 2017): one scalar fitted on held-out NLL.
 
-    def closure():
-        opt.zero_grad()
-        loss = loss_fn(z / log_t.exp(), y)
-        loss.backward()
-        return loss
+    The NLL is convex in 1/T, but a gradient method started at T = 1 stalls where the logits are small (a
+    model whose logits spread over +-0.01 needs T near 0.01; LBFGS stopped at 0.92) and can run off to
+    T -> 0. So: the best of a log-spaced grid over 1e-6..1e4, then golden-section search around it."""
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
 
-    opt.step(closure)
-    return float(log_t.exp().item())
+    def nll(log_t: float) -> float:
+        s = z / math.exp(log_t)
+        return float(np.mean(np.logaddexp(0.0, s) - y * s))  # BCE with logits, without overflow
+
+    grid = np.linspace(math.log(1e-6), math.log(1e4), 241)
+    k = int(np.argmin([nll(g) for g in grid]))
+    lo, hi = grid[max(k - 1, 0)], grid[min(k + 1, len(grid) - 1)]
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(60):
+        a, b = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        lo, hi = (lo, b) if nll(a) < nll(b) else (a, hi)
+    return math.exp((lo + hi) / 2)
 
 
 @dataclass
