@@ -238,3 +238,21 @@ def test_a_batch_cancelled_in_flight_keeps_its_state_and_is_not_counted(world, c
     assert _classified_total() == before  # the batch's results were dropped, so none was classified
     classify_images(db, storage, classifier, ids[5:6])
     assert _classified_total() == before + 1  # an image finished as usual is counted
+
+
+def test_a_file_moved_aside_for_a_moment_is_still_read(world):
+    """A delete racing an upload of the same bytes moves the file aside, looks at the rows again and puts it back
+    (shared.deletion); a worker reading it in that moment waits once instead of reporting it missing."""
+    import threading
+
+    from worker.service import _reader
+
+    db, storage, ids, files = world
+    with db.session() as s:
+        sha = s.get(ImageItem, ids[0]).sha256
+    trash = storage.retire(sha)
+    threading.Timer(0.02, storage.restore, (trash, sha)).start()
+    assert _reader(storage, sha)() == files[0][0]
+    storage.path(sha).unlink()
+    with pytest.raises(FileNotFoundError):  # gone for good: still an error, after the one wait
+        _reader(storage, sha)()

@@ -6,6 +6,7 @@ counts are derived from row statuses, so a redelivered batch can never count an 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import NamedTuple
@@ -215,7 +216,17 @@ def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: d
 
 
 def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
-    return lambda: storage.read(sha)
+    def read() -> bytes:
+        try:
+            return storage.read(sha)
+        except FileNotFoundError:  # a delete racing an upload of these bytes moves the file aside for a moment
+            time.sleep(READ_RETRY_S)
+            return storage.read(sha)
+
+    return read
+
+
+READ_RETRY_S = 0.1
 
 
 def register_model(db: Database, name: str, version: str, thresholds: dict, notes: dict) -> None:
