@@ -75,11 +75,12 @@ def remove_unreferenced(db: Database, storage: LocalStorage, shas: set[str] | Se
     deleted while it classified them, whose thumbnails and prediction it may have written after the deletion."""
     shas = sorted(set(shas))
     orphans = _unreferenced(db, shas)
-    retired = {}
+    retired, stuck = {}, set()
     for sha in orphans:
         try:
-            retired[sha] = storage.retire(sha)
-        except OSError as exc:
+            retired[sha] = storage.retire(sha)  # None: the file was not there
+        except OSError as exc:  # the rows are gone already; a file left behind is logged, not fatal
+            stuck.add(sha)
             log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))
     gone = set(_unreferenced(db, orphans))  # the second look: an upload of the same bytes committed meanwhile?
     for sha, trash in retired.items():
@@ -92,10 +93,10 @@ def remove_unreferenced(db: Database, storage: LocalStorage, shas: set[str] | Se
     removed = 0
     for sha in sorted(gone):
         try:
-            storage.remove(sha)  # its thumbnails (and the upload, had it not been moved aside)
+            storage.remove_thumbnails(sha)
             if retired.get(sha) is not None:
                 retired[sha].unlink()
-            removed += 1
+            removed += sha not in stuck
         except OSError as exc:  # the rows are gone already; a file left behind is logged, not fatal
             log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))
     return removed, len(shas) - len(gone)

@@ -98,9 +98,10 @@ class LocalStorage:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
         self.path(sha256).unlink(missing_ok=True)
 
-    def remove(self, sha256: str) -> None:
-        """Remove an upload and its thumbnails (a deleted job's file that no other job refers to)."""
-        self.path(sha256).unlink(missing_ok=True)
+    def remove_thumbnails(self, sha256: str) -> None:
+        """Remove an upload's thumbnails (a deleted job's file that no other job refers to). The upload itself
+        goes by retire() and unlinking what it returns, never by its path: an upload of the same bytes may have
+        put its own copy there after the delete's last look at the rows (settle)."""
         for folder in (self.root / "thumbnails").glob("*"):
             if folder.name.isdigit():
                 self.thumbnail_path(sha256, int(folder.name)).unlink(missing_ok=True)

@@ -273,6 +273,11 @@ def test_delete_removes_rows_and_files_no_other_job_holds(make_app, stack_env, m
     db.engine.dispose()
 
 
+def jobs_holding(db: Database, sha: str) -> list[str]:
+    with db.session() as s:
+        return sorted(set(s.scalars(select(ImageItem.job_id).where(ImageItem.sha256 == sha))))
+
+
 def test_an_upload_of_the_same_bytes_keeps_its_file_when_a_delete_races_it(make_app, stack_env, mini_dir,
                                                                            monkeypatch):
     """The stored file of a job being deleted is the file a concurrent upload of the same bytes found: whichever
@@ -320,8 +325,37 @@ def test_an_upload_of_the_same_bytes_keeps_its_file_when_a_delete_races_it(make_
     gone = delete_jobs(db, storage, [third["id"]])
     assert (gone.files_removed, gone.files_kept) == (0, 1)
     assert storage.read(sha_b) == b and not list(storage.tmp.iterdir())
-    # and with nothing racing it, a delete still removes what nobody holds
     monkeypatch.setattr(storage, "retire", retire)
+
+    # 3. The upload commits after the delete's second look and puts its own copy in place (settle) before the
+    #    delete has finished: the delete must not remove that copy.
+    fourth = post_files(client, "/api/jobs", [(b, "b-third.jpg")]).get_json()
+    delete_jobs(db, storage, [j for j in jobs_holding(db, sha_b) if j != fourth["id"]])
+    writer = storage.writer(10**8)
+    writer.write(b)
+    assert writer.finish(keep_spare=True)[2] is False  # the bytes were stored: the upload keeps a spare
+    from shared import deletion
+    looks, unreferenced = [], deletion._unreferenced
+
+    def settled_after_the_second_look(database, digests):
+        found = unreferenced(database, digests)
+        looks.append(found)
+        if len(looks) == 2:  # the delete has decided: sha_b is nobody's; now the upload commits and settles
+            with db.session() as s:
+                job = Job()
+                s.add(job)
+                jobs.add_images(s, job, [jobs.Upload("b-fourth.jpg", sha_b, len(b))])
+                s.commit()
+            storage.settle(sha_b, writer.spare)
+        return found
+
+    monkeypatch.setattr(deletion, "_unreferenced", settled_after_the_second_look)
+    assert delete_jobs(db, storage, [fourth["id"]]).files_removed == 1 and looks == [[sha_b], [sha_b]]
+    assert storage.read(sha_b) == b and not list(storage.tmp.iterdir())  # the upload's settled copy stays
+    monkeypatch.setattr(deletion, "_unreferenced", unreferenced)
+    delete_jobs(db, storage, jobs_holding(db, sha_b))
+
+    # and with nothing racing it, a delete still removes what nobody holds
     assert client.delete(f"/api/jobs/{second.get_json()['id']}").get_json()["files_removed"] == 1
     assert not storage.exists(sha) and not list(storage.tmp.iterdir())
     db.engine.dispose()
