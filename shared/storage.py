@@ -75,11 +75,12 @@ class LocalStorage:
         of the same bytes, kept by BlobWriter.finish(keep_spare=True)) takes its place then."""
         if spare is None:
             return
-        if self.path(sha256).exists():
+        final = self.path(sha256)
+        if final.exists():
             os.unlink(spare)
         else:
-            self.path(sha256).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(spare, self.path(sha256))
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(spare, final)
 
     def retire(self, sha256: str) -> Path | None:
         """Move an upload aside, the first step of removing it for good (see shared.deletion): unlike a removal

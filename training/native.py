@@ -205,15 +205,11 @@ def aligned_pairs(data: NativeSet, prefix: str, side: int, min_psnr_db: float = 
         if data.labels[i] != 1 or not stem(name).startswith(prefix):
             continue
         j = reals.get(stem(name)[len(prefix):])
-        fake = data.images[i]
-        m = max(fake.shape[:2])
-        real = None if j is None else next(
-            (r for s in (side, *range(m, m + 8), 0) if (r := centre(data.images[j], s)[: fake.shape[0], : fake.shape[1]])
-             .shape == fake.shape and psnr(r, fake) >= min_psnr_db), None)
+        real = None if j is None else _cut_like(data.images[j], data.images[i], side, min_psnr_db)
         if real is None:
             skipped += 1
             continue
-        images += [np.ascontiguousarray(real), fake]
+        images += [real, data.images[i]]
         names += [data.names[j], name]
     if skipped:
         log.warning(kv(event="aligned_pairs_skipped", skipped=skipped, reason="no matching real photo, or not aligned"))
@@ -221,6 +217,18 @@ def aligned_pairs(data: NativeSet, prefix: str, side: int, min_psnr_db: float = 
         raise DatasetUnavailable(f"no aligned pairs (a real photo and {prefix}<its name>) in the data: make them "
                                  "with `pixelproof make-aligned`")
     return NativeSet(images, np.array([0, 1] * (len(images) // 2)), names)
+
+
+def _cut_like(real: np.ndarray, fake: np.ndarray, side: int, min_psnr_db: float) -> np.ndarray | None:
+    """The photo cut as make-aligned cut it for `fake`: its centre of `side` px, of a side within 8 px of the
+    reconstruction's larger side, or whole; then the reconstruction's size from the top-left. None: no cut
+    lines up."""
+    h, w = fake.shape[:2]
+    for s in (side, *range(max(h, w), max(h, w) + 8), 0):
+        cut = centre(real, s)[:h, :w]
+        if cut.shape == fake.shape and psnr(cut, fake) >= min_psnr_db:
+            return np.ascontiguousarray(cut)
+    return None
 
 
 def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,

@@ -178,14 +178,13 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
     if cfg.paired:
         pairs = native.aligned_pairs(everything, aligned.PREFIX, aligned.MAX_SIDE)
         train_pairs, val_set, held_out = native.split_pairs(pairs, tuple(cfg.holdout), cfg.val_fraction, cfg.seed)
-        train_set = native.NativeSet([im for pair in train_pairs for im in pair], np.array([0, 1] * len(train_pairs)))
     else:
         pool, held_out = everything.without_sources(tuple(cfg.holdout)) if cfg.holdout else (everything, None)
         train_set, val_set = native.split_validation(pool, cfg.val_fraction, cfg.seed)
-    if cfg.limit and not cfg.paired:
-        rng = np.random.default_rng(cfg.seed)
-        train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
-        val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[: max(cfg.limit // 5, 16)]))
+        if cfg.limit:
+            rng = np.random.default_rng(cfg.seed)
+            train_set = train_set.subset(np.sort(rng.permutation(len(train_set))[: cfg.limit]))
+            val_set = val_set.subset(np.sort(rng.permutation(len(val_set))[: max(cfg.limit // 5, 16)]))
     if cfg.augment:
         augment = native.CropAugment(spec.input_size, seed=cfg.seed, **cfg.crop_augment)
     else:  # still a random crop: the images are larger than the model's input
@@ -196,9 +195,9 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
         logits, counts = native.crop_logits(scorer, images, spec, device)
         return image_logits(logits, counts, spec.aggregate), images.labels
 
-    if cfg.paired:
+    if cfg.paired:  # n_train counts images, two a pair
         train_data = native.PairedCropDataset(train_pairs, spec, augment, samples=len(train_pairs) * cfg.crops_per_image)
-        return RunData(train_data, len(train_set), len(val_set), validate, held_out, collate=native.flatten_pairs)
+        return RunData(train_data, 2 * len(train_pairs), len(val_set), validate, held_out, collate=native.flatten_pairs)
     train_data = native.CropDataset(train_set, spec, augment, samples=len(train_set) * cfg.crops_per_image)
     return RunData(train_data, len(train_set), len(val_set), validate, held_out)
 

@@ -37,6 +37,7 @@ from shared.thumbnails import THUMBNAIL_SIZES
 from .inference import Classifier, Outcome, thumbnails_of
 
 log = logging.getLogger(__name__)
+READ_RETRY_S = 0.1  # how long a reader waits once for a file a racing delete has moved aside (shared.deletion)
 
 
 class _Row(NamedTuple):
@@ -180,10 +181,10 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
     if notify:
         notify({c.job_id for c in claimed})
     for job_id in sorted({c.job_id for c in claimed}):
-        n = sum(1 for c in claimed if c.job_id == job_id and c.id in finished)
-        cached = sum(1 for c in claimed if c.job_id == job_id and c.id in finished and c.sha256 in known)
-        log.info(kv(event="classified", job_id=job_id, images=n, cached=cached, dropped=len(
-            [c for c in claimed if c.job_id == job_id]) - n, model_version=version))
+        mine = [c for c in claimed if c.job_id == job_id]
+        done = [c for c in mine if c.id in finished]
+        log.info(kv(event="classified", job_id=job_id, images=len(done), cached=sum(c.sha256 in known for c in done),
+                    dropped=len(mine) - len(done), model_version=version))
     return {"claimed": len(claimed), "cached": len(known), "computed": len(todo)}
 
 
@@ -225,8 +226,6 @@ def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
 
     return read
 
-
-READ_RETRY_S = 0.1
 
 
 def register_model(db: Database, name: str, version: str, thresholds: dict, notes: dict) -> None:
