@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
@@ -21,7 +22,7 @@ import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared.limits import MAX_JPEG_SCANS, MAX_PIXELS
-from shared.thumbnails import THUMBNAIL_SIZES
+from shared.thumbnails import THUMBNAIL_QUALITY, THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
 ACCEPTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP")  # JPEG also opens multi-picture (MPO) files
@@ -174,6 +175,16 @@ def load_rgb_array(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS
     time on a 12-megapixel photo, and straight into numpy without Pillow's padded RGBX copy. Orientation is
     then a view, not a copy. Every other file takes :func:`load_rgb`.
     """
+    stored, upright = _decode_stored(data, max_pixels, max_scans)
+    return upright(stored)
+
+
+def _decode_stored(data: bytes, max_pixels: int, max_scans: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+    """The pixels as stored (C-contiguous) and the view that turns any array of them upright.
+
+    Kept apart so thumbnails shrink the contiguous pixels and turn only the small result: a contiguous copy
+    of a rotated 12-megapixel view costs more than its decode.
+    """
     img = open_image(data, max_pixels, max_scans)
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         try:
@@ -185,8 +196,12 @@ def load_rgb_array(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS
                 orientation = int(img.getexif().get(0x0112, 1))
             except Exception:  # unreadable EXIF: Pillow's exif_transpose would ignore it as well
                 orientation = 1
-            return _ORIENT.get(orientation, lambda a: a)(arr)
-    return np.asarray(load_rgb(data, max_pixels, max_scans=max_scans))
+            return arr, _ORIENT.get(orientation, _as_is)
+    return np.asarray(load_rgb(data, max_pixels, max_scans=max_scans)), _as_is
+
+
+def _as_is(a: np.ndarray) -> np.ndarray:
+    return a
 
 
 _ROWS = 256  # high-bit-depth images are brought to 8 bits this many rows at a time
@@ -333,9 +348,9 @@ def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIX
     resolution (a whole-image route decodes JPEG at a reduced scale, so it decodes again for them).
     """
     if spec.native:
-        arr = load_rgb_array(data, max_pixels, max_scans)
-        prepared = native_crops(arr, spec)
-        return replace(prepared, thumbnails=thumbnails(arr)) if with_thumbnails else prepared
+        stored, upright = _decode_stored(data, max_pixels, max_scans)
+        prepared = native_crops(upright(stored), spec)
+        return replace(prepared, thumbnails=thumbnails(stored, upright)) if with_thumbnails else prepared
     img = load_rgb(data, max_pixels, target=spec.input_size, max_scans=max_scans)
     prepared = Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
     if with_thumbnails:
@@ -348,17 +363,23 @@ def thumbnails_of_bytes(data: bytes, max_pixels: int = MAX_PIXELS, max_scans: in
     return thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES), max_scans=max_scans))
 
 
-def thumbnails(pixels: np.ndarray | Image.Image) -> dict[int, bytes]:
-    """PNG renditions of an upright RGB image, largest first so each is shrunk from the one before.
+def thumbnails(pixels: np.ndarray | Image.Image, upright: Callable[[np.ndarray], np.ndarray] = _as_is) -> dict[int, bytes]:
+    """JPEG renditions of an image, largest first so each is shrunk from the one before.
 
     Made by the worker from pixels it decoded anyway; the web only serves the stored files, so a page of
-    results never makes the web decode an upload.
+    results never makes the web decode an upload. ``upright`` (a view, see _decode_stored) is applied to the
+    largest rendition, not to the full-size pixels. JPEG, not PNG: a 512-px PNG of a photo took longer to
+    compress than the photo took to decode, and is four times the size.
     """
     img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
     out = {}
-    for size in sorted(THUMBNAIL_SIZES, reverse=True):
-        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=2.0)
+    for i, size in enumerate(sorted(THUMBNAIL_SIZES, reverse=True)):
+        # reducing_gap 1: a box filter takes the image to within 2x of the size, bicubic the rest (a box
+        # average antialiases as well as bicubic does at these factors, at a fraction of the cost)
+        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=1.0)
+        if i == 0 and upright is not _as_is:
+            img = Image.fromarray(np.ascontiguousarray(upright(np.asarray(img))))
         buf = io.BytesIO()
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
         out[size] = buf.getvalue()
     return out

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from shared.thumbnails import THUMBNAIL_TYPES
+
 CHUNK = 1024 * 1024
 
 
@@ -105,7 +107,8 @@ class LocalStorage:
         put its own copy there after the delete's last look at the rows (settle)."""
         for folder in (self.root / "thumbnails").glob("*"):
             if folder.name.isdigit():
-                self.thumbnail_path(sha256, int(folder.name)).unlink(missing_ok=True)
+                for suffix in THUMBNAIL_TYPES:
+                    self.thumbnail_path(sha256, int(folder.name), suffix).unlink(missing_ok=True)
 
     def problem(self) -> str | None:
         """Why uploads cannot be stored right now (for /healthz), or None."""
@@ -121,20 +124,30 @@ class LocalStorage:
             return f"not writable: {exc.strerror or type(exc).__name__}"
         return None
 
-    def thumbnail_path(self, sha256: str, size: int) -> Path:
+    def thumbnail_path(self, sha256: str, size: int, suffix: str = ".jpg") -> Path:
         """Thumbnails the worker made, beside the uploads (on the same shared volume) but never among them."""
         upload = self.path(sha256)
-        return self.root / "thumbnails" / str(int(size)) / upload.parent.relative_to(self.root) / f"{sha256}.png"
+        return self.root / "thumbnails" / str(int(size)) / upload.parent.relative_to(self.root) / f"{sha256}{suffix}"
 
-    def put_thumbnail(self, sha256: str, size: int, png: bytes) -> None:
+    def find_thumbnail(self, sha256: str, size: int) -> tuple[bytes, str]:
+        """A stored thumbnail's bytes and media type: the JPEG, else one stored as PNG by an earlier version.
+        Raises FileNotFoundError where there is neither."""
+        for suffix, media_type in THUMBNAIL_TYPES.items():
+            try:
+                return self.thumbnail_path(sha256, size, suffix).read_bytes(), media_type
+            except FileNotFoundError:
+                continue
+        raise FileNotFoundError(sha256)
+
+    def put_thumbnail(self, sha256: str, size: int, jpeg: bytes) -> None:
         final = self.thumbnail_path(sha256, size)
         with _no_space_is_full(self.root):
             final.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp_name = tempfile.mkstemp(dir=self.tmp)
             try:
                 with os.fdopen(fd, "wb") as out:
-                    out.write(png)
-                os.replace(tmp_name, final)  # atomic: the web never serves half a PNG
+                    out.write(jpeg)
+                os.replace(tmp_name, final)  # atomic: the web never serves half a file
             except BaseException:
                 if os.path.exists(tmp_name):
                     os.unlink(tmp_name)

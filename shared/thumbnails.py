@@ -6,6 +6,9 @@ from __future__ import annotations
 
 # Rows of the results table, and the per-image view.
 THUMBNAIL_SIZES = (128, 512)
+THUMBNAIL_QUALITY = 85  # JPEG; a preview to look at, never evidence: the upload itself is kept as sent
+# Newest first: thumbnails stored before they were JPEG are PNG, and are still served until the upload goes.
+THUMBNAIL_TYPES = {".jpg": "image/jpeg", ".png": "image/png"}
 
 
 def rendition(size: int) -> int:

@@ -58,16 +58,40 @@ def test_raw_size_never_reaches_the_model():
     assert np.abs(a - b).mean() < 0.15
 
 
-def test_thumbnails_are_fresh_pngs_of_each_rendition():
+def test_thumbnails_are_fresh_jpegs_of_each_rendition():
     data = [d for n, d, e in CASES if n == "cmyk.jpg"][0]
     prepared = preprocess_bytes(data, Preprocessing(input_size=128, resize="native_crops"), 10**8, with_thumbnails=True)
     assert sorted(prepared.thumbnails) == sorted(THUMBNAIL_SIZES)
-    for size, png in prepared.thumbnails.items():
-        img = Image.open(io.BytesIO(png))
-        assert png.startswith(b"\x89PNG") and img.mode == "RGB" and max(img.size) <= size
+    for size, jpeg in prepared.thumbnails.items():
+        img = Image.open(io.BytesIO(jpeg))
+        assert img.format == "JPEG" and img.mode == "RGB" and max(img.size) <= size
     portrait = np.zeros((1000, 600, 3), np.uint8)
     assert Image.open(io.BytesIO(thumbnails(portrait)[128])).size == (77, 128)  # aspect kept
     assert rendition(96) == 128 and rendition(128) == 128 and rendition(129) == 512 and rendition(512) == 512
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_thumbnails_of_a_rotated_photo_are_upright(orientation):
+    """The worker shrinks the pixels as stored and turns only the thumbnail: it must look as the upright
+    image shrunk would."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    quadrants = np.zeros((600, 1200, 3), np.uint8)
+    quadrants[:300, :600] = (255, 0, 0)
+    quadrants[:300, 600:] = (0, 255, 0)
+    quadrants[300:, :600] = (0, 0, 255)
+    quadrants[300:, 600:] = (255, 255, 255)
+    Image.fromarray(quadrants).save(buf, "JPEG", quality=95, exif=exif)
+    upright = np.asarray(load_rgb(buf.getvalue(), 10**8))
+    thumbs = preprocess_bytes(buf.getvalue(), NATIVE, 10**8, with_thumbnails=True).thumbnails
+    for size, jpeg in thumbs.items():
+        got = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB"), dtype=np.int16)
+        want = Image.fromarray(upright)
+        want.thumbnail((size, size), Image.BICUBIC)
+        want = np.asarray(want, dtype=np.int16)
+        assert got.shape == want.shape and max(got.shape[:2]) == size
+        assert np.abs(got - want).mean() < 4  # the same picture, up to JPEG and filter differences
 
 
 def _photo(w: int, h: int, seed: int = 0) -> np.ndarray:

@@ -256,10 +256,13 @@ def test_delete_removes_rows_and_files_no_other_job_holds(make_app, stack_env, m
     sha = {name: r["sha256"] for name, r in zip(("a", "b"), all_results(client, first["id"]))}
     sha["c"] = all_results(client, second["id"])[1]["sha256"]
     assert all(storage.exists(s) and storage.has_thumbnails(s, (128, 512)) for s in sha.values())
+    legacy = storage.thumbnail_path(sha["a"], 128, ".png")  # as an earlier version stored thumbnails
+    legacy.write_bytes(storage.thumbnail_path(sha["a"], 128).read_bytes())
     gone = client.delete(f"/api/jobs/{first['id']}").get_json()
     assert gone == {"deleted": first["id"], "images": 2, "files_removed": 1, "files_kept": 1}
     assert client.get(f"/api/jobs/{first['id']}").status_code == 404
     assert not storage.exists(sha["a"]) and not storage.thumbnail_path(sha["a"], 128).exists()
+    assert not legacy.exists()
     assert storage.exists(sha["b"]) and storage.has_thumbnails(sha["b"], (128, 512))  # the second job holds it
     db = Database(stack_env["DATABASE_URL"])
     with db.session() as s:

@@ -165,7 +165,7 @@ def test_thumbnails_of_a_40_megapixel_upload_are_served_from_what_the_worker_sto
     before = web_cpu_seconds(live_stack)
     for size in (96, 512) * 20:
         resp = requests.get(f"{url}?size={size}")
-        assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/png"
+        assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/jpeg"
     used = web_cpu_seconds(live_stack) - before
     print(f"\nweb CPU time for 40 thumbnail requests of a 40-megapixel upload: {used:.3f} s")
 
@@ -175,8 +175,16 @@ def test_thumbnails_of_a_40_megapixel_upload_are_served_from_what_the_worker_sto
         body = requests.get(f"{url}?size={size}").content
         assert body == path.read_bytes()  # the very file the worker wrote
         assert max(Image.open(io.BytesIO(body)).size) == stored
+    for size in THUMBNAIL_SIZES:  # a thumbnail an earlier version stored as PNG is still served, as PNG
+        jpeg = storage.thumbnail_path(item["sha256"], size)
+        legacy = storage.thumbnail_path(item["sha256"], size, ".png")
+        Image.open(jpeg).save(legacy, "PNG")
+        jpeg.unlink()
+    resp = requests.get(url)
+    assert resp.status_code == 200 and resp.headers["Content-Type"] == "image/png"
+    assert resp.content == storage.thumbnail_path(item["sha256"], 128, ".png").read_bytes()
     for size in THUMBNAIL_SIZES:  # without the stored files the web has nothing to serve: it never decodes
-        storage.thumbnail_path(item["sha256"], size).unlink()
+        storage.thumbnail_path(item["sha256"], size, ".png").unlink()
     resp = requests.get(url)
     assert resp.status_code == 404 and "missing" in resp.json()["error"]
 

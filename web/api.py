@@ -313,21 +313,20 @@ def _csv(items: list[dict], header: bool = True) -> str:
 
 @api.get("/api/jobs/<job_id>/images/<int:image_id>/thumbnail")
 def thumbnail(job_id: str, image_id: int):
-    """The PNG the worker made when it classified the image: the web never decodes an upload."""
+    """The JPEG the worker made when it classified the image: the web never decodes an upload."""
     owner = current_owner()
     job = job_or_404(job_id, owner)
     item = image_or_404(job, image_id)
     size = int(number_arg("size", 96, 16, 512))
     if item.status == ERROR:
         raise ApiError(422, f"no thumbnail: {item.error}")
-    path = services().storage.thumbnail_path(item.sha256, rendition(size))
     try:
-        png = path.read_bytes()
+        body, media_type = services().storage.find_thumbnail(item.sha256, rendition(size))
     except FileNotFoundError:
         if item.status != DONE:
             raise ApiError(404, "no thumbnail yet: it is made when the image is classified") from None
         raise ApiError(404, "the stored thumbnail is missing") from None
-    resp = Response(png, mimetype="image/png")
+    resp = Response(body, mimetype=media_type)
     resp.headers["Cache-Control"] = "private, max-age=86400"
     return resp
 

@@ -185,13 +185,14 @@ OPENAPI = {
                     "next_cursor": {"type": ["string", "null"]}}}},
                 "text/csv": {"schema": {"type": "string"}}}}, "400": _ERR, "404": _ERR}}},
         "/api/jobs/{job_id}/images/{image_id}/thumbnail": {"get": {
-            "summary": "A PNG thumbnail the worker made when it classified the image (uploads are never served "
+            "summary": "A JPEG thumbnail the worker made when it classified the image (uploads are never served "
                        "back, nor decoded by the web); send the token in the Authorization header",
             "parameters": [_JOB_ID, _IMAGE_ID,
                            {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 512},
                             "description": "the smallest stored rendition (128 or 512 px on the longer side) at least "
                                            "this large is served (default 96: the 128-px one); the aspect ratio is kept"}],
-            "responses": {"200": {"description": "PNG", "content": {"image/png": {}}}, "400": _ERR,
+            "responses": {"200": {"description": "JPEG (PNG where an earlier version stored it)",
+                                  "content": {"image/jpeg": {}, "image/png": {}}}, "400": _ERR,
                           "404": {**_ERR, "description": "no such image, or it is not classified yet"},
                           "422": {**_ERR, "description": "the file is not a usable image"}}}},
         "/api/config": {"get": {

@@ -35,7 +35,7 @@ class Outcome:
     error: str | None = None
     details: dict | None = None  # where the model looked: image size, each crop's box and P(fake), the thresholds
     cacheable: bool = True  # a fault of ours (missing file) must not be remembered as a property of the bytes
-    thumbnails: dict[int, bytes] | None = None  # PNG renditions to store (shared.imaging.THUMBNAIL_SIZES)
+    thumbnails: dict[int, bytes] | None = None  # JPEG renditions to store (shared.imaging.THUMBNAIL_SIZES)
 
 
 class Classifier:

@@ -206,12 +206,12 @@ def _store_thumbnails(storage: LocalStorage, fresh: dict[str, Outcome], known: d
     try:
         for sha, outcome in fresh.items():
             if outcome.thumbnails:
-                for size, png in outcome.thumbnails.items():
-                    storage.put_thumbnail(sha, size, png)
+                for size, jpeg in outcome.thumbnails.items():
+                    storage.put_thumbnail(sha, size, jpeg)
         for sha, outcome in known.items():  # cached before thumbnails were stored: make them once now
             if not outcome.error and not storage.has_thumbnails(sha, THUMBNAIL_SIZES):
-                for size, png in (thumbnails_of(_reader(storage, sha), max_pixels, max_scans) or {}).items():
-                    storage.put_thumbnail(sha, size, png)
+                for size, jpeg in (thumbnails_of(_reader(storage, sha), max_pixels, max_scans) or {}).items():
+                    storage.put_thumbnail(sha, size, jpeg)
     except StorageFull as exc:
         log.error(kv(event="thumbnails_not_stored", reason=str(exc)))
 
