@@ -77,26 +77,31 @@ def cost_split(files: list[Path], reps: int = 1) -> dict[str, float]:
     """Median single-threaded milliseconds per image for each step the worker takes."""
     import torch
 
-    from shared.imaging import load_rgb_array, native_crops, open_image
+    from shared.imaging import decode_stored, native_crops, open_image, thumbnails
+    from shared.limits import MAX_JPEG_SCANS
     from shared.modeling.checkpoint import load_for_inference
     from shared.modeling.scorer import score_prepared
 
     torch.set_num_threads(1)
     model, meta = load_for_inference(DEFAULT_CHECKPOINT, precision=load_settings().precision)
-    steps: dict[str, list[float]] = {"header": [], "decode": [], "crops": [], "forward": []}
+    steps: dict[str, list[float]] = {"header": [], "decode": [], "crops": [], "forward": [], "thumbnails": []}
     for _ in range(reps):
         for p in files:
             data = p.read_bytes()
             t0 = time.perf_counter()
             open_image(data, 10**9)
             t1 = time.perf_counter()
-            arr = load_rgb_array(data, 10**9)  # opens the header again: counted in decode
+            # as the worker decodes (RGBX, for the thumbnails); opens the header again: counted in decode
+            stored, upright = decode_stored(data, 10**9, MAX_JPEG_SCANS, padded=True)
             t2 = time.perf_counter()
-            prepared = native_crops(arr, meta.preprocessing)
+            prepared = native_crops(upright(stored[..., :3]), meta.preprocessing)
             t3 = time.perf_counter()
             score_prepared(model, meta, [prepared])
             t4 = time.perf_counter()
-            for k, a, b in (("header", t0, t1), ("decode", t1, t2), ("crops", t2, t3), ("forward", t3, t4)):
+            thumbnails(stored, upright)  # the page's previews, made from the same decode
+            t5 = time.perf_counter()
+            for k, a, b in (("header", t0, t1), ("decode", t1, t2), ("crops", t2, t3), ("forward", t3, t4),
+                            ("thumbnails", t4, t5)):
                 steps[k].append((b - a) * 1000)
     split = {k: statistics.median(v) for k, v in steps.items()}
     split["crops per image"] = len(prepared.inputs)
@@ -153,12 +158,12 @@ def main(argv: list[str] | None = None) -> int:
             small = cifake_images(tmp / "cifake", args.cifake)
             results["CIFAKE 32x32"] = measure("cifake", small, tmp / "cifake", tmp, args.batch_size, cores, stack)
 
-    lines = ["| images | header / decode / crops / forward, ms per image (1 thread) | crops | no-queue ceiling | "
+    lines = ["| images | header / decode / crops / forward / thumbnails, ms per image (1 thread) | crops | no-queue ceiling | "
              "end to end, 2 workers | ratio | worker CPU / web CPU per image | peak RSS web / worker |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         s = r["split"]
-        lines.append(f"| {name} | {s['header']:.1f} / {s['decode']:.1f} / {s['crops']:.1f} / {s['forward']:.1f} | "
+        lines.append(f"| {name} | {s['header']:.1f} / {s['decode']:.1f} / {s['crops']:.1f} / {s['forward']:.1f} / {s['thumbnails']:.1f} | "
                      f"{s['crops per image']} | {r['ceiling']:.1f} images/s | {r['e2e']:.1f} images/s | "
                      f"{r['e2e'] / r['ceiling']:.2f} x ceiling | {r['workers_ms']:.0f} / {r['web_ms']:.0f} ms | "
                      f"{r['web_mb']:.0f} / {r['worker_mb']:.0f} MB |")
@@ -168,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
             f"({meta.preprocessing.input_size}-px crops, at most {meta.preprocessing.max_crops} per image); "
             f"batch {args.batch_size} images per task; database {db}; command: "
             f"`python benchmarks/photos.py{' --smoke' if args.smoke else ''}`\n\n{table}\n\n"
-            "The ceiling runs the worker's own code (read, decode, crops, forward pass) in one single-threaded "
-            "process per core with no queue; end to end adds the upload through gunicorn, storage, the database, "
+            "The ceiling runs the worker's own code (read, decode, crops, forward pass, thumbnails) in one "
+            "single-threaded process per core with no queue; end to end adds the upload through gunicorn, storage, the database, "
             "Redis and the Celery workers on the same cores. The split is measured single-threaded on up to 20 "
             "of the images; decode includes the EXIF orientation (a view, no copy).\n")
     print("\n" + table)

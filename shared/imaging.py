@@ -175,20 +175,22 @@ def load_rgb_array(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS
     time on a 12-megapixel photo, and straight into numpy without Pillow's padded RGBX copy. Orientation is
     then a view, not a copy. Every other file takes :func:`load_rgb`.
     """
-    stored, upright = _decode_stored(data, max_pixels, max_scans)
+    stored, upright = decode_stored(data, max_pixels, max_scans)
     return upright(stored)
 
 
-def _decode_stored(data: bytes, max_pixels: int, max_scans: int) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def decode_stored(data: bytes, max_pixels: int, max_scans: int,
+                   padded: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """The pixels as stored (C-contiguous) and the view that turns any array of them upright.
 
     Kept apart so thumbnails shrink the contiguous pixels and turn only the small result: a contiguous copy
-    of a rotated 12-megapixel view costs more than its decode.
+    of a rotated 12-megapixel view costs more than its decode. ``padded``: a JPEG may come as RGBX (H x W x 4,
+    the same RGB values), the layout Pillow can shrink in place without a full-size copy.
     """
     img = open_image(data, max_pixels, max_scans)
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         try:
-            arr = simplejpeg.decode_jpeg(data, colorspace="RGB")
+            arr = simplejpeg.decode_jpeg(data, colorspace="RGBX" if padded else "RGB")
         except ValueError:
             arr = None  # corrupt or unusual: Pillow decodes it or says what is wrong in the usual words
         if arr is not None and arr.shape[:2] == (img.size[1], img.size[0]):
@@ -348,8 +350,8 @@ def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIX
     resolution (a whole-image route decodes JPEG at a reduced scale, so it decodes again for them).
     """
     if spec.native:
-        stored, upright = _decode_stored(data, max_pixels, max_scans)
-        prepared = native_crops(upright(stored), spec)
+        stored, upright = decode_stored(data, max_pixels, max_scans, padded=with_thumbnails)
+        prepared = native_crops(upright(stored[..., :3]), spec)
         return replace(prepared, thumbnails=thumbnails(stored, upright)) if with_thumbnails else prepared
     img = load_rgb(data, max_pixels, target=spec.input_size, max_scans=max_scans)
     prepared = Prepared(to_array(img, spec)[None], (Box(0, 0, *img.size),), *img.size)
@@ -367,18 +369,25 @@ def thumbnails(pixels: np.ndarray | Image.Image, upright: Callable[[np.ndarray],
     """JPEG renditions of an image, largest first so each is shrunk from the one before.
 
     Made by the worker from pixels it decoded anyway; the web only serves the stored files, so a page of
-    results never makes the web decode an upload. ``upright`` (a view, see _decode_stored) is applied to the
+    results never makes the web decode an upload. ``upright`` (a view, see decode_stored) is applied to the
     largest rendition, not to the full-size pixels. JPEG, not PNG: a 512-px PNG of a photo took longer to
     compress than the photo took to decode, and is four times the size.
     """
-    img = pixels if isinstance(pixels, Image.Image) else Image.fromarray(np.ascontiguousarray(pixels))
+    if isinstance(pixels, Image.Image):
+        img = pixels
+    elif pixels.shape[-1] == 4 and pixels.flags.c_contiguous:  # RGBX from the decoder: shared, not copied
+        img = Image.frombuffer("RGBX", (pixels.shape[1], pixels.shape[0]), pixels, "raw", "RGBX", 0, 1)
+    else:
+        img = Image.fromarray(np.ascontiguousarray(pixels))
     out = {}
     for i, size in enumerate(sorted(THUMBNAIL_SIZES, reverse=True)):
         # reducing_gap 1: a box filter takes the image to within 2x of the size, bicubic the rest (a box
         # average antialiases as well as bicubic does at these factors, at a fraction of the cost)
         img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=1.0)
-        if i == 0 and upright is not _as_is:
-            img = Image.fromarray(np.ascontiguousarray(upright(np.asarray(img))))
+        if i == 0:
+            img = img.convert("RGB")
+            if upright is not _as_is:
+                img = Image.fromarray(np.ascontiguousarray(upright(np.asarray(img))))
         buf = io.BytesIO()
         img.save(buf, format="JPEG", quality=THUMBNAIL_QUALITY)
         out[size] = buf.getvalue()

@@ -110,6 +110,11 @@ def test_fast_jpeg_decoder_gives_pillows_pixels_upright(orientation, subsampling
     Image.fromarray(_photo(70, 40)).save(buf, "JPEG", quality=85, subsampling=subsampling, exif=exif)
     ours = load_rgb_array(buf.getvalue(), 10**8)
     np.testing.assert_array_equal(ours, np.asarray(load_rgb(buf.getvalue(), 10**8)))
+    # the worker decodes to RGBX when it also makes thumbnails: the model must see the same crops
+    spec = Preprocessing(input_size=32, resize="native_crops", max_crops=9)
+    plain, worker = (preprocess_bytes(buf.getvalue(), spec, 10**8, with_thumbnails=t) for t in (False, True))
+    assert worker.thumbnails and plain.boxes == worker.boxes
+    np.testing.assert_array_equal(plain.inputs, worker.inputs)
 
 
 def test_crop_grid_covers_an_image_and_is_bounded_for_large_ones():
