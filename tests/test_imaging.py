@@ -117,6 +117,16 @@ def test_fast_jpeg_decoder_gives_pillows_pixels_upright(orientation, subsampling
     np.testing.assert_array_equal(plain.inputs, worker.inputs)
 
 
+def test_a_grayscale_jpeg_gives_the_same_crops_when_the_worker_also_makes_thumbnails():
+    buf = io.BytesIO()
+    Image.fromarray(_photo(140, 90)[..., 0], "L").save(buf, "JPEG", quality=90)
+    spec = Preprocessing(input_size=32, resize="native_crops", max_crops=9)
+    plain, worker = (preprocess_bytes(buf.getvalue(), spec, 10**8, with_thumbnails=t) for t in (False, True))
+    np.testing.assert_array_equal(plain.inputs, worker.inputs)
+    np.testing.assert_array_equal(load_rgb_array(buf.getvalue(), 10**8), np.asarray(load_rgb(buf.getvalue(), 10**8)))
+    assert Image.open(io.BytesIO(worker.thumbnails[128])).mode == "RGB"
+
+
 def test_crop_grid_covers_an_image_and_is_bounded_for_large_ones():
     def covered(w, h):
         mask = np.zeros((h, w), bool)
