@@ -44,8 +44,20 @@ class Proc:
         self.popen.wait(30)
 
     def stop(self) -> None:
+        """TERM to the main process only, as `pixelproof up` and Docker stop it: Celery then ends its pool
+        children itself. TERM to the whole group reached a prefork child first now and then, and its parent
+        logged a WorkerLostError for a task that had finished. Whatever is left after 30 s is killed."""
         if self.popen.poll() is None:
-            self.kill(signal.SIGTERM)
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(30)
+            except subprocess.TimeoutExpired:
+                pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)  # orphans of a main process that died
+        except ProcessLookupError:
+            pass
+        self.popen.wait(30)
         self._fh.close()
 
 
