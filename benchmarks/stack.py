@@ -168,8 +168,12 @@ def database_url(tmp: Path) -> tuple[str, callable]:
 
 def machine() -> str:
     """The host, with what makes two hosts of the same name differ by 2x: clock and vector extensions."""
-    info = Path("/proc/cpuinfo").read_text().splitlines()
-    field = lambda name: next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith(name)), "")  # noqa: E731
+    cpuinfo = Path("/proc/cpuinfo")  # Linux; elsewhere the line names less
+    info = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+
+    def field(name: str) -> str:
+        return next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith(name)), "")
+
     cpu = field("model name") or platform.processor()
     flags = set(field("flags").split())
     isa = next((label for flag, label in (("avx512_bf16", "AVX-512 with BF16"), ("avx512f", "AVX-512"),
