@@ -200,8 +200,9 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 def build_parser() -> argparse.ArgumentParser:
     import os
 
-    from training.config import (
-        add_flags,  # light: no torch (the parser is built for every command)
+    from training.config import (  # light: no torch (the parser is built for every command)
+        ALIGNED_MAX_SIDE,
+        add_flags,
     )
 
     p = argparse.ArgumentParser(prog="pixelproof", description=__doc__, epilog=SERVICE_ENV, formatter_class=Formatter)
@@ -290,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--autoencoder", default="../shared/models/taef2",
                    help="folder with taef2_encoder.pth and taef2_decoder.pth (local files; nothing is downloaded)")
     a.add_argument("--out", required=True, help="image folder to write (real/, fake/); an interrupted run continues")
-    a.add_argument("--max-side", type=int, default=192, help="reconstruct the centre square of at most this side (0: whole)")
+    a.add_argument("--max-side", type=int, default=ALIGNED_MAX_SIDE, help="reconstruct the centre square of at most this side (0: whole)")
     a.add_argument("--every", type=int, default=1, help="take every n-th real photo")
     a.set_defaults(func=_make_aligned)
     return p

@@ -23,13 +23,13 @@ from torch import nn
 
 from shared.imaging import ImageRejected, load_rgb_array
 from shared.logs import kv
+from training.config import ALIGNED_MAX_SIDE as MAX_SIDE
 from training.data import DatasetUnavailable, folder_files, source_of
 from training.native import centre, psnr
 
 log = logging.getLogger(__name__)
 
 PREFIX = "taef2-"  # sources of the reconstructions are named PREFIX + the real photo's source
-MAX_SIDE = 192  # the centre of each photo that is reconstructed, at most this many px a side
 
 
 def _conv3(c_in: int, c_out: int, stride: int = 1, bias: bool = True) -> nn.Conv2d:

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 from shared.settings import PRECISIONS
 
+# make-aligned: the centre of each photo that is reconstructed, at most this many px a side (light, for the CLI)
+ALIGNED_MAX_SIDE = 192
+
 if TYPE_CHECKING:
     from shared.imaging import Preprocessing
 
