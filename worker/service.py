@@ -227,7 +227,6 @@ def _reader(storage: LocalStorage, sha: str) -> Callable[[], bytes]:
     return read
 
 
-
 def register_model(db: Database, name: str, version: str, thresholds: dict, notes: dict) -> None:
     """Record the model this worker serves (newest load wins), for the web to describe it next to results."""
     row = {"version": version, "name": name, "thresholds": thresholds, "notes": notes or None, "loaded_at": utcnow()}
