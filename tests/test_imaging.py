@@ -110,21 +110,24 @@ def test_fast_jpeg_decoder_gives_pillows_pixels_upright(orientation, subsampling
     Image.fromarray(_photo(70, 40)).save(buf, "JPEG", quality=85, subsampling=subsampling, exif=exif)
     ours = load_rgb_array(buf.getvalue(), 10**8)
     np.testing.assert_array_equal(ours, np.asarray(load_rgb(buf.getvalue(), 10**8)))
-    # the worker decodes to RGBX when it also makes thumbnails: the model must see the same crops
-    spec = Preprocessing(input_size=32, resize="native_crops", max_crops=9)
-    plain, worker = (preprocess_bytes(buf.getvalue(), spec, 10**8, with_thumbnails=t) for t in (False, True))
-    assert worker.thumbnails and plain.boxes == worker.boxes
-    np.testing.assert_array_equal(plain.inputs, worker.inputs)
+    _same_crops_with_thumbnails(buf.getvalue())
 
 
 def test_a_grayscale_jpeg_gives_the_same_crops_when_the_worker_also_makes_thumbnails():
     buf = io.BytesIO()
     Image.fromarray(_photo(140, 90)[..., 0], "L").save(buf, "JPEG", quality=90)
-    spec = Preprocessing(input_size=32, resize="native_crops", max_crops=9)
-    plain, worker = (preprocess_bytes(buf.getvalue(), spec, 10**8, with_thumbnails=t) for t in (False, True))
-    np.testing.assert_array_equal(plain.inputs, worker.inputs)
+    thumbs = _same_crops_with_thumbnails(buf.getvalue())
     np.testing.assert_array_equal(load_rgb_array(buf.getvalue(), 10**8), np.asarray(load_rgb(buf.getvalue(), 10**8)))
-    assert Image.open(io.BytesIO(worker.thumbnails[128])).mode == "RGB"
+    assert Image.open(io.BytesIO(thumbs[128])).mode == "RGB"
+
+
+def _same_crops_with_thumbnails(data: bytes) -> dict[int, bytes]:
+    """The worker decodes to RGBX when it also makes thumbnails: the model must see the same crops."""
+    spec = Preprocessing(input_size=32, resize="native_crops", max_crops=9)
+    plain, worker = (preprocess_bytes(data, spec, 10**8, with_thumbnails=t) for t in (False, True))
+    assert worker.thumbnails and plain.boxes == worker.boxes
+    np.testing.assert_array_equal(plain.inputs, worker.inputs)
+    return worker.thumbnails
 
 
 def test_crop_grid_covers_an_image_and_is_bounded_for_large_ones():
