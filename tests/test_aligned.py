@@ -144,3 +144,61 @@ def test_train_paired_holds_out_whole_pairs_and_scores_them(tmp_path):
     assert (meta.training["n_train"], meta.training["n_val"]) == (8, 2)  # 4 pairs and 1 pair, as images
     assert meta.metrics["held_out"]["n"] == 10 and meta.metrics["held_out"]["sources"] == ["phones"]
     assert meta.training["config"]["paired"] is True
+
+
+def test_train_with_pairs_mixes_them_into_every_batch_and_keeps_unseen_photos_out(tmp_path):
+    """train --with-pairs: each item is a crop of DATA beside an aligned pair, augmented alike; the pairs of
+    held-out sources and of validation photos are not trained on, so their scores stay those of new photos."""
+    from shared.imaging import Preprocessing
+    from training.aligned import MAX_SIDE
+    from training.config import TrainConfig
+    from training.native import (
+        CropAugment,
+        CropDataset,
+        MixedCropDataset,
+        PairedCropDataset,
+        aligned_pairs,
+        flatten_pairs,
+        load_native_set,
+        pairs_except,
+    )
+    from training.train import RunMismatch, train
+
+    out = _pairs_folder(tmp_path)
+    data = tmp_path / "data"
+    (data / "fake").mkdir()
+    fakes = sorted((DATASETS / "realworld" / "fake").glob("nexora-mini-fakes__*"))[:6]
+    for k, path in enumerate(fakes):
+        rgb = centre(load_rgb_array(path.read_bytes(), 10**9), 96)
+        Image.fromarray(rgb).save(data / "fake" / f"{('gens', 'gens2')[k // 3]}__{k % 3}.png")
+
+    pairs = aligned_pairs(load_native_set(str(out)), PREFIX, MAX_SIDE)
+    photos = load_native_set(str(data))
+    left_out = photos.subset([photos.names.index("real/cams__1.png")])
+    kept = pairs_except(pairs, ("phones",), left_out)
+    assert len(kept) == 4  # cams 0, 2, 3, 4: neither a held-out source nor the left-out photo
+    assert not any(np.array_equal(real, pairs.images[pairs.names.index("real/cams__1.png")]) for real, _ in kept)
+    with pytest.raises(DatasetUnavailable, match="no aligned pairs left"):
+        pairs_except(pairs, ("cams", "phones"), left_out)
+
+    spec = Preprocessing(resize="native_crops", input_size=48, mean=(0.5,) * 3, std=(0.25,) * 3)
+    augment = CropAugment(48, seed=1)
+    mixed = MixedCropDataset(CropDataset(photos, spec, augment, samples=16), PairedCropDataset(kept, spec, augment))
+    x, y = flatten_pairs([mixed[i] for i in range(16)])
+    assert x.shape == (48, 3, 48, 48)
+    assert y[1::3].tolist() == [0.0] * 16 and y[2::3].tolist() == [1.0] * 16
+    assert y[0::3].tolist() == [float(photos.labels[i % len(photos)]) for i in range(16)]
+    with pytest.raises(ValueError, match="share one augmentation"):
+        MixedCropDataset(CropDataset(photos, spec, augment), PairedCropDataset(kept, spec, CropAugment(48)))
+
+    spec = Preprocessing(input_size=48, resize="native_crops", max_crops=4)
+    config = TrainConfig(data=str(data), out=tmp_path / "run", arch="residual_energy", epochs=2, batch_size=2,
+                         with_pairs=str(out), holdout=("phones", "gens2"), val_fraction=0.2, threads=1,
+                         precision="float32", preprocessing=spec)
+    path, meta = train(config)
+    # 6 images train (4 cams photos, 2 gens fakes), 2 validate (1 of each): 4 cams pairs remain, 8 images.
+    assert (meta.training["n_train"], meta.training["n_val"]) == (14, 2)
+    assert meta.metrics["held_out"]["n"] == 8 and meta.training["config"]["with_pairs"] == str(out)
+    with pytest.raises(RunMismatch, match="give one"):
+        train(TrainConfig(data=str(out), out=tmp_path / "run2", paired=True, with_pairs=str(out),
+                          preprocessing=spec))

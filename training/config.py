@@ -77,6 +77,11 @@ class TrainConfig:
                         "beside its reconstruction cut at the same place through the same augmentation, so the "
                         "classes differ only by the decoder's traces (--batch-size counts pairs); --holdout "
                         "names the real photos' sources")
+    with_pairs: str = _opt("", "native_crops: also train on this `make-aligned` folder's pairs: each item of a batch "
+                           "is one crop of DATA beside one real crop and its reconstruction's crop (cut alike, "
+                           "as --paired cuts them), so the model learns the generators of DATA and a decoder's "
+                           "traces at once (--batch-size counts items of three crops); --holdout and the "
+                           "validation split leave out the pairs of the photos they leave out")
     crops_per_image: int = _opt(1, "native_crops: random crops of each image per epoch")
     crop_augment: dict = _opt({}, "native_crops: JSON overrides of the augmentation, e.g. '{\"p_jpeg\": 0.8}' "
                               "(training.native.CropAugment)")

@@ -186,6 +186,25 @@ class PairedCropDataset(Dataset):
         return torch.from_numpy(normalise(both, self.spec)), torch.tensor([0.0, 1.0])
 
 
+class MixedCropDataset(Dataset):
+    """train --with-pairs: each item is one crop of an image (as CropDataset gives it) followed by one aligned
+    pair (as PairedCropDataset gives it), both drawn through the same augmentation object, so the training
+    loop's per-epoch seeding covers both. Items are (3 x C x H x W, [label, 0, 1]); flatten_pairs batches them."""
+
+    def __init__(self, single: CropDataset, paired: PairedCropDataset):
+        if single.augment is not paired.augment:
+            raise ValueError("the single crops and the pairs must share one augmentation (one seeded stream)")
+        self.single, self.paired, self.augment = single, paired, single.augment
+
+    def __len__(self) -> int:
+        return len(self.single)
+
+    def __getitem__(self, i: int):
+        x, y = self.single[i]
+        xp, yp = self.paired[i]
+        return torch.cat([x[None], xp]), torch.cat([y[None], yp])
+
+
 def flatten_pairs(batch):
     return torch.cat([x for x, _ in batch]), torch.cat([y for _, y in batch])
 
@@ -252,6 +271,22 @@ def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,
 
     return ([(pairs.images[2 * i], pairs.images[2 * i + 1]) for i in train], both(k[val]),
             both(k[out]) if held_out else None)
+
+
+def pairs_except(pairs: NativeSet, held_out: tuple[str, ...], left_out: NativeSet) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pairs of aligned_pairs' output whose real photo is neither of a held-out source nor one of
+    `left_out`'s images (matched by file name): train --with-pairs must not see, as a pair, a photo that its
+    validation or held-out scores are meant to be new to."""
+    def stem(name: str) -> str:
+        return name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+    unseen = {stem(n) for n in left_out.names}
+    keep = [k for k in range(len(pairs) // 2)
+            if source_of(pairs.names[2 * k]) not in held_out and stem(pairs.names[2 * k]) not in unseen]
+    if not keep:
+        raise DatasetUnavailable("no aligned pairs left once the held-out sources and the validation photos are "
+                                 "left out")
+    return [(pairs.images[2 * k], pairs.images[2 * k + 1]) for k in keep]
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:

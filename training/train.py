@@ -156,8 +156,9 @@ class RunData:
 
 def _resized_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
     spec = cfg.preprocessing
-    if cfg.holdout:
-        raise RunMismatch("--holdout needs a crop-based run (--resize native_crops): the whole-image data has no sources")
+    if cfg.holdout or cfg.with_pairs:
+        raise RunMismatch("--holdout and --with-pairs need a crop-based run (--resize native_crops): the whole-image "
+                          "data has no sources")
     sets = load_image_sets(cfg.data, spec, splits=("train",))
     train_set, val_set = split_validation(sets["train"], cfg.val_fraction, cfg.seed)
     if cfg.limit:
@@ -174,6 +175,8 @@ def _resized_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
 def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
     """Native-resolution images: held-out sources set aside first, then a validation split stratified by source."""
     spec = cfg.preprocessing
+    if cfg.paired and cfg.with_pairs:
+        raise RunMismatch("--paired trains on pairs alone and --with-pairs on pairs beside DATA: give one")
     everything = native.load_native_set(cfg.data)
     if cfg.paired:
         pairs = native.aligned_pairs(everything, aligned.PREFIX, aligned.MAX_SIDE)
@@ -199,6 +202,16 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
         train_data = native.PairedCropDataset(train_pairs, spec, augment, samples=len(train_pairs) * cfg.crops_per_image)
         return RunData(train_data, 2 * len(train_pairs), len(val_set), validate, held_out, collate=native.flatten_pairs)
     train_data = native.CropDataset(train_set, spec, augment, samples=len(train_set) * cfg.crops_per_image)
+    if cfg.with_pairs:  # an epoch draws every image's crops once and as many pairs beside them
+        left_out = val_set if held_out is None else native.NativeSet(
+            val_set.images + held_out.images, np.concatenate([val_set.labels, held_out.labels]),
+            val_set.names + held_out.names)
+        pairs = native.pairs_except(native.aligned_pairs(native.load_native_set(cfg.with_pairs), aligned.PREFIX,
+                                                         aligned.MAX_SIDE), tuple(cfg.holdout), left_out)
+        log.info(kv(event="with_pairs", folder=cfg.with_pairs, pairs=len(pairs)))
+        mixed = native.MixedCropDataset(train_data, native.PairedCropDataset(pairs, spec, augment))
+        return RunData(mixed, len(train_set) + 2 * len(pairs), len(val_set), validate, held_out,
+                       collate=native.flatten_pairs)
     return RunData(train_data, len(train_set), len(val_set), validate, held_out)
 
 
