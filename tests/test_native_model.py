@@ -192,3 +192,21 @@ def test_residual_energy_ignores_flat_colour_and_brightness():
     with torch.inference_mode():
         torch.testing.assert_close(model(x + shift), model(x), atol=1e-5, rtol=1e-5)
         assert not torch.allclose(model(x * 0.5), model(x), atol=1e-3)
+
+
+def test_relative_residual_energy_ignores_how_much_detail_but_not_its_shape():
+    """relative: scaling every residual alike (more or less contrast, detail or noise of the same make-up)
+    leaves the score as it was, so "smoother" alone cannot read as generated; a change in which frequencies
+    carry the detail still changes it."""
+    from shared.modeling.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("residual_energy", relative=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x * 0.5 + 0.2), model(x), atol=1e-3, rtol=1e-3)
+        assert not torch.allclose(model(blurred), model(x), atol=1e-2)
+        absolute = build_model("residual_energy").eval()
+        absolute.load_state_dict(model.state_dict())  # the same weights: only the features' reference differs
+        assert not torch.allclose(absolute(x * 0.5), absolute(x), atol=1e-3)

@@ -138,24 +138,34 @@ class ResidualEnergy(nn.Module):
     filter's mean energy over the crop, then a small MLP. Pooling over the whole crop leaves no layout,
     subject or colour for it to key on; with a few thousand training images, those content shortcuts are what
     the residual networks here learned instead of anything that held on unseen sources (model card).
+
+    ``relative``: each crop's log energies are taken relative to their own mean (over filters and scales), so
+    only the shape of the residual's spectrum and how peaked it is remain, not how much of it there is:
+    "smoother reads generated" is what inverted the absolute version on down-scaled photos.
     """
 
-    def __init__(self, filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2):
+    def __init__(self, filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2, relative: bool = False):
         super().__init__()
         self.filters = nn.Parameter(torch.randn(filters, 3, kernel, kernel) * 0.1)
-        self.scales = scales
+        self.scales, self.relative = scales, relative
         self.head = nn.Sequential(nn.Linear(filters * 2 * scales, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         w = self.filters - self.filters.mean(dim=(2, 3), keepdim=True)
-        feats = []
+        squares, absolutes = [], []
         for _ in range(self.scales):
             r = nn.functional.conv2d(x, w)
-            feats += [torch.log(r.pow(2).mean(dim=(2, 3)) + 1e-6), torch.log(r.abs().mean(dim=(2, 3)) + 1e-4)]
+            squares.append(torch.log(r.pow(2).mean(dim=(2, 3)) + 1e-6))
+            absolutes.append(torch.log(r.abs().mean(dim=(2, 3)) + 1e-4))
             x = nn.functional.avg_pool2d(x, 2)
+        if self.relative:
+            squares = [s - torch.cat(squares, 1).mean(1, keepdim=True) for s in squares]
+            absolutes = [a - torch.cat(absolutes, 1).mean(1, keepdim=True) for a in absolutes]
+        feats = [f for pair in zip(squares, absolutes) for f in pair]  # the absolute version's order
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
 
 @register("residual_energy")
-def residual_energy(filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2) -> nn.Module:
-    return ResidualEnergy(filters=filters, kernel=kernel, hidden=hidden, scales=scales)
+def residual_energy(filters: int = 16, kernel: int = 5, hidden: int = 16, scales: int = 2,
+                    relative: bool = False) -> nn.Module:
+    return ResidualEnergy(filters=filters, kernel=kernel, hidden=hidden, scales=scales, relative=relative)
