@@ -119,6 +119,9 @@ def test_paired_crops_line_up_and_pairs_stay_together(tmp_path):
     assert len(train) == 4 and len(val) == 2 and len(held) == 10
     assert set(held.sources) == {"phones", PREFIX + "phones"} and list(held.labels) == [0, 1] * 5
     assert list(val.sources) == ["cams", PREFIX + "cams"]
+    # Every source of two or more pairs is checked in validation, however small the fraction.
+    train, val, held = split_pairs(pairs, ("phones",), fraction=0.05, seed=0)
+    assert (len(train), len(val)) == (4, 2) and list(val.sources) == ["cams", PREFIX + "cams"]
 
     spec = Preprocessing(resize="native_crops", input_size=48, mean=(0.5,) * 3, std=(0.25,) * 3)
     ds = PairedCropDataset(train, spec, CropAugment(48, p_resize=0.5, p_jpeg=0.5, p_flip=0.5, seed=3), samples=40)

@@ -263,7 +263,8 @@ def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,
     val = np.zeros(len(reals), dtype=bool)
     for src in sorted(set(reals.sources[~out])):
         idx = np.flatnonzero((reals.sources == src) & ~out)
-        val[rng.permutation(idx)[: round(len(idx) * fraction)]] = True
+        n = max(1, round(len(idx) * fraction)) if len(idx) >= 2 and fraction > 0 else 0  # as split_validation
+        val[rng.permutation(idx)[:n]] = True
     train = k[~out & ~val]
 
     def both(sel: np.ndarray) -> NativeSet:
