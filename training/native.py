@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -215,15 +216,12 @@ def aligned_pairs(data: NativeSet, prefix: str, side: int, min_psnr_db: float = 
     check that they line up. Returns them pair by pair: real at even indices, its reconstruction after it.
     Pairs made with another --max-side are found too: the centre's side is within 8 px of the larger side of
     the reconstruction, or the whole photo."""
-    def stem(name: str) -> str:  # "real/cams__1.png" -> "cams__1"
-        return name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-
-    reals = {stem(n): i for i, n in enumerate(data.names) if data.labels[i] == 0}
+    reals = {_stem(n): i for i, n in enumerate(data.names) if data.labels[i] == 0}
     images, names, skipped = [], [], 0
     for i, name in enumerate(data.names):
-        if data.labels[i] != 1 or not stem(name).startswith(prefix):
+        if data.labels[i] != 1 or not _stem(name).startswith(prefix):
             continue
-        j = reals.get(stem(name)[len(prefix):])
+        j = reals.get(_stem(name)[len(prefix):])
         real = None if j is None else _cut_like(data.images[j], data.images[i], side, min_psnr_db)
         if real is None:
             skipped += 1
@@ -274,16 +272,19 @@ def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,
             both(k[out]) if held_out else None)
 
 
-def pairs_except(pairs: NativeSet, held_out: tuple[str, ...], left_out: NativeSet) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The pairs of aligned_pairs' output whose real photo is neither of a held-out source nor one of
-    `left_out`'s images (matched by file name): train --with-pairs must not see, as a pair, a photo that its
-    validation or held-out scores are meant to be new to."""
-    def stem(name: str) -> str:
-        return name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+def _stem(name: str) -> str:
+    """"real/cams__1.png" -> "cams__1": how a photo, its link and its reconstruction's name are matched."""
+    return name.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
-    unseen = {stem(n) for n in left_out.names}
+
+def pairs_except(pairs: NativeSet, held_out: tuple[str, ...],
+                 left_out: Iterable[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The pairs of aligned_pairs' output whose real photo is neither of a held-out source nor one of the
+    images named in `left_out` (matched by file name): train --with-pairs must not see, as a pair, a photo that
+    its validation or held-out scores are meant to be new to."""
+    unseen = {_stem(n) for n in left_out}
     keep = [k for k in range(len(pairs) // 2)
-            if source_of(pairs.names[2 * k]) not in held_out and stem(pairs.names[2 * k]) not in unseen]
+            if source_of(pairs.names[2 * k]) not in held_out and _stem(pairs.names[2 * k]) not in unseen]
     if not keep:
         raise DatasetUnavailable("no aligned pairs left once the held-out sources and the validation photos are "
                                  "left out")

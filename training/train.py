@@ -203,9 +203,7 @@ def _native_data(cfg: TrainConfig, device: torch.device, amp_dtype) -> RunData:
         return RunData(train_data, 2 * len(train_pairs), len(val_set), validate, held_out, collate=native.flatten_pairs)
     train_data = native.CropDataset(train_set, spec, augment, samples=len(train_set) * cfg.crops_per_image)
     if cfg.with_pairs:  # an epoch draws every image's crops once and as many pairs beside them
-        left_out = val_set if held_out is None else native.NativeSet(
-            val_set.images + held_out.images, np.concatenate([val_set.labels, held_out.labels]),
-            val_set.names + held_out.names)
+        left_out = val_set.names + (held_out.names if held_out is not None else [])
         pairs = native.pairs_except(native.aligned_pairs(native.load_native_set(cfg.with_pairs), aligned.PREFIX,
                                                          aligned.MAX_SIDE), tuple(cfg.holdout), left_out)
         log.info(kv(event="with_pairs", folder=cfg.with_pairs, pairs=len(pairs)))
