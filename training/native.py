@@ -102,13 +102,17 @@ def split_validation(data: NativeSet, fraction: float, seed: int) -> tuple[Nativ
     for src in sorted(set(sources)):
         for label in (0, 1):
             idx = np.flatnonzero((sources == src) & (data.labels == label))
-            # At least one of each class per source that has two: thresholds need both classes in validation
-            # (a small fine-tuning set, e.g. reviewed images, would otherwise round one class away).
-            n = max(1, int(round(len(idx) * fraction))) if len(idx) >= 2 and fraction > 0 else 0
-            val += list(rng.permutation(idx)[:n])
+            val += list(rng.permutation(idx)[:_n_validation(len(idx), fraction)])
     val_mask = np.zeros(len(data), dtype=bool)
     val_mask[val] = True
     return data.subset(np.flatnonzero(~val_mask)), data.subset(np.flatnonzero(val_mask))
+
+
+def _n_validation(n: int, fraction: float) -> int:
+    """How many of a source's n images (of one class) go to validation: at least one where there are two.
+    Thresholds need both classes in validation, and a small fine-tuning set (e.g. reviewed images) or a small
+    source would otherwise round them away."""
+    return max(1, round(n * fraction)) if n >= 2 and fraction > 0 else 0
 
 
 class CropAugment:
@@ -261,8 +265,7 @@ def split_pairs(pairs: NativeSet, held_out: tuple[str, ...], fraction: float,
     val = np.zeros(len(reals), dtype=bool)
     for src in sorted(set(reals.sources[~out])):
         idx = np.flatnonzero((reals.sources == src) & ~out)
-        n = max(1, round(len(idx) * fraction)) if len(idx) >= 2 and fraction > 0 else 0  # as split_validation
-        val[rng.permutation(idx)[:n]] = True
+        val[rng.permutation(idx)[:_n_validation(len(idx), fraction)]] = True
     train = k[~out & ~val]
 
     def both(sel: np.ndarray) -> NativeSet:
