@@ -158,9 +158,10 @@ class ResidualEnergy(nn.Module):
             squares.append(torch.log(r.pow(2).mean(dim=(2, 3)) + 1e-6))
             absolutes.append(torch.log(r.abs().mean(dim=(2, 3)) + 1e-4))
             x = nn.functional.avg_pool2d(x, 2)
-        if self.relative:
-            squares = [s - torch.cat(squares, 1).mean(1, keepdim=True) for s in squares]
-            absolutes = [a - torch.cat(absolutes, 1).mean(1, keepdim=True) for a in absolutes]
+        if self.relative:  # each group's mean over filters and scales, taken once
+            mean_square, mean_absolute = (torch.cat(g, 1).mean(1, keepdim=True) for g in (squares, absolutes))
+            squares = [s - mean_square for s in squares]
+            absolutes = [a - mean_absolute for a in absolutes]
         feats = [f for pair in zip(squares, absolutes) for f in pair]  # the absolute version's order
         return self.head(torch.cat(feats, dim=1)).squeeze(1)
 
