@@ -58,7 +58,10 @@ def _source_type(value: str) -> str | None:
 def content_credentials(data: bytes) -> list[Evidence]:
     """A C2PA manifest, read and validated by the C2PA project's own library."""
     mime = _mime(data)
-    if mime is None or (b"c2pa" not in data and b"jumb" not in data):  # no manifest store: skip the parser
+    # An embedded manifest store is a JUMBF superbox in every format (box type "jumb"; in JPEG every APP11
+    # segment of it repeats that header): without one there is nothing to read, so skip the parser. One pass
+    # over the file, not two: each costs about 2 ms of a 12-megapixel photo.
+    if mime is None or b"jumb" not in data:
         return []
     import c2pa
 

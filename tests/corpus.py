@@ -79,6 +79,14 @@ def scan_bomb_jpeg(width: int, height: int, repeats: int) -> bytes:
     return data[:end] + data[start:end] * repeats + data[end:]
 
 
+def repeated_scan_jpeg(width: int, height: int, repeats: int) -> bytes:
+    """A baseline JPEG with its one scan repeated: its scans are not counted (shared.imaging.single_scan_jpeg),
+    so the decoder itself must stop at the second."""
+    data = _save(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=50)
+    _, start, end = [s for s in _segments(data) if s[0] == 0xDA][-1]
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
 def heic(size=(64, 48), **kw) -> bytes:
     import shared.imaging  # noqa: F401 - registers the HEIF plugin with Pillow
 
@@ -114,6 +122,7 @@ def corpus() -> list[tuple[str, bytes, str]]:
         ("vector.svg", b'<?xml version="1.0"?><svg xmlns="http://www.w3.org/2000/svg" width="10" height="10"/>', "SVG"),
         ("bomb.png", png_header_only(30000, 30000), "over the limit"),
         ("scans.jpg", scan_bomb_jpeg(600, 600, 400), "too long to decode"),
+        ("baseline-scans.jpg", repeated_scan_jpeg(600, 600, 400), "could not be decoded"),
         ("absurd.png", png_header_only(2**31 - 1, 2**31 - 1), "over the limit"),
         ("phone.heic", heic(), "ok"),
         ("rotated.heic", heic(exif=_orientation(6)), "ok"),

@@ -16,12 +16,13 @@ from shared.imaging import (
     normalise,
     pad_to,
     preprocess_bytes,
+    single_scan_jpeg,
     thumbnails,
 )
 from shared.thumbnails import THUMBNAIL_SIZES, rendition
 
 from .corpus import _orientation as exif_orientation
-from .corpus import corpus, exif_rotated_jpeg
+from .corpus import corpus, exif_rotated_jpeg, scan_bomb_jpeg
 
 CASES = corpus()
 NATIVE = Preprocessing(input_size=128, resize="native_crops", max_crops=9)
@@ -39,6 +40,27 @@ def test_corpus_file_is_classified_or_refused_clearly(name, data, expected):
         with pytest.raises(ImageRejected) as err:
             preprocess_bytes(data, spec)
         assert expected.lower() in str(err.value).lower()
+
+
+def _jpeg(mode: str = "RGB", **kw) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (40, 30), 90).save(buf, "JPEG", **kw)
+    return buf.getvalue()
+
+
+def test_only_sequential_single_scan_jpegs_skip_the_scan_count():
+    """Skipping the count is safe only where libjpeg decodes one pass and stops at a second scan (the corpus's
+    baseline-scans.jpg); every other JPEG, or a header that cannot be read, is counted."""
+    assert single_scan_jpeg(_jpeg()) and single_scan_jpeg(_jpeg("L")) and single_scan_jpeg(exif_rotated_jpeg())
+    assert single_scan_jpeg(_jpeg(subsampling=0, qtables="web_high"))
+    assert not single_scan_jpeg(_jpeg(progressive=True))
+    assert not single_scan_jpeg(scan_bomb_jpeg(60, 60, 3))
+    data = _jpeg()
+    sof = data.index(b"\xff\xc0")
+    assert not single_scan_jpeg(data[:sof])  # cut before its frame header
+    assert not single_scan_jpeg(data[:sof] + b"\xff\xc2" + data[sof + 2:])  # the same frame, declared progressive
+    sos = data.index(b"\xff\xda")
+    assert not single_scan_jpeg(data[:sos + 4] + b"\x01" + data[sos + 5:])  # a first scan of one component of three
 
 
 def test_exif_rotation_is_applied():
