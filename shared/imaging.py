@@ -397,6 +397,9 @@ def thumbnails_of_bytes(data: bytes, max_pixels: int = MAX_PIXELS, max_scans: in
     return thumbnails(load_rgb(data, max_pixels, target=max(THUMBNAIL_SIZES), max_scans=max_scans))
 
 
+REDUCED_ENOUGH = 0.85  # a rendition may come out this much smaller than its size, to be made in one pass
+
+
 def thumbnails(pixels: np.ndarray | Image.Image, upright: Callable[[np.ndarray], np.ndarray] = _as_is) -> dict[int, bytes]:
     """JPEG renditions of an image, largest first so each is shrunk from the one before.
 
@@ -413,9 +416,15 @@ def thumbnails(pixels: np.ndarray | Image.Image, upright: Callable[[np.ndarray],
         img = Image.fromarray(np.ascontiguousarray(pixels))
     out = {}
     for i, size in enumerate(sorted(THUMBNAIL_SIZES, reverse=True)):
-        # reducing_gap 1: a box filter takes the image to within 2x of the size, bicubic the rest (a box
-        # average antialiases as well as bicubic does at these factors, at a fraction of the cost)
-        img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=1.0)
+        factor = math.ceil(max(img.size) / size)
+        if i == 0 and factor >= 2 and max(img.size) / factor >= REDUCED_ENOUGH * size:
+            # A box average straight to within 15% under the size (a 4000-px photo: 500 px), with no second
+            # filter: the full-size pass is the cost, and a bicubic pass after it cost half as much again.
+            img = img.reduce(factor)
+        else:
+            # reducing_gap 1: a box filter takes the image to within 2x of the size, bicubic the rest (a box
+            # average antialiases as well as bicubic does at these factors, at a fraction of the cost)
+            img.thumbnail((size, size), Image.Resampling.BICUBIC, reducing_gap=1.0)
         if i == 0:
             img = img.convert("RGB")
             if upright is not _as_is:

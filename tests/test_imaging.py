@@ -92,6 +92,17 @@ def test_thumbnails_are_fresh_jpegs_of_each_rendition():
     assert rendition(96) == 128 and rendition(128) == 128 and rendition(129) == 512 and rendition(512) == 512
 
 
+@pytest.mark.parametrize("side, largest", [(4000, 500), (4032, 504), (4624, 463), (1100, 512), (600, 512), (300, 300)])
+def test_the_largest_thumbnail_is_at_most_its_size_and_never_much_smaller(side, largest):
+    """A large photo's 512 rendition is one box average (4000 px / 8 = 500); where one factor would leave it
+    more than 15% small (1100 px / 3 = 367), it is made in two passes to exactly 512."""
+    pixels = np.zeros((side * 3 // 4, side, 4), np.uint8)  # RGBX, as the worker's decoder gives it
+    pixels[:, : side // 2] = 200
+    sizes = {s: Image.open(io.BytesIO(j)).size for s, j in thumbnails(pixels).items()}
+    assert sizes[512][0] == largest and sizes[128][0] == 128
+    assert abs(sizes[512][1] - largest * 3 / 4) <= 1  # aspect kept
+
+
 @pytest.mark.parametrize("orientation", range(1, 9))
 def test_thumbnails_of_a_rotated_photo_are_upright(orientation):
     """The worker shrinks the pixels as stored and turns only the thumbnail: it must look as the upright

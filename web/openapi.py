@@ -189,7 +189,7 @@ OPENAPI = {
                        "back, nor decoded by the web); send the token in the Authorization header",
             "parameters": [_JOB_ID, _IMAGE_ID,
                            {"name": "size", "in": "query", "schema": {"type": "integer", "minimum": 16, "maximum": 512},
-                            "description": "the smallest stored rendition (128 or 512 px on the longer side) at least "
+                            "description": "the smallest stored rendition (128 px on the longer side, and up to 512: a large photo's is one box average, 435-512 px) at least "
                                            "this large is served (default 96: the 128-px one); the aspect ratio is kept"}],
             "responses": {"200": {"description": "JPEG (PNG where an earlier version stored it)",
                                   "content": {"image/jpeg": {}, "image/png": {}}}, "400": _ERR,
