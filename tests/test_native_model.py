@@ -210,3 +210,20 @@ def test_relative_residual_energy_ignores_how_much_detail_but_not_its_shape():
         absolute = build_model("residual_energy").eval()
         absolute.load_state_dict(model.state_dict())  # the same weights: only the features' reference differs
         assert not torch.allclose(absolute(x * 0.5), absolute(x), atol=1e-3)
+
+
+def test_a_cpu_forward_in_slices_gives_every_crop_its_own_logit_in_order():
+    """crop_logits runs a worker's batch through the model a few crops at a time (CPU_SLICE_PIXELS): each
+    crop's logit must be what the whole batch in one pass gives it, in the same order."""
+    from shared.imaging import Box, Prepared
+    from shared.modeling.registry import build_model
+    from shared.modeling.scorer import CPU_SLICE_PIXELS, crop_logits
+
+    torch.manual_seed(0)
+    model = build_model("residual_energy").eval()
+    images = [Prepared(np.random.default_rng(i).normal(size=(n, 3, 128, 128)).astype(np.float32),
+                       (Box(0, 0, 128, 128),) * n, 128, 128) for i, n in enumerate((9, 1, 4, 9))]
+    assert sum(len(p.inputs) for p in images) > 2 * CPU_SLICE_PIXELS // (128 * 128)  # at least three slices
+    with torch.inference_mode():
+        whole = model(torch.from_numpy(np.concatenate([p.inputs for p in images]))).numpy()
+    np.testing.assert_allclose(crop_logits(model, images), whole, rtol=1e-4, atol=1e-4)
