@@ -227,3 +227,20 @@ def test_a_cpu_forward_in_slices_gives_every_crop_its_own_logit_in_order():
     with torch.inference_mode():
         whole = model(torch.from_numpy(np.concatenate([p.inputs for p in images]))).numpy()
     np.testing.assert_allclose(crop_logits(model, images), whole, rtol=1e-4, atol=1e-4)
+
+
+def test_residual_stats_reads_fixed_residuals_and_learns_only_its_read_out():
+    """Its filters are fixed (a buffer saved with the checkpoint, not trained) and sum to zero on luminance,
+    so brightness cannot pass; only the standardisation and the linear read-out have parameters."""
+    from shared.modeling.registry import build_model, fixed_bank
+
+    torch.manual_seed(0)
+    model = build_model("residual_stats")
+    assert {n for n, _ in model.named_parameters()} == {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+    assert "bank" in model.state_dict() and torch.equal(model.state_dict()["bank"], fixed_bank())
+    torch.testing.assert_close(fixed_bank().sum(dim=(2, 3)), torch.zeros(11, 3), atol=1e-6, rtol=0)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x + 0.4), model(x), atol=1e-4, rtol=1e-4)
+        assert not torch.allclose(model(x * 0.5), model(x), atol=1e-3)
