@@ -545,3 +545,20 @@ def test_the_sweeper_finds_webhooks_never_claimed_or_whose_task_was_lost(sqlite_
     assert due_webhooks(db, None, stale_after=60) == ["lost"]
     assert due_webhooks(db, None, stale_after=60) == []  # touched: not sent again at once
     db.engine.dispose()
+
+
+def test_a_notice_sent_the_moment_a_long_poll_starts_waiting_still_wakes_it(redis_server):
+    """The web's listener starts with the first waiter: watching() must return only once its subscription is
+    in place, or a job that finishes in the first milliseconds (a one-image job) is only seen RECHECK_S later.
+    Each round starts a fresh listener and publishes the moment watching() returns."""
+    from redis import Redis
+
+    from shared.events import publish_changes
+    from web.watch import RECHECK_S, JobWatcher
+
+    redis = Redis.from_url(redis_server.url)
+    for i in range(5):
+        watcher = JobWatcher(redis_server.url, max_waiting=4, max_waiting_per_client=4)
+        with watcher.watching(f"job-{i}") as changed:
+            publish_changes(redis, [f"job-{i}"])
+            assert changed.wait(RECHECK_S / 2), f"round {i}: the notice was lost"

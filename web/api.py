@@ -219,6 +219,7 @@ def get_job(job_id: str):
     watcher = services().watcher
     try:
         with watcher.slot(client_key(owner)), watcher.watching(job.id) as changed:
+            body = jobs.job_status(session, job)  # again, now that no notice can be missed: one may have come
             deadline = time.monotonic() + wait
             while body["done"] == seen and body["status"] not in jobs.FINAL_STATUSES:
                 session.rollback()  # end the snapshot (and free the connection) while waiting

@@ -22,6 +22,7 @@ from shared.logs import kv
 
 log = logging.getLogger(__name__)
 RECHECK_S = 5.0  # a waiter re-reads the database this often even with no notice
+SUBSCRIBE_WAIT_S = 2.0  # how long a waiter waits for a listener it started to be subscribed (else RECHECK_S)
 IDLE_S = 30.0  # the listener stops (and drops its connection) after this long with nobody waiting
 
 
@@ -38,6 +39,7 @@ class JobWatcher:
         self._waiting: Counter[str] = Counter()
         self._events: dict[str, set[threading.Event]] = {}
         self._thread: threading.Thread | None = None
+        self._subscribed = threading.Event()  # set while the listener's subscription is in place
 
     @contextmanager
     def slot(self, client: str):
@@ -59,14 +61,18 @@ class JobWatcher:
     @contextmanager
     def watching(self, job_id: str):
         """An Event set by every notice for the job. Register before reading the job, so no notice falls
-        between the read and the wait."""
+        between the read and the wait; this returns once the listener is subscribed, because a notice
+        published before its SUBSCRIBE reached Redis is lost (one-image jobs waited RECHECK_S for it: p95
+        5 s of one-image latency in benchmarks/run.py)."""
         event = threading.Event()
         with self._lock:  # one lock with the listener's decision to stop: a waiter is never left without one
             self._events.setdefault(job_id, set()).add(event)
             if self._thread is None:
                 # Started lazily in the process that serves requests: gunicorn forks before the first one.
+                self._subscribed.clear()
                 self._thread = threading.Thread(target=self._listen, name="job-notices", daemon=True)
                 self._thread.start()
+        self._subscribed.wait(SUBSCRIBE_WAIT_S)  # Redis down: not subscribed, and the waiter re-reads every RECHECK_S
         try:
             yield event
         finally:
@@ -84,6 +90,7 @@ class JobWatcher:
             if time.monotonic() - idle_since < IDLE_S:
                 return False
             self._thread = None
+            self._subscribed.clear()
             return True
 
     def _wake(self, job_id: str) -> None:
@@ -97,9 +104,11 @@ class JobWatcher:
         while True:
             pubsub = None
             try:
-                pubsub = Redis.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=30).pubsub(
-                    ignore_subscribe_messages=True)
+                pubsub = Redis.from_url(self.redis_url, socket_connect_timeout=2, health_check_interval=30).pubsub()
                 pubsub.subscribe(CHANNEL)
+                while (pubsub.get_message(timeout=1.0) or {}).get("type") != "subscribe":
+                    pass  # until Redis confirms the subscription: notices from then on reach us
+                self._subscribed.set()
                 if failing:
                     log.info(kv(event="notices_available"))
                     failing = False
@@ -112,6 +121,7 @@ class JobWatcher:
                     elif self._idle_long_enough(idle_since):
                         return
             except (RedisError, OSError) as exc:  # the broker is down: waiters fall back to RECHECK_S
+                self._subscribed.clear()
                 if not failing:
                     log.warning(kv(event="notices_unavailable", reason=str(exc)))
                     failing = True
