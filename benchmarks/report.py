@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 # benchmarks/photos.py owns the section of RESULTS.md from this marker on; run.py keeps it as it is.
 PHOTOS_SECTION = "<!-- photos: written by benchmarks/photos.py -->"
+# Measurements written by hand (runs on a lent GPU, earlier hosts): run.py rewrites what comes before this, no more.
+KEPT_SECTION = "<!-- kept: written by hand; benchmarks/run.py rewrites only what is above this line -->"
 
 
 @dataclass

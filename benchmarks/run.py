@@ -26,7 +26,7 @@ from benchmarks.measurements import (  # noqa: E402
     prepare_images,
     synchronous,
 )
-from benchmarks.report import PHOTOS_SECTION, Figures, notes, table  # noqa: E402
+from benchmarks.report import KEPT_SECTION, PHOTOS_SECTION, Figures, notes, table  # noqa: E402
 from benchmarks.stack import (  # noqa: E402
     MemoryWatch,
     Stack,
@@ -104,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + table_md)
     out = Path(args.out)
     old = out.read_text() if out.exists() else ""
-    out.write_text(report + ("\n" + old[old.index(PHOTOS_SECTION):] if PHOTOS_SECTION in old else ""))
+    kept = next((old.index(m) for m in (KEPT_SECTION, PHOTOS_SECTION) if m in old), None)
+    out.write_text(report + ("\n" + old[kept:] if kept is not None else ""))
     print(f"\nwritten to {args.out}")
     return 0
 

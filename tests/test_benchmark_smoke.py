@@ -16,11 +16,16 @@ pytestmark = pytest.mark.slow
 def test_benchmark_harness_smoke(tmp_path):
     if not (DATASETS / "cifake").is_dir():
         unavailable("CIFAKE parquet not found")
+    from benchmarks.report import KEPT_SECTION
+
     out = tmp_path / "RESULTS.md"
+    kept = f"{KEPT_SECTION}\n## GPU, measured by hand\n\nkept rows\n"
+    out.write_text(f"# Benchmark results\n\nan earlier run's rows\n\n{kept}")
     proc = subprocess.run([sys.executable, "benchmarks/run.py", "--smoke", "--out", str(out)], cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = out.read_text()
+    assert "an earlier run's rows" not in text and text.endswith(kept)  # its own rows replaced, the hand-written kept
     for row in ("1. ceiling", "2. end to end, 1 worker", "3. synchronous", "4. one-image job latency",
                 "5. end to end, 2 workers", "peak RSS, web", "peak RSS, worker", "7. CPU per image"):
         assert row in text
