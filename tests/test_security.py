@@ -174,7 +174,8 @@ def test_thumbnails_of_a_40_megapixel_upload_are_served_from_what_the_worker_sto
         path = storage.thumbnail_path(item["sha256"], stored)
         body = requests.get(f"{url}?size={size}").content
         assert body == path.read_bytes()  # the very file the worker wrote
-        assert max(Image.open(io.BytesIO(body)).size) == stored
+        # the 512 rendition of a large image is one box average: 435-512 px (shared.imaging.REDUCED_ENOUGH)
+        assert stored * 0.85 <= max(Image.open(io.BytesIO(body)).size) <= stored
     for size in THUMBNAIL_SIZES:  # a thumbnail an earlier version stored as PNG is still served, as PNG
         jpeg = storage.thumbnail_path(item["sha256"], size)
         legacy = storage.thumbnail_path(item["sha256"], size, ".png")
