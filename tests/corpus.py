@@ -71,20 +71,22 @@ def _segments(data: bytes) -> list[tuple[int, int, int]]:
     return out
 
 
+def _last_scan_repeated(width: int, height: int, repeats: int, progressive: bool) -> bytes:
+    data = _save(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=50, progressive=progressive)
+    _, start, end = [s for s in _segments(data) if s[0] == 0xDA][-1]
+    return data[:end] + data[start:end] * repeats + data[end:]
+
+
 def scan_bomb_jpeg(width: int, height: int, repeats: int) -> bytes:
     """A progressive JPEG with its last scan repeated: small on disk, one decoding pass per scan.
     6000 x 6600 with 2,000 repeats is 355 KB and took Pillow 45 s to decode."""
-    data = _save(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=50, progressive=True)
-    _, start, end = [s for s in _segments(data) if s[0] == 0xDA][-1]
-    return data[:end] + data[start:end] * repeats + data[end:]
+    return _last_scan_repeated(width, height, repeats, progressive=True)
 
 
 def repeated_scan_jpeg(width: int, height: int, repeats: int) -> bytes:
     """A baseline JPEG with its one scan repeated: its scans are not counted (shared.imaging.single_scan_jpeg),
     so the decoder itself must stop at the second."""
-    data = _save(Image.new("RGB", (width, height), (120, 130, 140)), "JPEG", quality=50)
-    _, start, end = [s for s in _segments(data) if s[0] == 0xDA][-1]
-    return data[:end] + data[start:end] * repeats + data[end:]
+    return _last_scan_repeated(width, height, repeats, progressive=False)
 
 
 def heic(size=(64, 48), **kw) -> bytes:
