@@ -39,7 +39,9 @@ class JobWatcher:
         self._waiting: Counter[str] = Counter()
         self._events: dict[str, set[threading.Event]] = {}
         self._thread: threading.Thread | None = None
-        self._subscribed = threading.Event()  # set while the listener's subscription is in place
+        # Set while the listener's subscription is in place; cleared when it fails or stops (a stopped listener
+        # is the only way _thread becomes None again), so a listener that starts always starts unsubscribed.
+        self._subscribed = threading.Event()
 
     @contextmanager
     def slot(self, client: str):
@@ -69,7 +71,6 @@ class JobWatcher:
             self._events.setdefault(job_id, set()).add(event)
             if self._thread is None:
                 # Started lazily in the process that serves requests: gunicorn forks before the first one.
-                self._subscribed.clear()
                 self._thread = threading.Thread(target=self._listen, name="job-notices", daemon=True)
                 self._thread.start()
         self._subscribed.wait(SUBSCRIBE_WAIT_S)  # Redis down: not subscribed, and the waiter re-reads every RECHECK_S
