@@ -244,3 +244,44 @@ def test_residual_stats_reads_fixed_residuals_and_learns_only_its_read_out():
     with torch.inference_mode():
         torch.testing.assert_close(model(x + 0.4), model(x), atol=1e-4, rtol=1e-4)
         assert not torch.allclose(model(x * 0.5), model(x), atol=1e-3)
+
+
+def test_lbfgs_fits_the_read_out_of_fixed_statistics_to_its_optimum(toy_dir, tmp_path):
+    """--optimizer lbfgs: the statistics of the augmented crops are computed once and the read-out fitted on
+    them; the fitted weights sit where the objective's gradient vanishes, the model then scores exactly the
+    standardised statistics through them, and what it learns transfers to the sources it never saw."""
+    from shared.modeling.checkpoint import load_checkpoint
+    from training import readout
+
+    cfg = TrainConfig(data=str(toy_dir), out=tmp_path, arch="residual_stats", optimizer="lbfgs", weight_decay=1e-3,
+                      threads=1, crops_per_image=4, holdout=("cam-b", "gen-b"), val_fraction=0.25,
+                      precision="float32", preprocessing=NATIVE)
+    path, meta = train(cfg)
+    [row] = meta.training["history"]
+    assert row["crops"] == 4 * meta.training["n_train"] and row["train_acc"] > 0.9
+    assert meta.metrics["held_out"]["n"] == 40 and meta.metrics["held_out"]["roc_auc"] > 0.9
+
+    model, _ = load_checkpoint(path)
+    model.eval()
+    torch.manual_seed(0)
+    feats = model.features(torch.randn(64, 3, 64, 64)).double()
+    labels = (feats[:, 0] > feats[:, 0].median()).double()
+    readout.fit_readout(model, feats, labels, l2=1e-2)
+    w = model.head.weight.detach().double().view(-1).requires_grad_(True)
+    b = model.head.bias.detach().double().requires_grad_(True)
+    z = (feats - model.norm.running_mean.double()) / torch.sqrt(model.norm.running_var.double() + model.norm.eps)
+    loss = torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, labels) + 0.5e-2 * w.square().sum()
+    loss.backward()
+    assert max(w.grad.abs().max().item(), b.grad.abs().item()) < 1e-5
+    with torch.inference_mode():
+        torch.testing.assert_close(model.head(model.norm(feats.float())).squeeze(1).double(), (z @ w + b).detach(),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_lbfgs_refuses_a_model_without_a_fixed_read_out(toy_dir, tmp_path):
+    from training.train import RunMismatch
+
+    cfg = TrainConfig(data=str(toy_dir), out=tmp_path, arch="tiny_resnet", arch_args={"widths": [8, 16, 32]},
+                      optimizer="lbfgs", threads=1, preprocessing=NATIVE)
+    with pytest.raises(RunMismatch, match="linear read-out on fixed statistics"):
+        train(cfg)

@@ -50,7 +50,10 @@ class TrainConfig:
     weight_decay: float = _opt(5e-4, "AdamW weight decay")
     ema_decay: float = _opt(0.0, "EMA decay of the weights per step, e.g. 0.999 (0: off); the average is "
                             "validated and saved", flag="--ema")
-    optimizer: str = _opt("adamw", "optimiser (adam reproduces the report's seed CNN)", choices=["adamw", "adam"])
+    optimizer: str = _opt("adamw", "optimiser (adam reproduces the report's seed CNN; lbfgs fits a fixed-statistics "
+                          "model's linear read-out to convergence on crops_per_image crops of each image, with "
+                          "--weight-decay as its L2, and ignores the epoch settings)",
+                          choices=["adamw", "adam", "lbfgs"])
     val_fraction: float = _opt(0.1, "share of the data held out for validation (stratified by class, and by "
                                "source for crops)")
     seed: int = _opt(0, "seed of the split, the initialisation and the augmentation")

@@ -31,7 +31,7 @@ from shared.modeling.device import (
 from shared.modeling.registry import build_model
 from shared.scoring import calibrated, choose_thresholds, image_logits
 
-from . import aligned, native
+from . import aligned, native, readout
 from .augment import Augment
 from .config import TrainConfig
 from .data import ImageSet, load_image_sets, pil_from_uint8, split_validation
@@ -368,12 +368,10 @@ def _keep_best(run: Run, val_loss: float) -> None:
         run.bad_epochs += 1
 
 
-def _checkpoint(cfg: TrainConfig, run: Run, data: RunData, device: torch.device, provenance: dict,
-                out: Path) -> tuple[Path, CheckpointMeta]:
-    """The best weights, calibrated on validation (temperature, and for crop models the label thresholds)."""
+def _checkpoint(cfg: TrainConfig, model: nn.Module, history: list[dict], data: RunData, device: torch.device,
+                provenance: dict, out: Path) -> tuple[Path, CheckpointMeta]:
+    """The trained weights, calibrated on validation (temperature, and for crop models the label thresholds)."""
     spec = cfg.preprocessing
-    model = run.model
-    model.load_state_dict(run.best_state)
     model = model.to(memory_format=torch.contiguous_format)
     v_logits, v_labels = data.validate(model)
     temperature = fit_temperature(v_logits, v_labels)
@@ -390,7 +388,7 @@ def _checkpoint(cfg: TrainConfig, run: Run, data: RunData, device: torch.device,
     meta = CheckpointMeta(
         architecture=cfg.arch, arch_args=cfg.arch_args, preprocessing=spec, temperature=temperature, name=cfg.name,
         thresholds=thresholds,
-        training={"config": _config_dict(cfg, {"preprocessing"}), "history": run.history, "n_train": data.n_train,
+        training={"config": _config_dict(cfg, {"preprocessing"}), "history": history, "n_train": data.n_train,
                   "n_val": data.n_val, "torch": torch.__version__, "device": str(device), **provenance},
         metrics=metrics,
     )
@@ -421,6 +419,8 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
                         collate_fn=data.collate,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
     cfg, model, provenance = _base_model(cfg, device)
+    if cfg.optimizer == "lbfgs":
+        return _fit_readout_run(cfg, model, data, device, provenance, out)
     run = _new_run(cfg, model, device, amp_dtype, len(loader), provenance)
     state_path = out / "state.pt"
     start_epoch = resume_state(state_path, run, cfg, device) if cfg.resume and state_path.exists() else 0
@@ -447,4 +447,28 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
             log.info(kv(event="early_stop", epoch=epoch + 1, best_val_loss=f"{run.best_val:.4f}"))
             break
         epoch += 1
-    return _checkpoint(cfg, run, data, device, provenance, out)
+    run.model.load_state_dict(run.best_state)
+    return _checkpoint(cfg, run.model, run.history, data, device, provenance, out)
+
+
+def _fit_readout_run(cfg: TrainConfig, model: nn.Module, data: RunData, device: torch.device, provenance: dict,
+                     out: Path) -> tuple[Path, CheckpointMeta]:
+    """--optimizer lbfgs: one pass draws crops_per_image augmented crops of each training image (the stream
+    epoch 1 of a gradient run would see), and the read-out is fitted on their statistics (training/readout.py)."""
+    if cfg.teacher or cfg.resume:
+        raise RunMismatch("--optimizer lbfgs fits in one pass: it takes no --teacher and has nothing to --resume")
+    try:
+        readout.readout_of(model)
+    except readout.NoReadout as exc:
+        raise RunMismatch(str(exc)) from None
+    t0 = time.time()
+    if getattr(data.train, "augment", None) is not None:
+        data.train.augment.rng.seed(cfg.seed * 10_007)
+    loader = DataLoader(data.train, batch_size=256, shuffle=False, collate_fn=data.collate,
+                        worker_init_fn=_seed_worker_augment, num_workers=cfg.workers)
+    feats, labels = readout.collect(model.eval(), loader, device)
+    row = {"epoch": 1, **readout.fit_readout(model, feats, labels, cfg.weight_decay)}
+    row.update(evaluate(model, data), seconds=round(time.time() - t0, 1), crops=len(labels))
+    log.info(kv(event="readout_fitted", **{k: f"{v:.4f}" if isinstance(v, float) else v for k, v in row.items()}))
+    (out / "history.json").write_text(json.dumps([row], indent=2))
+    return _checkpoint(cfg, model, [row], data, device, provenance, out)

@@ -215,13 +215,18 @@ class ResidualStats(nn.Module):
         self.head = (nn.Sequential(nn.Linear(n, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1)) if hidden
                      else nn.Linear(n, 1))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed statistics, N x 66: nothing here learns, so a read-out can be fitted on them directly
+        (``pixelproof train --optimizer lbfgs``)."""
         feats = []
         for _ in range(self.scales):
             r = nn.functional.conv2d(x, self.bank.to(x.dtype)).permute(0, 2, 3, 1).flatten(1, 2)  # N x HW x F
             feats += [torch.log(r.square().mean(1).float() + 1e-6), torch.log(r.abs().mean(1).float() + 1e-4)]
             x = nn.functional.avg_pool2d(x, 2)
-        return self.head(self.norm(torch.cat(feats, dim=1))).squeeze(1)
+        return torch.cat(feats, dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.norm(self.features(x))).squeeze(1)
 
 
 @register("residual_stats")
