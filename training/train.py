@@ -413,14 +413,14 @@ def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     log.info(kv(event="data", source=cfg.data, train=data.n_train, val=data.n_val,
                 held_out=len(data.held_out) if data.held_out is not None else 0, device=device,
                 precision=precision_name(amp_dtype)))
+    cfg, model, provenance = _base_model(cfg, device)
+    if cfg.optimizer == "lbfgs":  # one pass of its own: no shuffled loader, no loader processes kept alive
+        return _fit_readout_run(cfg, model, data, device, provenance, out)
     gen = torch.Generator().manual_seed(cfg.seed)
     loader = DataLoader(data.train, batch_size=cfg.batch_size, shuffle=True, generator=gen,
                         drop_last=len(data.train) > cfg.batch_size, worker_init_fn=_seed_worker_augment,
                         collate_fn=data.collate,
                         num_workers=cfg.workers, persistent_workers=cfg.workers > 0, pin_memory=device.type == "cuda")
-    cfg, model, provenance = _base_model(cfg, device)
-    if cfg.optimizer == "lbfgs":
-        return _fit_readout_run(cfg, model, data, device, provenance, out)
     run = _new_run(cfg, model, device, amp_dtype, len(loader), provenance)
     state_path = out / "state.pt"
     start_epoch = resume_state(state_path, run, cfg, device) if cfg.resume and state_path.exists() else 0
