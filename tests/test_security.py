@@ -282,14 +282,24 @@ def test_the_cli_takes_its_turn_when_the_server_has_too_many_waiting(web_without
 
     base = web_without_worker
     job = new_job(base, "alice", mini_dir)
-    holders = [threading.Thread(target=requests.get, args=(f"{base}/api/jobs/{job['id']}?wait=3&done=0",),
-                                kwargs={"headers": auth("alice"), "timeout": 30}) for _ in range(2)]
-    for t in holders:
-        t.start()
-    time.sleep(0.5)
-    assert requests.get(f"{base}/api/jobs/{job['id']}?wait=3&done=0", headers=auth("alice")).status_code == 429
+    held = []
+
+    def hold() -> None:
+        held.append(requests.get(f"{base}/api/jobs/{job['id']}?wait=4&done=0", headers=auth("alice"),
+                                 timeout=30).status_code)
+
+    holders = []
+    for _ in range(10):  # one at a time until one is refused: then both of alice's places are held (for 4 s)
+        holders.append(threading.Thread(target=hold))
+        holders[-1].start()
+        time.sleep(0.2)
+        if 429 in held:
+            break
+    assert 429 in held
+    started = time.monotonic()
     body = Client(base, "alice").job(job["id"], wait=1, done=0)  # refused first, then answered after Retry-After
     assert body["id"] == job["id"] and body["total"] == 1
+    assert time.monotonic() - started >= 4, "the CLI was not refused, or did not wait the Retry-After of 5 s"
     for t in holders:
         t.join(30)
 
