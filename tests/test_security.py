@@ -206,51 +206,61 @@ def new_job(base: str, token: str, mini_dir) -> dict:
     return resp.json()
 
 
+def long_poll(base: str, job_id: str, token: str, wait_s: float, out: list) -> None:
+    """One long-poll; its status, Retry-After and error message are appended to out."""
+    resp = requests.get(f"{base}/api/jobs/{job_id}?wait={wait_s}&done=0", headers=auth(token), timeout=60)
+    out.append((resp.status_code, resp.headers.get("Retry-After"), resp.json().get("error", "")))
+
+
+def refused(out: list) -> int:
+    return sum(status == 429 for status, _, _ in out)
+
+
+def hold_every_place(base: str, job_id: str, token: str, wait_s: float, out: list) -> list[threading.Thread]:
+    """Start one long-poll at a time until one is refused: only then are all of the client's places shown to be
+    held (for wait_s), since the server takes threaded requests in no fixed order. Call with nobody else waiting,
+    so the refusal can only be the client's own bound."""
+    threads = []
+    for _ in range(20):
+        threads.append(threading.Thread(target=long_poll, args=(base, job_id, token, wait_s, out)))
+        threads[-1].start()
+        time.sleep(0.2)
+        if refused(out):
+            break
+    assert refused(out) and all("this client" in error for status, _, error in out if status == 429), out
+    return threads
+
+
 @pytest.mark.slow
 def test_fifty_long_polls_are_bounded_and_others_still_get_answers(web_without_worker, mini_dir):
     base = web_without_worker
-    jobs = {t: new_job(base, t, mini_dir) for t in ("alice", "bob", "carol")}
+    jobs = {t: new_job(base, t, mini_dir)["id"] for t in ("alice", "bob", "carol")}
     wait_s = 12  # every place taken below is held this long, far longer than the steps that rely on it
 
-    def long_poll(token: str, out: list) -> None:
-        resp = requests.get(f"{base}/api/jobs/{jobs[token]['id']}?wait={wait_s}&done=0", headers=auth(token),
-                            timeout=60)
-        out.append((resp.status_code, resp.headers.get("Retry-After"), resp.json().get("error", "")))
-
-    def refused(out: list) -> int:
-        return sum(status == 429 for status, _, _ in out)
-
-    # Bob asks one request at a time until one is refused: with nobody else waiting, that proves he holds
-    # his two places (the order in which the server takes threaded requests is not the order they were sent).
-    bob, threads = [], []
-    for _ in range(20):
-        threads.append(threading.Thread(target=long_poll, args=("bob", bob)))
-        threads[-1].start()
-        time.sleep(0.25)
-        if refused(bob):
-            break
-    assert refused(bob) and all("this client" in error for status, _, error in bob if status == 429), bob
+    bob = []
+    threads = hold_every_place(base, jobs["bob"], "bob", wait_s, bob)
     # Alice sends fifty at once: 48 refusals mean her two places are held too
     alice = []
-    alice_threads = [threading.Thread(target=long_poll, args=("alice", alice)) for _ in range(50)]
+    alice_threads = [threading.Thread(target=long_poll, args=(base, jobs["alice"], "alice", wait_s, alice))
+                     for _ in range(50)]
     for t in alice_threads:
         t.start()
     threads += alice_threads
     wait_until(lambda: refused(alice) == 48, 10, "alice's long-polls past her two places to be refused")
     # alice holds 2 waiting places, bob 2: the server's 4 are taken, so carol may not wait either...
-    carol = requests.get(f"{base}/api/jobs/{jobs['carol']['id']}?wait={wait_s}&done=0", headers=auth("carol"),
-                         timeout=60)
-    assert carol.status_code == 429 and "the server" in carol.json()["error"]
+    carol = []
+    long_poll(base, jobs["carol"], "carol", wait_s, carol)
+    assert carol[0][0] == 429 and "the server" in carol[0][2], carol
     # ...but anyone asking without waiting is answered while all of that is going on
     started = time.monotonic()
-    plain = requests.get(f"{base}/api/jobs/{jobs['carol']['id']}", headers=auth("carol"), timeout=30)
+    plain = requests.get(f"{base}/api/jobs/{jobs['carol']}", headers=auth("carol"), timeout=30)
     assert plain.status_code == 200 and plain.json()["total"] == 1
     assert requests.get(base + "/healthz", timeout=30).status_code == 200
     assert time.monotonic() - started < 5, "a plain request waited behind the long-polls"
     for t in threads:
         t.join(60)
     for out in (alice, bob):  # each held exactly two places to the end of its wait; every other was refused
-        assert sorted(status for status, _, _ in out).count(200) == 2, out
+        assert sorted(status for status, _, _ in out) == [200, 200] + [429] * (len(out) - 2), out
         assert all(retry == "5" for status, retry, _ in out if status == 429), out
 
 
@@ -282,20 +292,7 @@ def test_the_cli_takes_its_turn_when_the_server_has_too_many_waiting(web_without
 
     base = web_without_worker
     job = new_job(base, "alice", mini_dir)
-    held = []
-
-    def hold() -> None:
-        held.append(requests.get(f"{base}/api/jobs/{job['id']}?wait=4&done=0", headers=auth("alice"),
-                                 timeout=30).status_code)
-
-    holders = []
-    for _ in range(10):  # one at a time until one is refused: then both of alice's places are held (for 4 s)
-        holders.append(threading.Thread(target=hold))
-        holders[-1].start()
-        time.sleep(0.2)
-        if 429 in held:
-            break
-    assert 429 in held
+    holders = hold_every_place(base, job["id"], "alice", 4, [])  # both of alice's places, for 4 s
     started = time.monotonic()
     body = Client(base, "alice").job(job["id"], wait=1, done=0)  # refused first, then answered after Retry-After
     assert body["id"] == job["id"] and body["total"] == 1
