@@ -2,6 +2,8 @@
 FROM python:3.11-slim
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 WORKDIR /app
+# libturbojpeg: large JPEGs' crops and thumbnails from one entropy decode (shared/jpeg_regions.py)
+RUN apt-get update && apt-get install -y --no-install-recommends libturbojpeg0 && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir --index-url ${TORCH_INDEX} torch==2.14.1 torchvision==0.29.1
 COPY pyproject.toml README.md ./
 COPY shared shared

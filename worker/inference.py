@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared import jpeg_regions
 from shared.evidence import gather as gather_evidence
 from shared.imaging import (
     ImageRejected,
@@ -49,7 +50,8 @@ class Classifier:
         self.max_scans = max_scans
         self.pool = ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode")
         log.info(kv(event="model_loaded", model_version=self.version, device=self.device,
-                    precision=precision_name(self.model.dtype), arch=self.meta.architecture))
+                    precision=precision_name(self.model.dtype), arch=self.meta.architecture,
+                    jpeg_regions="libturbojpeg" if jpeg_regions.available() else "unavailable"))
 
     @property
     def version(self) -> str:
