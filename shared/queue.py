@@ -48,8 +48,16 @@ def beat_schedule(settings: Settings) -> dict:
 
 
 def chunked(ids: Sequence[int], size: int) -> Iterable[list[int]]:
-    for start in range(0, len(ids), size):
-        yield list(ids[start : start + size])
+    """As few chunks of at most ``size`` as hold the ids, of sizes that differ by at most one, in order.
+
+    Even, not full-then-remainder: 20 photos at batch 16 as 16 + 4 kept one worker busy four times as long as
+    the other; as 10 + 10 both finish together."""
+    n = -(-len(ids) // size) if size > 0 else 0
+    start = 0
+    for i in range(n):
+        end = start + len(ids) // n + (i < len(ids) % n)
+        yield list(ids[start:end])
+        start = end
 
 
 def enqueue_images(celery: Celery, image_ids: Sequence[int], batch_size: int) -> int:

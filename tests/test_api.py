@@ -37,6 +37,24 @@ def test_create_job_commits_enqueues_and_reports(client, mini_dir, redis_server,
     assert page["next_cursor"] is None
 
 
+def test_an_upload_is_split_into_even_tasks(make_app, stack_env, mini_dir, redis_server):
+    """Seven images at batch 4 go out as 4 + 3 ids, and nine as 3 + 3 + 3, not 4 + 4 + 1: two workers that
+    take a request's tasks finish together."""
+    import base64
+    import json
+
+    client = make_app({**stack_env, "PIXELPROOF_BATCH_SIZE": "4"}).test_client()
+    redis = Redis.from_url(redis_server.url)
+    files = jpeg_bytes(mini_dir, 16)
+    for n, sizes in ((7, [4, 3]), (9, [3, 3, 3])):
+        redis.delete(QUEUE)
+        assert post_files(client, "/api/jobs", files[:n]).status_code == 202
+        bodies = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in redis.lrange(QUEUE, 0, -1)]
+        ids = [body[0][0] for body in reversed(bodies)]  # LPUSH: the first task sent is last in the list
+        assert [len(chunk) for chunk in ids] == sizes
+        assert sum(ids, []) == sorted(sum(ids, []))  # every id once, in upload order
+
+
 def test_add_files_to_job_and_paginate(client, mini_dir):
     files = jpeg_bytes(mini_dir, 5)
     job = post_files(client, "/api/jobs", files[:2]).get_json()
