@@ -22,7 +22,7 @@ from PIL import Image  # noqa: E402
 
 from benchmarks.stack import Stack, wait_http  # noqa: E402
 from pixelproof.embedded_redis import free_port  # noqa: E402
-from pixelproof.submit import Client  # noqa: E402
+from pixelproof.submit import Client, upload_all  # noqa: E402
 from shared.settings import DEFAULT_CHECKPOINT, load_settings  # noqa: E402
 
 CIFAKE_TEST = ROOT.parent / "shared" / "datasets" / "cifake" / "test-00000-of-00001.parquet"
@@ -125,9 +125,8 @@ def end_to_end(stack: Stack, files: list[Path], folder: Path, per_request: int =
     client = Client(stack.url)
     names = [(p, str(p.relative_to(folder))) for p in files]
     t0 = time.time()
-    job = None
-    for start in range(0, len(names), per_request):
-        job = client.upload(names[start:start + per_request], job["id"] if job else None)
+    # as `pixelproof submit` sends them: the first request, then two at a time
+    job = upload_all(lambda: Client(stack.url), [names[i:i + per_request] for i in range(0, len(names), per_request)])
     while job["status"] != "done":
         job = client.job(job["id"], wait=20, done=job["done"])
     finished = datetime.fromisoformat(job["finished_at"]).timestamp()

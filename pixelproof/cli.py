@@ -157,7 +157,8 @@ def _submit(args: argparse.Namespace) -> int:
 
     try:
         return submit(Path(args.directory), args.server, args.token, args.wait,
-                      Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url)
+                      Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
+                      **({"parallel": args.parallel} if args.parallel else {}))
     except SubmitError as exc:
         print(f"pixelproof submit: {exc}", file=sys.stderr)
         return 2
@@ -235,6 +236,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
     s.add_argument("--files-per-request", type=int, default=None,
                    help="files per upload request (default: 200, fewer when they are large)")
+    s.add_argument("--parallel", type=int, default=None,
+                   help="upload requests in flight at once, after the first (default: 2; 1 sends one at a time). "
+                        "--out lists the files in the folder's order either way")
     s.add_argument("--callback-url", default=None,
                    help="the server POSTs the job's summary here, signed, when it finishes (it must be under an "
                         "address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")

@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +29,8 @@ def test_submit_waits_and_writes_csv_and_json(live_stack, mini_dir, tmp_path):
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(files) and all(r["status"] == "done" for r in rows)
     assert any(r["filename"].startswith("batch/nested/") for r in rows)
+    # three requests, the last two in flight at once: one job, and the CSV in the folder's order
+    assert [r["filename"] for r in rows] == [name for _, name in submit.collect(folder)]
 
     out_json = tmp_path / "results.json"
     proc = subprocess.run([sys.executable, "-m", "pixelproof.cli", "submit", str(folder / "nested"), "--server",
@@ -45,6 +48,31 @@ def test_submit_batches_by_count_and_bytes(tmp_path, monkeypatch):
     monkeypatch.setattr(submit, "MAX_FILES_PER_REQUEST", 10)
     monkeypatch.setattr(submit, "MAX_BYTES_PER_REQUEST", 250)
     assert [len(b) for b in submit.batches(submit.collect(tmp_path))] == [2, 2, 1]
+
+
+def test_uploads_after_the_first_go_two_at_a_time_into_its_job():
+    """The first request makes the job; the others are added to it with two in flight (a barrier of two
+    only opens when two uploads wait at once: one at a time would time out)."""
+    import threading
+
+    barrier, calls, lock = threading.Barrier(2, timeout=10), [], threading.Lock()
+
+    class Recorder:
+        def upload(self, chunk, job_id, callback_url=None):
+            with lock:
+                calls.append((chunk[0][1], job_id, callback_url))
+            if job_id is None:
+                return {"id": "job-1", "total": len(chunk)}
+            barrier.wait()
+            return {"id": job_id}
+
+    chunks = [[(Path(f"{i}.jpg"), f"{i}.jpg")] for i in range(5)]
+    seen: list[int] = []
+    job = submit.upload_all(Recorder, chunks, "https://hooks.example/x", parallel=2, progress=seen.append)
+    assert job["id"] == "job-1" and seen == [1] * 5
+    assert calls[0] == ("0.jpg", None, "https://hooks.example/x")  # only the first makes the job
+    assert sorted(c[0] for c in calls[1:]) == ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
+    assert all(c[1] == "job-1" and c[2] is None for c in calls[1:])
 
 
 def test_submit_unreachable_server_says_so(tmp_path):
