@@ -402,7 +402,8 @@ def _native_from_regions(data: bytes, spec: Preprocessing, max_pixels: int, max_
 
     Only where the blocks' means are a large enough 512-px rendition (REGIONS_MIN_SIDE); None where this
     route does not apply or the file is refused by it, and the whole decode then takes the file."""
-    if data[:2] != b"\xff\xd8" or not jpeg_regions.available() or not single_scan_jpeg(data):
+    if (not isinstance(data, bytes) or data[:2] != b"\xff\xd8" or not jpeg_regions.available()
+            or not single_scan_jpeg(data)):
         return None
     img = open_image(data, max_pixels, max_scans)  # the usual checks and refusals, before anything is decoded
     if img.format != "JPEG" or img.mode not in ("RGB", "L") or max(img.size) < REGIONS_MIN_SIDE:

@@ -80,13 +80,23 @@ def available() -> bool:
     return _LIB is not None
 
 
-def _handle() -> int:
-    handle = getattr(_local, "handle", None)
-    if handle is None:
-        handle = _local.handle = _LIB.tjInitTransform()
-        if not handle:
+class _Handle:
+    """One thread's TurboJPEG handle, destroyed with the thread's local storage when the thread ends."""
+
+    def __init__(self, lib: ctypes.CDLL):
+        self.lib, self.value = lib, lib.tjInitTransform()
+        if not self.value:
             raise Unavailable("tjInitTransform failed")
-    return handle
+
+    def __del__(self):
+        if self.value:
+            self.lib.tjDestroy(self.value)
+
+
+def _handle() -> int:
+    if getattr(_local, "handle", None) is None or _local.handle.lib is not _LIB:
+        _local.handle = _Handle(_LIB)
+    return _local.handle.value
 
 
 @dataclass(frozen=True)

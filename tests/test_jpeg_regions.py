@@ -165,3 +165,21 @@ def test_the_decode_pool_threads_each_use_their_own_handle():
         got = list(pool.map(lambda i: preprocess_bytes(files[i % 2], NATIVE, 10**9, with_thumbnails=True).inputs, range(8)))
     for i, inputs in enumerate(got):
         np.testing.assert_array_equal(inputs, want[i % 2])
+
+
+def test_a_threads_handle_is_destroyed_when_the_thread_ends(monkeypatch):
+    import gc
+    import threading
+
+    made, destroyed, real = [], [], jpeg_regions._LIB.tjDestroy
+    monkeypatch.setattr(jpeg_regions._LIB, "tjDestroy", lambda h: destroyed.append(h) or real(h))
+
+    def work():
+        preprocess_bytes(_jpeg(_photo()), NATIVE, 10**9)
+        made.append(jpeg_regions._local.handle.value)
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    gc.collect()
+    assert len(made) == 1 and made[0] in destroyed
