@@ -144,6 +144,40 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     assert not page_problems(page)
 
 
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
+def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stack, mini_dir, tmp_path):
+    """Ten files at three a request: the first request makes the job, then two are sent at once (the first
+    two added requests are held until both have arrived, which one at a time never would), all into that job."""
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for p in sorted((mini_dir / "real").iterdir())[:10]:
+        shutil.copy(p, folder / p.name)
+    page = watched_page(browser)
+    held, posts = [], []
+    page.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+
+    def hold_two(route):
+        held.append(route)
+        if len(held) == 2:
+            for r in held:
+                r.continue_()
+        elif len(held) > 2:
+            route.continue_()
+
+    page.route("**/api/jobs/*/files", hold_two)
+    page.goto(live_stack + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    assert len(held) == 3  # requests 2 and 3 held together, then the last
+    assert posts[0] == "/api/jobs" and len(posts) == 4
+    job_id = urlsplit(page.url).query.split("job=")[1]
+    assert all(p == f"/api/jobs/{job_id}/files" for p in posts[1:])
+    assert page.locator("#results tbody tr").count() == 10
+    assert "10 / 10 files" in page.locator("#upload-text").inner_text()
+    assert "10 / 10" in page.locator("#job-text").inner_text()
+    assert not page_problems(page)
+
+
 def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
     page = watched_page(browser)
     requests_seen = []

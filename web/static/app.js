@@ -192,6 +192,10 @@
     return out;
   }
 
+  // After the first request, which makes the job, this many go up at once: the workers classify one request's
+  // images while the web receives the next (`pixelproof submit` does the same; benchmarks/RESULTS.md).
+  const PARALLEL_UPLOADS = 2;
+
   async function upload(all) {
     const { keep: entries, skipped } = skipRefused(all);
     showSkipped(skipped);
@@ -205,28 +209,56 @@
     clearResults();
     const totalBytes = entries.reduce((n, e) => n + e.file.size, 0) || 1;
     let sentBytes = 0, sentFiles = 0;
-    let job = null;
-    for (const batch of batches(entries)) {
+    const sending = new Set();  // the requests in flight: their bytes sent so far and each file's end
+    // A file counts as sent once all of its bytes are: the counter and the bar tell the same story.
+    function showSent() {
+      let bytes = sentBytes, files = sentFiles;
+      for (const r of sending) {
+        bytes += r.loaded;
+        files += r.ends.filter((end) => end <= r.loaded).length;
+      }
+      $("upload-bar").value = Math.min(bytes, totalBytes) / totalBytes;
+      $("upload-text").textContent = `${files} / ${entries.length} files`;
+    }
+    let job = null, failed = false;
+    async function sendBatch(batch) {
       const url = job ? `/api/jobs/${job.id}/files` : "/api/jobs";
-      // A file counts as sent once all of its bytes are: the counter and the bar tell the same story.
       const ends = [];
       batch.reduce((n, e) => { ends.push(n + e.file.size); return n + e.file.size; }, 0);
-      job = await send(url, batch, (loaded) => {
-        $("upload-bar").value = Math.min(sentBytes + loaded, totalBytes) / totalBytes;
-        const files = sentFiles + ends.filter((end) => end <= loaded).length;
-        $("upload-text").textContent = `${files} / ${entries.length} files`;
-      });
+      const r = { loaded: 0, ends };
+      sending.add(r);
+      let answer;
+      try {
+        answer = await send(url, batch, (loaded) => { r.loaded = loaded; showSent(); });
+      } finally {
+        sending.delete(r);
+      }
       sentBytes += ends[ends.length - 1];
       sentFiles += batch.length;
-      $("upload-bar").value = sentBytes / totalBytes;
-      $("upload-text").textContent = `${sentFiles} / ${entries.length} files`;
-      if (sentFiles === batch.length) history.replaceState(null, "", `?job=${job.id}`);
-      if (job.warning) {
-        showError(`${job.warning} The page keeps watching the job.`);
-        job = await api(`/api/jobs/${job.id}`);
+      showSent();
+      if (answer.warning) {
+        showError(`${answer.warning} The page keeps watching the job.`);
+        answer = await api(`/api/jobs/${answer.id}`);
       }
-      render(job);
+      return answer;
     }
+    const queue = batches(entries);
+    job = await sendBatch(queue.shift());
+    history.replaceState(null, "", `?job=${job.id}`);
+    render(job);
+    async function lane() {
+      while (queue.length && !failed) {
+        try {
+          const answer = await sendBatch(queue.shift());
+          if (answer.total >= job.total) job = answer;  // answers may come back out of order
+          render(job);
+        } catch (e) {
+          failed = true;  // the other lane sends nothing more; the error is shown once
+          throw e;
+        }
+      }
+    }
+    await Promise.all(Array.from({ length: PARALLEL_UPLOADS }, lane));
     await follow(job.id, job);
   }
 
