@@ -22,6 +22,7 @@ import simplejpeg
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared import jpeg_regions
+from shared.jpeg_markers import SOS, header_segments
 from shared.limits import MAX_JPEG_SCANS, MAX_PIXELS
 from shared.thumbnails import THUMBNAIL_QUALITY, THUMBNAIL_SIZES
 
@@ -115,26 +116,14 @@ def single_scan_jpeg(data: bytes) -> bool:
     write them. libjpeg then decodes in one pass and stops with an error at any further scan ("Didn't expect
     more than one scan"; tested), so repeated scans cost nothing and need no count. Read from the marker
     segments before the first scan; anything else, or anything unexpected there, answers False (count)."""
-    i, n, components = 2, len(data), None
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            return False
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte before a marker
-            i += 1
-            continue
-        if marker in (0xD8, 0xD9):  # a second start of image, or the end before any scan
-            return False
-        length = int.from_bytes(data[i + 2: i + 4], "big")
-        if length < 2:
-            return False
+    components = None
+    for marker, segment in header_segments(data):
         if marker in _SOF:
-            if marker not in _SEQUENTIAL_SOF or i + 10 > n:
+            if marker not in _SEQUENTIAL_SOF or len(segment) < 6:
                 return False
-            components = data[i + 9]
-        elif marker == 0xDA:
-            return components is not None and i + 5 <= n and data[i + 4] == components
-        i += 2 + length
+            components = segment[5]
+        elif marker == SOS:
+            return components is not None and len(segment) >= 1 and segment[0] == components
     return False
 
 
@@ -212,27 +201,33 @@ def load_rgb_array(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS
     return upright(stored)
 
 
-def decode_stored(data: bytes, max_pixels: int, max_scans: int,
-                   padded: bool = False) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
+def decode_stored(data: bytes, max_pixels: int, max_scans: int, padded: bool = False,
+                  opened: Image.Image | None = None) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
     """The pixels as stored (C-contiguous) and the view that turns any array of them upright.
 
     Kept apart so thumbnails shrink the contiguous pixels and turn only the small result: a contiguous copy
     of a rotated 12-megapixel view costs more than its decode. ``padded``: a JPEG may come as RGBX (H x W x 4,
-    the same RGB values), the layout Pillow can shrink in place without a full-size copy.
+    the same RGB values), the layout Pillow can shrink in place without a full-size copy. ``opened``: the
+    file already checked by open_image, so its header is not read twice.
     """
-    img = open_image(data, max_pixels, max_scans)
+    img = open_image(data, max_pixels, max_scans) if opened is None else opened
     if img.format == "JPEG" and img.mode in ("RGB", "L"):
         try:
             arr = simplejpeg.decode_jpeg(data, colorspace="RGBX" if padded else "RGB")
         except ValueError:
             arr = None  # corrupt or unusual: Pillow decodes it or says what is wrong in the usual words
         if arr is not None and arr.shape[:2] == (img.size[1], img.size[0]):
-            try:
-                orientation = int(img.getexif().get(0x0112, 1))
-            except Exception:  # unreadable EXIF: Pillow's exif_transpose would ignore it as well
-                orientation = 1
-            return arr, _ORIENT.get(orientation, _as_is)
+            return arr, _upright_view(img)
     return np.asarray(load_rgb(data, max_pixels, max_scans=max_scans)), _as_is
+
+
+def _upright_view(img: Image.Image) -> Callable[[np.ndarray], np.ndarray]:
+    """The view (_ORIENT) that turns a JPEG's stored pixels upright, from its EXIF orientation."""
+    try:
+        orientation = int(img.getexif().get(0x0112, 1))
+    except Exception:  # unreadable EXIF: Pillow's exif_transpose would ignore it as well
+        orientation = 1
+    return _ORIENT.get(orientation, _as_is)
 
 
 def _as_is(a: np.ndarray) -> np.ndarray:
@@ -383,9 +378,10 @@ def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIX
     resolution (a whole-image route decodes JPEG at a reduced scale, so it decodes again for them).
     """
     if spec.native:
-        if (regions := _native_from_regions(data, spec, max_pixels, max_scans, with_thumbnails)) is not None:
+        img = open_image(data, max_pixels, max_scans)  # the usual checks and refusals, once for either route
+        if (regions := _native_from_regions(data, img, spec, with_thumbnails)) is not None:
             return regions
-        stored, upright = decode_stored(data, max_pixels, max_scans, padded=with_thumbnails)
+        stored, upright = decode_stored(data, max_pixels, max_scans, padded=with_thumbnails, opened=img)
         prepared = native_crops(upright(stored[..., :3]), spec)
         return replace(prepared, thumbnails=thumbnails(stored, upright)) if with_thumbnails else prepared
     img = load_rgb(data, max_pixels, target=spec.input_size, max_scans=max_scans)
@@ -395,29 +391,22 @@ def preprocess_bytes(data: bytes, spec: Preprocessing, max_pixels: int = MAX_PIX
     return prepared
 
 
-def _native_from_regions(data: bytes, spec: Preprocessing, max_pixels: int, max_scans: int,
+def _native_from_regions(data: bytes, img: Image.Image, spec: Preprocessing,
                          with_thumbnails: bool) -> Prepared | None:
     """A large sequential JPEG's crops, and its thumbnails, from one entropy decode (shared.jpeg_regions):
     the same crop pixels as the whole decode, bit for bit, in about 46 ms of a 12-megapixel photo's 63.
 
     Only where the blocks' means are a large enough 512-px rendition (REGIONS_MIN_SIDE); None where this
     route does not apply or the file is refused by it, and the whole decode then takes the file."""
-    if (not isinstance(data, bytes) or data[:2] != b"\xff\xd8" or not jpeg_regions.available()
-            or not single_scan_jpeg(data)):
+    if (img.format != "JPEG" or img.mode not in ("RGB", "L") or max(img.size) < REGIONS_MIN_SIDE
+            or not isinstance(data, bytes) or not jpeg_regions.available() or not single_scan_jpeg(data)):
         return None
-    img = open_image(data, max_pixels, max_scans)  # the usual checks and refusals, before anything is decoded
-    if img.format != "JPEG" or img.mode not in ("RGB", "L") or max(img.size) < REGIONS_MIN_SIDE:
-        return None
-    try:
-        orientation = int(img.getexif().get(0x0112, 1))
-    except Exception:  # unreadable EXIF: Pillow's exif_transpose would ignore it as well (decode_stored)
-        orientation = 1
-    upright = _ORIENT.get(orientation, _as_is)
+    upright = _upright_view(img)
     try:
         head = jpeg_regions.header(data)
         if (head.width, head.height) != img.size:
             return None
-        width, height = (head.height, head.width) if orientation in (5, 6, 7, 8) else (head.width, head.height)
+        height, width = upright(np.empty((head.height, head.width, 0), np.uint8)).shape[:2]  # a view of nothing
         boxes = crop_boxes(width, height, spec)
         rects = [_stored_rect(b, upright, head.width, head.height) for b in boxes]
         pixels, dc = jpeg_regions.decode_regions(data, head, rects, with_dc=with_thumbnails)

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import simplejpeg
 
+from shared.jpeg_markers import header_segments
+
 # turbojpeg.h
 _TJXOPT_CROP, _TJXOPT_NOOUTPUT, _TJXOPT_COPYNONE = 4, 16, 64
 _TJFLAG_STOPONWARNING, _TJFLAG_LIMITSCANS = 8192, 32768
@@ -201,10 +203,8 @@ def _dc_rgb(data: bytes, head: Header, rows: dict[int, list[np.ndarray]]) -> np.
     if len(planes) == 1:
         rgb = np.repeat(luma[..., None], 3, axis=2)
     else:
-        full = [luma]
-        for p in planes[1:]:
-            fy, fx = _chroma_factor(head.subsampling)
-            full.append(np.repeat(np.repeat(p, fy, axis=0), fx, axis=1)[:bh, :bw])
+        fy, fx = _chroma_factor(head.subsampling)
+        full = [luma] + [np.repeat(np.repeat(p, fy, axis=0), fx, axis=1)[:bh, :bw] for p in planes[1:]]
         if head.colorspace == _TJCS_RGB:
             rgb = np.stack(full, axis=2)
         else:
@@ -221,29 +221,16 @@ def _chroma_factor(subsampling: int) -> tuple[int, int]:
 def dc_quantisers(data: bytes) -> list[int]:
     """Each frame component's DC quantiser, read from the DQT and SOF segments before the first scan."""
     tables: dict[int, int] = {}
-    i, n = 2, len(data)
-    while i + 4 <= n:
-        if data[i] != 0xFF:
-            break
-        marker = data[i + 1]
-        if marker == 0xFF:
-            i += 1
-            continue
-        length = int.from_bytes(data[i + 2: i + 4], "big")
-        seg = data[i + 4: i + 2 + length]
+    for marker, segment in header_segments(data):
         if marker == 0xDB:
             j = 0
-            while j < len(seg):
-                precision, table = seg[j] >> 4, seg[j] & 15
-                tables[table] = int.from_bytes(seg[j + 1: j + 3], "big") if precision else seg[j + 1]
+            while j < len(segment):
+                precision, table = segment[j] >> 4, segment[j] & 15
+                tables[table] = int.from_bytes(segment[j + 1: j + 3], "big") if precision else segment[j + 1]
                 j += 1 + 64 * (2 if precision else 1)
         elif marker in (0xC0, 0xC1, 0xC2):
-            count = seg[5]
             try:
-                return [tables[seg[6 + 3 * k + 2]] for k in range(count)]
+                return [tables[segment[6 + 3 * k + 2]] for k in range(segment[5])]
             except (KeyError, IndexError):
                 raise Unavailable("a component's quantisation table comes after the frame header") from None
-        elif marker == 0xDA:
-            break
-        i += 2 + length
     raise Unavailable("no frame header before the first scan")

@@ -22,6 +22,7 @@ from shared.imaging import (
 )
 
 from .conftest import unavailable
+from .corpus import _orientation as exif_orientation
 
 NATIVE = Preprocessing(input_size=128, resize="native_crops", max_crops=9)
 SIZE = (3500, 2001)  # over REGIONS_MIN_SIDE, and neither side a multiple of any MCU
@@ -68,10 +69,8 @@ def _photo(size=SIZE, grain: int = 8) -> np.ndarray:
 
 
 def _jpeg(arr: np.ndarray, orientation: int = 1, **save) -> bytes:
-    exif = Image.Exif()
-    exif[0x0112] = orientation
     buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "JPEG", exif=exif, **{"quality": 92, **save})
+    Image.fromarray(arr).save(buf, "JPEG", exif=exif_orientation(orientation), **{"quality": 92, **save})
     return buf.getvalue()
 
 
