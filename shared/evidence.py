@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
+from shared.jpeg_markers import SOS, header_segments
+
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean "made by a model".
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia",
                    "compositeSynthetic")
@@ -24,6 +26,7 @@ GENERATOR_NAMES = re.compile(
     r"dall[\s·-]?e|midjourney|stable[\s-]?diffusion|firefly|imagen|novelai|comfyui|automatic1111|invokeai|"
     r"leonardo\.ai|ideogram|\bflux\b|gpt-4o|openai|gemini|bing image creator|craiyon|dreamstudio", re.I)
 MIME = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png"}
+APP11 = 0xEB  # the JPEG segment that carries JUMBF boxes
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,21 @@ def _mime(data: bytes) -> str | None:
     return None
 
 
+def _may_hold_manifest(data: bytes, mime: str) -> bool:
+    """Whether a JUMBF box can be there. A JPEG's manifest store lives in APP11 segments, which C2PA places
+    before the first scan: a 12-megapixel photo's header is read in microseconds, its whole 4 MB searched in
+    2.4 ms (3% of the worker's time a photo). A header that cannot be walked to its scan is searched whole."""
+    if mime == "image/jpeg":
+        last = None
+        for marker, segment in header_segments(data):
+            if marker == APP11 and b"jumb" in segment:
+                return True
+            last = marker
+        if last == SOS:
+            return False
+    return b"jumb" in data
+
+
 def _source_type(value: str) -> str | None:
     name = value.rstrip("/").rsplit("/", 1)[-1]
     if name in AI_SOURCE_TYPES:
@@ -59,9 +77,8 @@ def content_credentials(data: bytes) -> list[Evidence]:
     """A C2PA manifest, read and validated by the C2PA project's own library."""
     mime = _mime(data)
     # An embedded manifest store is a JUMBF superbox in every format (box type "jumb"; in JPEG every APP11
-    # segment of it repeats that header): without one there is nothing to read, so skip the parser. One pass
-    # over the file, not two: each costs about 2 ms of a 12-megapixel photo.
-    if mime is None or b"jumb" not in data:
+    # segment of it repeats that header): without one there is nothing to read, so skip the parser.
+    if mime is None or not _may_hold_manifest(data, mime):
         return []
     import c2pa
 

@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from shared.evidence import gather
+from shared.evidence import _may_hold_manifest, gather
 
 from .corpus import heic
 from .helpers import all_results, wait_done
 from .processes import start_worker
-from .provenance import broken_manifest, provenance_files, signed_jpeg, tampered
+from .provenance import _jpeg, broken_manifest, provenance_files, signed_jpeg, tampered
 
 
 def kinds(items: list[dict]) -> list[tuple[str, str, str]]:
@@ -37,6 +37,18 @@ def test_a_signed_manifest_names_its_generator_and_signer_and_a_tampered_one_fai
 def test_a_malformed_manifest_costs_only_the_evidence():
     items, note = gather(broken_manifest(signed_jpeg()))
     assert items == [] and note.startswith("the Content Credentials could not be read")
+
+
+def test_a_jpeg_is_searched_for_a_manifest_in_its_header_only_when_the_header_can_be_walked():
+    assert _may_hold_manifest(signed_jpeg(), "image/jpeg")
+    plain = _jpeg(size=(256, 256))
+    scan = plain.index(b"\xff\xda")
+    in_pixels = plain[: scan + 20] + b"jumb" + plain[scan + 20:]  # the bytes, by chance, in the compressed data
+    assert not _may_hold_manifest(in_pixels, "image/jpeg")
+    comment = b"\xff\xfe\x00\x06jumb"
+    no_scan = plain[:2] + comment + plain[2:scan]  # cut before its scan: the header cannot be trusted
+    assert _may_hold_manifest(no_scan, "image/jpeg")
+    assert not _may_hold_manifest(plain[:2] + comment + plain[2:], "image/jpeg")  # not in an APP11 segment
 
 
 @pytest.mark.slow
