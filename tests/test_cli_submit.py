@@ -75,6 +75,30 @@ def test_uploads_after_the_first_go_two_at_a_time_into_its_job():
     assert all(c[1] == "job-1" and c[2] is None for c in calls[1:])
 
 
+def test_the_streamed_body_is_the_one_urllib3_would_build_in_memory(tmp_path):
+    from urllib3 import encode_multipart_formdata
+
+    files = []
+    for i, name in enumerate(["a.jpg", 'dir/\u00fc "q".png', "x\r\ny.txt", "no-extension"]):
+        path = tmp_path / f"f{i}"
+        path.write_bytes(bytes(range(256)) * (4097 * (i % 2)) + b"z" * i)  # over a read of 1 MiB, and empty
+        files.append((path, name))
+    body = submit.MultipartFiles(files, boundary="b0undary")
+    sent = b"".join(body)
+    expected, content_type = encode_multipart_formdata([("files", (n, p.read_bytes())) for p, n in files],
+                                                       boundary="b0undary")
+    assert sent == expected and len(body) == len(sent) and body.content_type == content_type
+
+
+def test_a_file_that_changes_size_while_it_is_sent_is_named(tmp_path):
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"x" * 10)
+    body = submit.MultipartFiles([(path, "growing.jpg")])
+    path.write_bytes(b"x" * 11)
+    with pytest.raises(submit.SubmitError, match="growing.jpg changed size"):
+        b"".join(body)
+
+
 def test_submit_unreachable_server_says_so(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     proc = subprocess.run([sys.executable, "-m", "pixelproof.cli", "submit", str(tmp_path), "--server",
