@@ -1,11 +1,12 @@
-"""glibc's allocator, told to keep freed memory for reuse in the processes that pass photos through memory.
+"""glibc's allocator, told to keep freed memory for reuse in the web, which passes uploads through memory.
 
 By default glibc gives each block over 128 KiB pages of its own (raising that bar only as far as the largest
-block freed so far) and hands freed memory back to the kernel once 128 KiB of it lies free at the top of a
-heap. A process that receives or decodes 4 MB photos in pieces of up to 1 MiB then has the kernel find and
-zero new pages for nearly every piece: in the web, page faults were a third of its CPU per 12-megapixel
-upload (16.8 -> 10.6-11.2 ms with this). Kept memory is reused by the next photo, so it stays bounded by the
-largest working set (benchmarks/RESULTS.md has the resident sizes with it)."""
+block freed so far) and hands freed memory back to the kernel once a little of it lies free at the top of a
+heap. The web receives 4 MB photos in pieces of up to 1 MiB in 16 threads, and the kernel then found and
+zeroed new pages for nearly every piece: page faults were a third of its CPU per 12-megapixel upload (16.8-18
+-> 11-13 ms with this; peak RSS 112 -> 117 MB). Not in the workers: the same setting made the worker's own
+code slower (the no-queue ceiling 34 -> 24-29 photos/s; with only one of the two thresholds, 16-24), so they
+keep glibc's adaptive defaults."""
 from __future__ import annotations
 
 import ctypes

@@ -1,4 +1,4 @@
-"""The allocator setting the web and the workers start with (shared.malloc): freed photo-sized memory is
+"""The allocator setting the web starts with (shared.malloc): freed photo-sized memory is
 reused, not handed back to the kernel and faulted in again for the next photo."""
 from __future__ import annotations
 

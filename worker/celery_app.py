@@ -1,13 +1,11 @@
 """Entry point for `celery -A worker.celery_app worker`: one factory call per process."""
 from shared.logs import setup_logging
-from shared.malloc import keep_freed_memory
 from shared.metrics import use_folder
 from shared.queue import create_celery
 from shared.settings import load_settings
 
 from .tasks import WorkerContext, check_model, register_tasks
 
-keep_freed_memory()  # before the pool forks: its processes inherit it
 settings = load_settings()
 setup_logging(settings.log_level)
 use_folder(settings.prometheus_dir)
