@@ -99,6 +99,16 @@ def test_a_file_that_changes_size_while_it_is_sent_is_named(tmp_path):
         b"".join(body)
 
 
+def test_a_file_that_cannot_be_read_while_it_is_sent_is_named(tmp_path):
+    path = tmp_path / "gone.jpg"
+    path.write_bytes(b"x" * 10)
+    body = submit.MultipartFiles([(path, "gone.jpg")])
+    path.unlink()
+    path.mkdir()  # opening a folder fails (IsADirectoryError) even for root
+    with pytest.raises(submit.SubmitError, match="cannot read .*gone.jpg"):
+        b"".join(body)
+
+
 def test_submit_unreachable_server_says_so(tmp_path):
     (tmp_path / "a.jpg").write_bytes(b"x")
     proc = subprocess.run([sys.executable, "-m", "pixelproof.cli", "submit", str(tmp_path), "--server",
