@@ -93,9 +93,10 @@ def remove_unreferenced(db: Database, storage: LocalStorage, shas: set[str] | Se
     removed = 0
     for sha in sorted(gone):
         try:
-            storage.remove_thumbnails(sha)
+            # Only what retire() moved: an upload of the same bytes committed after the second look may have
+            # stored its own copy and thumbnails at the same paths since (settle, the worker).
             if retired.get(sha) is not None:
-                retired[sha].unlink()
+                storage.drop_retired(retired[sha])
             removed += sha not in stuck
         except OSError as exc:  # the rows are gone already; a file left behind is logged, not fatal
             log.error(kv(event="file_not_removed", sha256=sha, reason=str(exc)))

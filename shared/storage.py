@@ -85,30 +85,44 @@ class LocalStorage:
             os.replace(spare, final)
 
     def retire(self, sha256: str) -> Path | None:
-        """Move an upload aside, the first step of removing it for good (see shared.deletion): unlike a removal
-        it can be undone by restore() if a row referring to it was committed meanwhile. None: it was not there."""
+        """Move an upload and its thumbnails aside, the first step of removing them for good (see
+        shared.deletion): unlike a removal it can be undone by restore() if a row referring to them was
+        committed meanwhile, and what is finally removed (drop_retired) is only what was moved, never what an
+        upload of the same bytes stored at the same paths after the delete's last look at the rows. None:
+        neither was there."""
         trash = self.tmp / f"retired-{sha256}-{uuid.uuid4().hex}"
-        try:
-            os.rename(self.path(sha256), trash)
-        except FileNotFoundError:
+        trash.mkdir()
+        for source, name in [(self.path(sha256), "upload"), *self._thumbnail_files(sha256)]:
+            try:
+                os.rename(source, trash / name)
+            except FileNotFoundError:
+                continue
+        if not any(trash.iterdir()):
+            trash.rmdir()
             return None
         return trash
 
     def restore(self, trash: Path, sha256: str) -> None:
-        os.replace(trash, self.path(sha256))  # a copy settled meanwhile holds the same bytes
+        """Put back what retire() moved; a copy stored meanwhile holds the same bytes (or the same thumbnail)."""
+        for source, name in [(self.path(sha256), "upload"), *self._thumbnail_files(sha256)]:
+            if (trash / name).exists():
+                source.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(trash / name, source)
+        trash.rmdir()
+
+    @staticmethod
+    def drop_retired(trash: Path) -> None:
+        shutil.rmtree(trash)
+
+    def _thumbnail_files(self, sha256: str) -> list[tuple[Path, str]]:
+        """Every stored thumbnail path of an upload, with the name it takes in a retire() folder."""
+        return [(self.thumbnail_path(sha256, int(folder.name), suffix), f"thumbnail-{folder.name}{suffix}")
+                for folder in sorted((self.root / "thumbnails").glob("*")) if folder.name.isdigit()
+                for suffix in THUMBNAIL_TYPES]
 
     def discard(self, sha256: str) -> None:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
         self.path(sha256).unlink(missing_ok=True)
-
-    def remove_thumbnails(self, sha256: str) -> None:
-        """Remove an upload's thumbnails (a deleted job's file that no other job refers to). The upload itself
-        goes by retire() and unlinking what it returns, never by its path: an upload of the same bytes may have
-        put its own copy there after the delete's last look at the rows (settle)."""
-        for folder in (self.root / "thumbnails").glob("*"):
-            if folder.name.isdigit():
-                for suffix in THUMBNAIL_TYPES:
-                    self.thumbnail_path(sha256, int(folder.name), suffix).unlink(missing_ok=True)
 
     def problem(self) -> str | None:
         """Why uploads cannot be stored right now (for /healthz), or None."""

@@ -343,24 +343,30 @@ def test_an_upload_of_the_same_bytes_keeps_its_file_when_a_delete_races_it(make_
     def settled_after_the_second_look(database, digests):
         found = unreferenced(database, digests)
         looks.append(found)
-        if len(looks) == 2:  # the delete has decided: sha_b is nobody's; now the upload commits and settles
-            with db.session() as s:
+        if len(looks) == 2:  # the delete has decided: sha_b is nobody's; now the upload commits and settles,
+            with db.session() as s:  # and a worker classifies it and stores its thumbnails
                 job = Job()
                 s.add(job)
                 jobs.add_images(s, job, [jobs.Upload("b-fourth.jpg", sha_b, len(b))])
                 s.commit()
             storage.settle(sha_b, writer.spare)
+            storage.put_thumbnail(sha_b, 512, b"the new upload's thumbnail")
         return found
 
+    storage.put_thumbnail(sha_b, 512, b"the deleted job's thumbnail")
     monkeypatch.setattr(deletion, "_unreferenced", settled_after_the_second_look)
     assert delete_jobs(db, storage, [fourth["id"]]).files_removed == 1 and looks == [[sha_b], [sha_b]]
     assert storage.read(sha_b) == b and not list(storage.tmp.iterdir())  # the upload's settled copy stays
+    assert storage.find_thumbnail(sha_b, 512)[0] == b"the new upload's thumbnail"  # and so do its thumbnails
     monkeypatch.setattr(deletion, "_unreferenced", unreferenced)
     delete_jobs(db, storage, jobs_holding(db, sha_b))
 
-    # and with nothing racing it, a delete still removes what nobody holds
+    # and with nothing racing it, a delete still removes what nobody holds, thumbnails included
+    storage.put_thumbnail(sha, 512, b"thumbnail")
     assert client.delete(f"/api/jobs/{second.get_json()['id']}").get_json()["files_removed"] == 1
     assert not storage.exists(sha) and not list(storage.tmp.iterdir())
+    with pytest.raises(FileNotFoundError):
+        storage.find_thumbnail(sha, 512)
     db.engine.dispose()
 
 
