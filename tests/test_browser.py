@@ -168,7 +168,12 @@ def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stac
     page.route("**/api/jobs/*/files", hold_two)
     page.goto(live_stack + "/")
     page.set_input_files("#folder-input", str(folder))
-    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    try:
+        page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    except Exception as exc:  # say where it stopped: the requests seen and held, and what the page shows
+        shown = {sel: page.locator(sel).inner_text() for sel in ("#error", "#upload-text", "#status", "#job-text")}
+        logs = {name: (tmp_path / name).read_text(errors="replace")[-3000:] for name in ("web.log", "worker.log")}
+        raise AssertionError(f"no downloads after 120 s: held {len(held)}, posts {posts}, page {shown}, {logs}") from exc
     assert len(held) == 3  # requests 2 and 3 held together, then the last
     assert posts[0] == "/api/jobs" and len(posts) == 4
     job_id = urlsplit(page.url).query.split("job=")[1]

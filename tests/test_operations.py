@@ -325,9 +325,11 @@ def test_an_upload_of_the_same_bytes_keeps_its_file_when_a_delete_races_it(make_
         return trash
 
     monkeypatch.setattr(storage, "retire", committed_meanwhile)
+    storage.put_thumbnail(sha_b, 512, b"b's thumbnail")
     gone = delete_jobs(db, storage, [third["id"]])
     assert (gone.files_removed, gone.files_kept) == (0, 1)
     assert storage.read(sha_b) == b and not list(storage.tmp.iterdir())
+    assert storage.find_thumbnail(sha_b, 512)[0] == b"b's thumbnail"  # put back with the file
     monkeypatch.setattr(storage, "retire", retire)
 
     # 3. The upload commits after the delete's second look and puts its own copy in place (settle) before the
