@@ -184,6 +184,29 @@ def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stac
     assert not page_problems(page)
 
 
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
+def test_files_chosen_before_the_limits_arrive_are_split_by_them(browser, live_stack, mini_dir, tmp_path):
+    """The server's limits come from /api/config after the page loads; files chosen before they arrive wait
+    for them, so no request breaks a limit (ten files in one request would be refused whole)."""
+    folder = tmp_path / "early"
+    folder.mkdir()
+    for p in sorted((mini_dir / "fake").iterdir())[:10]:
+        shutil.copy(p, folder / p.name)
+    page = watched_page(browser)
+    config, posts = [], []
+    page.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+    page.route("**/api/config", lambda route: config.append(route))  # held until the files are chosen
+    page.goto(live_stack + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_timeout(500)
+    assert posts == [] and len(config) == 1  # nothing is sent before the limits are known
+    config[0].continue_()
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    assert len(posts) == 4 and page.locator("#results tbody tr").count() == 10  # 3 + 3 + 3 + 1
+    assert "10 / 10" in page.locator("#job-text").inner_text() and page.locator("#error").is_hidden()
+    assert not page_problems(page)
+
+
 def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
     page = watched_page(browser)
     requests_seen = []

@@ -197,6 +197,11 @@
   const PARALLEL_UPLOADS = 2;
 
   async function upload(all) {
+    // The server's limits decide how the files are split into requests: files chosen before /api/config
+    // answered (a quick drop, a slow link) were sent as one request the server then refused whole. Asked again
+    // here when the first try failed (a token entered since).
+    await configLoaded;
+    if (!limits) await loadConfig();
     const { keep: entries, skipped } = skipRefused(all);
     showSkipped(skipped);
     $("error").hidden = true;
@@ -643,7 +648,7 @@
 
   // Only a job id (url-safe base64) is taken from the address bar, so ?job= can never point the page's
   // authorised requests at another API path.
-  loadConfig();
+  const configLoaded = loadConfig();
   const existing = new URLSearchParams(location.search).get("job");
   if (existing && /^[A-Za-z0-9_-]{1,32}$/.test(existing)) run(follow(existing, null));
   else if (existing) showError("the address names no valid job id");
