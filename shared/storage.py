@@ -92,7 +92,7 @@ class LocalStorage:
         neither was there."""
         trash = self.tmp / f"retired-{sha256}-{uuid.uuid4().hex}"
         trash.mkdir()
-        for source, name in [(self.path(sha256), "upload"), *self._thumbnail_files(sha256)]:
+        for source, name in self._retirable(sha256):
             try:
                 os.rename(source, trash / name)
             except FileNotFoundError:
@@ -104,7 +104,7 @@ class LocalStorage:
 
     def restore(self, trash: Path, sha256: str) -> None:
         """Put back what retire() moved; a copy stored meanwhile holds the same bytes (or the same thumbnail)."""
-        for source, name in [(self.path(sha256), "upload"), *self._thumbnail_files(sha256)]:
+        for source, name in self._retirable(sha256):
             if (trash / name).exists():
                 source.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(trash / name, source)
@@ -114,11 +114,12 @@ class LocalStorage:
     def drop_retired(trash: Path) -> None:
         shutil.rmtree(trash)
 
-    def _thumbnail_files(self, sha256: str) -> list[tuple[Path, str]]:
-        """Every stored thumbnail path of an upload, with the name it takes in a retire() folder."""
-        return [(self.thumbnail_path(sha256, int(folder.name), suffix), f"thumbnail-{folder.name}{suffix}")
-                for folder in sorted((self.root / "thumbnails").glob("*")) if folder.name.isdigit()
-                for suffix in THUMBNAIL_TYPES]
+    def _retirable(self, sha256: str) -> list[tuple[Path, str]]:
+        """The upload's path and every thumbnail path it may have, each with its name in a retire() folder."""
+        return [(self.path(sha256), "upload")] + [
+            (self.thumbnail_path(sha256, int(folder.name), suffix), f"thumbnail-{folder.name}{suffix}")
+            for folder in sorted((self.root / "thumbnails").glob("*")) if folder.name.isdigit()
+            for suffix in THUMBNAIL_TYPES]
 
     def discard(self, sha256: str) -> None:
         """Remove an upload (one that a refused request stored and nothing refers to)."""
