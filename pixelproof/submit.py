@@ -96,24 +96,17 @@ class MultipartFiles:
             yield head
             left = size
             try:
-                f = open(path, "rb")
+                with open(path, "rb") as f:
+                    while left and (chunk := f.read(min(self.CHUNK, left))):
+                        left -= len(chunk)
+                        yield chunk
+                    grew = bool(f.read(1))
             except OSError as exc:  # raised inside the HTTP client it would read as "no answer" and be retried
                 raise SubmitError(f"cannot read {path}: {exc.strerror or exc}") from None
-            with f:
-                while left and (chunk := self._read(f, path, min(self.CHUNK, left))):
-                    left -= len(chunk)
-                    yield chunk
-                if left or self._read(f, path, 1):
-                    raise SubmitError(f"{path} changed size while it was being uploaded; send it again")
+            if left or grew:
+                raise SubmitError(f"{path} changed size while it was being uploaded; send it again")
             yield b"\r\n"
         yield self.tail
-
-    @staticmethod
-    def _read(f, path: Path, n: int) -> bytes:
-        try:
-            return f.read(n)
-        except OSError as exc:
-            raise SubmitError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 class Client:
