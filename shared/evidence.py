@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 from PIL import Image
 
-from shared.jpeg_markers import SOS, header_segments
+from shared.jpeg_markers import APP11, SOS, header_segments
 
 # IPTC digital source types (https://cv.iptc.org/newscodes/digitalsourcetype/) that mean "made by a model".
 AI_SOURCE_TYPES = ("trainedAlgorithmicMedia", "compositeWithTrainedAlgorithmicMedia", "algorithmicMedia",
@@ -26,7 +26,6 @@ GENERATOR_NAMES = re.compile(
     r"dall[\s·-]?e|midjourney|stable[\s-]?diffusion|firefly|imagen|novelai|comfyui|automatic1111|invokeai|"
     r"leonardo\.ai|ideogram|\bflux\b|gpt-4o|openai|gemini|bing image creator|craiyon|dreamstudio", re.I)
 MIME = {b"\xff\xd8": "image/jpeg", b"\x89P": "image/png"}
-APP11 = 0xEB  # the JPEG segment that carries JUMBF boxes
 
 
 @dataclass(frozen=True)

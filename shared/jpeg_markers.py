@@ -1,10 +1,11 @@
 """The marker segments of a JPEG's header, read without decoding: one walk for every question asked of them
-(shared.imaging.single_scan_jpeg, shared.jpeg_regions.dc_quantisers)."""
+(shared.imaging.single_scan_jpeg, shared.jpeg_regions.dc_quantisers, shared.evidence's C2PA check)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 SOS = 0xDA
+APP11 = 0xEB  # the segment that carries JUMBF boxes (C2PA manifests)
 
 
 def header_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
