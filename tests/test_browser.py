@@ -144,17 +144,28 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     assert not page_problems(page)
 
 
+def ten_files(source: Path, folder: Path) -> Path:
+    """A folder of ten of ``source``'s images: at three a request, the first request and three more."""
+    folder.mkdir()
+    for p in sorted(source.iterdir())[:10]:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
+def recorded_posts(page) -> list[str]:
+    """The path of every POST the page sends, in order, as the page sends them."""
+    posts: list[str] = []
+    page.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+    return posts
+
+
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
 def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stack, mini_dir, tmp_path):
     """Ten files at three a request: the first request makes the job, then two are sent at once (the first
     two added requests are held until both have arrived, which one at a time never would), all into that job."""
-    folder = tmp_path / "many"
-    folder.mkdir()
-    for p in sorted((mini_dir / "real").iterdir())[:10]:
-        shutil.copy(p, folder / p.name)
+    folder = ten_files(mini_dir / "real", tmp_path / "many")
     page = watched_page(browser)
-    held, posts = [], []
-    page.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+    held, posts = [], recorded_posts(page)
 
     def hold_two(route):
         held.append(route)
@@ -188,13 +199,9 @@ def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stac
 def test_files_chosen_before_the_limits_arrive_are_split_by_them(browser, live_stack, mini_dir, tmp_path):
     """The server's limits come from /api/config after the page loads; files chosen before they arrive wait
     for them, so no request breaks a limit (ten files in one request would be refused whole)."""
-    folder = tmp_path / "early"
-    folder.mkdir()
-    for p in sorted((mini_dir / "fake").iterdir())[:10]:
-        shutil.copy(p, folder / p.name)
+    folder = ten_files(mini_dir / "fake", tmp_path / "early")
     page = watched_page(browser)
-    config, posts = [], []
-    page.on("request", lambda r: posts.append(urlsplit(r.url).path) if r.method == "POST" else None)
+    config, posts = [], recorded_posts(page)
     page.route("**/api/config", lambda route: config.append(route))  # held until the files are chosen
     page.goto(live_stack + "/")
     page.set_input_files("#folder-input", str(folder))

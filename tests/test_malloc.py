@@ -11,8 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Eight 1 MiB pieces made and freed 50 times, in a thread (its own heap, as in gunicorn's threads and the
-# worker's decode threads) and then in the main thread: the page faults each side takes.
+# Eight 1 MiB pieces made and freed 50 times, in a thread (its own heap, as in gunicorn's threads) and then in
+# the main thread: the page faults each side takes.
 ROUNDS = """
 import os, resource, sys, threading
 sys.path.insert(0, {root!r})
