@@ -285,3 +285,74 @@ def test_lbfgs_refuses_a_model_without_a_fixed_read_out(toy_dir, tmp_path):
                       optimizer="lbfgs", threads=1, preprocessing=NATIVE)
     with pytest.raises(RunMismatch, match="linear read-out on fixed statistics"):
         train(cfg)
+
+
+def _reference_spectral_ratio(x: torch.Tensor, low=(0.125, 0.25), high=(0.375, 0.5)) -> torch.Tensor:
+    """The statistic written the long way, in float64: luminance, its 5-point Laplacian (circular), a Hann
+    window, the full 2-D power spectrum and the mean power in each radial band."""
+    y = (x.double() * torch.tensor([0.299, 0.587, 0.114], dtype=torch.float64).view(1, 3, 1, 1)).sum(1)
+    y = y - y.mean((1, 2), keepdim=True)
+    h, w = y.shape[1:]
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
+                         torch.hann_window(w, periodic=False, dtype=torch.float64))
+    power = torch.fft.fft2(y * window).abs().square()
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64)[:, None], torch.fft.fftfreq(w, dtype=torch.float64)[None]
+    power = power * (4 - 2 * torch.cos(2 * torch.pi * fy) - 2 * torch.cos(2 * torch.pi * fx)).square()
+    radius = torch.sqrt(fy.square() + fx.square())
+    mean = [power[:, (radius >= lo) & (radius < hi)].mean(1) for lo, hi in (low, high)]
+    return (torch.log(mean[0]) - torch.log(mean[1])).unsqueeze(1)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (64, 96), (33, 47)])
+def test_residual_spectrum_is_the_band_ratio_of_the_full_spectrum(size):
+    """The model reads half the spectrum (rfft2) through precomputed band weights; that must be the
+    statistic itself, for even and odd sizes (which of rfft2's columns count twice differs)."""
+    from shared.modeling.registry import build_model
+
+    model = build_model("residual_spectrum").eval()
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(3, 3, *size)).astype(np.float32))
+    smooth = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1)
+    for batch in (x, smooth):
+        torch.testing.assert_close(model.features(batch).double(), _reference_spectral_ratio(batch),
+                                   atol=1e-4, rtol=1e-4)
+
+
+def test_residual_spectrum_ignores_level_and_reads_where_the_finest_detail_went():
+    """A ratio of two bands of one crop: brightness, contrast and how much detail or noise there is (the level
+    every fitted mix of statistics learned its training sources by) cannot move it; losing the finest detail,
+    as a 2x up-sampling does, raises it."""
+    from shared.modeling.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("residual_spectrum").eval()
+    with torch.no_grad():
+        model.head.weight.fill_(1.0)
+    x = torch.randn(4, 3, 64, 64)
+    upsampled = torch.nn.functional.interpolate(x[:, :, ::2, ::2], scale_factor=2, mode="bilinear")
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x * 0.3 + 0.7), model(x), atol=1e-4, rtol=1e-4)
+        assert (model.features(upsampled) > model.features(x) + 1.0).all()
+    assert {n for n, _ in model.named_parameters()} == {"norm.weight", "norm.bias", "head.weight", "head.bias"}
+
+
+def test_residual_spectrum_serves_in_float32_under_autocast_and_traces():
+    """Workers serve under bfloat16 autocast; rounding the luminance to bfloat16 would erase the finest detail
+    this model reads, so its statistic and read-out must stay float32 there. And fold_batchnorm's torch.fx
+    trace must go through it (a model it cannot trace is served unfolded, with a warning)."""
+    from shared.modeling.checkpoint import fold_batchnorm
+    from shared.modeling.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("residual_spectrum").eval()
+    with torch.no_grad():
+        model.norm.running_mean.fill_(1.5), model.norm.running_var.fill_(0.3), model.head.weight.fill_(0.8)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded, torch.fx.GraphModule)
+    x = torch.rand(9, 3, 128, 128) * 4 - 2
+    with torch.inference_mode():
+        ref = model(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out, feats = folded(x), model.features(x)
+    assert out.dtype == feats.dtype == torch.float32
+    torch.testing.assert_close(feats.double(), _reference_spectral_ratio(x), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)

@@ -1,9 +1,11 @@
 """Registered architectures. A checkpoint names one of these plus its constructor arguments."""
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
+import torch.fx
 from torch import nn
 
 REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -232,3 +234,73 @@ class ResidualStats(nn.Module):
 @register("residual_stats")
 def residual_stats(scales: int = 3, hidden: int = 0) -> nn.Module:
     return ResidualStats(scales=scales, hidden=hidden)
+
+
+@functools.lru_cache(maxsize=16)
+def _spectrum_weights(h: int, w: int, low: tuple[float, float], high: tuple[float, float],
+                      device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the Hann window, h x w; each band's averaging weights times the Laplacian's power gain over the half
+    spectrum rfft2 gives, (h * (w // 2 + 1)) x 2) for an h x w input."""
+    window = torch.outer(torch.hann_window(h, periodic=False, dtype=torch.float64),
+                         torch.hann_window(w, periodic=False, dtype=torch.float64))
+    fy, fx = torch.fft.fftfreq(h, dtype=torch.float64)[:, None], torch.fft.rfftfreq(w, dtype=torch.float64)[None]
+    gain = (4 - 2 * torch.cos(2 * torch.pi * fy) - 2 * torch.cos(2 * torch.pi * fx)).square()
+    radius = torch.sqrt(fy.square() + fx.square())
+    # rfft2 keeps one of each pair of conjugate columns: the others count twice in the full spectrum
+    twice = torch.full((w // 2 + 1,), 2.0, dtype=torch.float64)
+    twice[0] = 1.0
+    if w % 2 == 0:
+        twice[-1] = 1.0
+    bands = []
+    for lo, hi in (low, high):
+        mask = ((radius >= lo) & (radius < hi)).double() * twice
+        bands.append((gain * mask / mask.sum().clamp(min=1)).flatten())
+    return window.float().to(device), torch.stack(bands, 1).float().to(device)
+
+
+def spectral_ratio(x: torch.Tensor, low: tuple[float, float], high: tuple[float, float]) -> torch.Tensor:
+    """log(power in the `low` band) - log(power in the `high` band) of each crop's luminance Laplacian, N x 1.
+
+    The Laplacian is applied as its power gain in the frequency domain, after a Hann window. Always float32:
+    in bfloat16 the luminance itself would be rounded by about one grey level, which is the finest detail
+    this statistic reads."""
+    window, bands = _spectrum_weights(x.shape[2], x.shape[3], low, high, str(x.device))
+    with torch.autocast(x.device.type, enabled=False):
+        y = (x.float() * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1)
+        spectrum = torch.view_as_real(torch.fft.rfft2((y - y.mean((1, 2), keepdim=True)) * window))
+        power = spectrum.square().sum(-1).flatten(1) @ bands
+        return (torch.log(power[:, :1] + 1e-12) - torch.log(power[:, 1:] + 1e-12))
+
+
+torch.fx.wrap("spectral_ratio")  # one opaque step to torch.fx (fold_batchnorm traces every served model)
+
+
+class ResidualSpectrum(nn.Module):
+    """One number per crop: how the power of its luminance's Laplacian falls from mid to the highest
+    frequencies (:func:`spectral_ratio`: radial bands in cycles per pixel), and a linear read-out.
+
+    Generators' decoders under-produce the finest detail next to the Nyquist frequency; cameras' noise and
+    detail fill it, and a photo shrunk for the web keeps the shape of its spectrum where it loses its noise
+    level. A ratio of two bands carries no level at all, and level is what every fitted mix of statistics
+    learned its training sources by (model card, "How it was chosen").
+    """
+
+    def __init__(self, low: tuple[float, float] = (0.125, 0.25), high: tuple[float, float] = (0.375, 0.5)):
+        super().__init__()
+        self.low, self.high = tuple(low), tuple(high)
+        self.norm = nn.BatchNorm1d(1)
+        self.head = nn.Linear(1, 1)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The fixed statistic, N x 1 (``pixelproof train --optimizer lbfgs`` fits the read-out on it)."""
+        return spectral_ratio(x, self.low, self.high)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # the read-out as elementwise products, which autocast leaves in float32 (it would round nn.Linear's)
+        return (self.norm(self.features(x)) * self.head.weight).sum(1) + self.head.bias
+
+
+@register("residual_spectrum")
+def residual_spectrum(low: tuple[float, float] | list[float] = (0.125, 0.25),
+                      high: tuple[float, float] | list[float] = (0.375, 0.5)) -> nn.Module:
+    return ResidualSpectrum(low=tuple(low), high=tuple(high))
