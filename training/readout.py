@@ -25,7 +25,7 @@ def readout_of(model: nn.Module) -> tuple[nn.BatchNorm1d, nn.Linear]:
     if not (callable(getattr(model, "features", None)) and isinstance(norm, nn.BatchNorm1d)
             and isinstance(head, nn.Linear)):
         raise NoReadout(f"--optimizer lbfgs fits a linear read-out on fixed statistics; {type(model).__name__} "
-                        "has none (residual_stats without a hidden layer has)")
+                        "has none (residual_spectrum and residual_stats without a hidden layer have)")
     return norm, head
 
 
