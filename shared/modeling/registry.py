@@ -266,7 +266,8 @@ def spectral_ratio(x: torch.Tensor, low: tuple[float, float], high: tuple[float,
     this statistic reads."""
     window, bands = _spectrum_weights(x.shape[2], x.shape[3], low, high, str(x.device))
     with torch.autocast(x.device.type, enabled=False):
-        y = (x.float() * torch.tensor(_LUMA, device=x.device).view(1, 3, 1, 1)).sum(1)
+        x = x.float()  # luminance channel by channel: a sum over dim 1 is 3x slower on channels-last input
+        y = x[:, 0] * _LUMA[0] + x[:, 1] * _LUMA[1] + x[:, 2] * _LUMA[2]
         spectrum = torch.view_as_real(torch.fft.rfft2((y - y.mean((1, 2), keepdim=True)) * window))
         power = spectrum.square().sum(-1).flatten(1) @ bands
         return (torch.log(power[:, :1] + 1e-12) - torch.log(power[:, 1:] + 1e-12))
