@@ -262,8 +262,8 @@ def spectral_ratio(x: torch.Tensor, low: tuple[float, float], high: tuple[float,
     """log(power in the `low` band) - log(power in the `high` band) of each crop's luminance Laplacian, N x 1.
 
     The Laplacian is applied as its power gain in the frequency domain, after a Hann window. Always float32:
-    in bfloat16 the luminance itself would be rounded by about one grey level, which is the finest detail
-    this statistic reads."""
+    in bfloat16 the luminance itself would be rounded by up to half a grey level, noise at exactly the
+    frequencies this statistic reads."""
     window, bands = _spectrum_weights(x.shape[2], x.shape[3], low, high, str(x.device))
     with torch.autocast(x.device.type, enabled=False):
         x = x.float()  # luminance channel by channel: a sum over dim 1 is 3x slower on channels-last input
