@@ -85,6 +85,32 @@ def test_metrics_match_hand_computed_values():
     assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
 
 
+def test_roc_auc_interval_is_delongs():
+    """DeLong's variance from its definition (every real-fake pair compared, ties counting half), against the
+    midrank computation the reports use; and it narrows as the set grows."""
+    from statistics import NormalDist
+
+    from training.metrics import roc_auc_interval
+
+    rng = np.random.default_rng(3)
+    labels = np.r_[np.zeros(40), np.ones(30)].astype(int)
+    probs = np.round(np.r_[rng.normal(0, 1, 40), rng.normal(0.5, 1, 30)], 1)  # rounded: ties on purpose
+    pos, neg = probs[labels == 1], probs[labels == 0]
+    wins = (pos[:, None] > neg[None]) + 0.5 * (pos[:, None] == neg[None])  # 30 x 40
+    auc = wins.mean()
+    var = wins.mean(1).var(ddof=1) / len(pos) + wins.mean(0).var(ddof=1) / len(neg)
+    half = NormalDist().inv_cdf(0.975) * np.sqrt(var)
+    assert roc_auc_interval(labels, probs) == pytest.approx((auc - half, auc + half), abs=1e-12)
+    assert classification_report(labels, probs)["roc_auc_ci95"] == pytest.approx([auc - half, auc + half], abs=1e-12)
+    # four times the images, the same two distributions: about half as wide
+    big = np.r_[rng.normal(0, 1, 160), rng.normal(0.5, 1, 120)]
+    lo, hi = roc_auc_interval(np.r_[np.zeros(160), np.ones(120)], big)
+    assert 0.35 < (hi - lo) / (2 * half) < 0.65
+    # clipped to [0, 1]; undefined with one class
+    assert roc_auc_interval(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == (1.0, 1.0)
+    assert all(np.isnan(roc_auc_interval(np.array([1, 1]), np.array([0.2, 0.8]))))
+
+
 def test_temperature_scaling_recovers_a_known_temperature():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(0, 2, 20000)

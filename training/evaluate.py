@@ -144,7 +144,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
         "checkpoint": str(checkpoint), "version": meta.version, "architecture": meta.architecture,
         "temperature": meta.temperature, "thresholds": rule.to_dict(), "precision": precision_name(model.dtype),
         "sources": list(sources),
-        **{row: {k: r[k] for k in ("n", "accuracy", "roc_auc", "tpr_at_fpr_1", "tpr_at_fpr_5", "ece",
+        **{row: {k: r[k] for k in ("n", "accuracy", "roc_auc", "roc_auc_ci95", "tpr_at_fpr_1", "tpr_at_fpr_5", "ece",
                                    "real_called_fake", "fake_called_fake", "precision", "recall", "f1")}
            for row, r in results.items()},
         "robustness_auc_drop": {row: round(d, 4) for row, d in drops.items()},
@@ -186,12 +186,13 @@ def robustness_drops(results: dict[str, dict], base: str) -> dict[str, float]:
 
 def markdown_table(results: dict[str, dict], drops: dict[str, float]) -> str:
     """The table the model card quotes, so its numbers come straight from an evaluate run."""
-    lines = ["| set | n | ROC-AUC | TPR @1% FPR | TPR @5% FPR | ECE | accuracy | real called fake | fake called fake "
-             "| uncertain (real / fake) | AUC drop |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| set | n | ROC-AUC | 95% CI | TPR @1% FPR | TPR @5% FPR | ECE | accuracy | real called fake "
+             "| fake called fake | uncertain (real / fake) | AUC drop |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in results.items():
         drop = f"{drops[name]:.4f}" if name in drops else ""
-        lines.append(f"| {name} | {r['n']} | {r['roc_auc']:.4f} | {r['tpr_at_fpr_1']:.3f} | {r['tpr_at_fpr_5']:.3f} | "
+        lo, hi = r["roc_auc_ci95"]
+        lines.append(f"| {name} | {r['n']} | {r['roc_auc']:.4f} | {lo:.2f}-{hi:.2f} | {r['tpr_at_fpr_1']:.3f} | {r['tpr_at_fpr_5']:.3f} | "
                      f"{r['ece']:.4f} | {r['accuracy']:.4f} | {r['real_called_fake']:.3f} | {r['fake_called_fake']:.3f} | "
                      f"{r['real_called_uncertain']:.3f} / {r['fake_called_uncertain']:.3f} | {drop} |")
     return "\n".join(lines) + "\n"

@@ -59,6 +59,42 @@ def label_shares(labels: np.ndarray, names: np.ndarray) -> dict:
     return out
 
 
+def _midranks(x: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing the mean of the ranks they span."""
+    order = np.argsort(x, kind="mergesort")
+    xs = x[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
+    ends = np.r_[starts[1:], len(xs)]
+    ranks = np.empty(len(x))
+    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return ranks
+
+
+def roc_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """DeLong's confidence interval for ROC-AUC (DeLong et al. 1988; Sun & Xu's midrank form, 2014).
+
+    A mixed set of 100 images gives an AUC about +-0.1 wide; a card that quotes 0.658 should say so. Each
+    image is counted as independent, which images of one source are not: for a new source the spread is wider.
+    Deterministic, unlike a bootstrap, so a report is reproduced exactly. (nan, nan) without both classes.
+    """
+    from statistics import NormalDist
+
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pos, neg = probs[labels == 1], probs[labels == 0]
+    m, n = len(pos), len(neg)
+    if m == 0 or n == 0:
+        return float("nan"), float("nan")
+    both = _midranks(np.r_[pos, neg])
+    auc = (both[:m].sum() - m * (m + 1) / 2.0) / (m * n)
+    # each image's share of the pairs it wins: a fake's among the reals, a real's among the fakes
+    v_pos = (both[:m] - _midranks(pos)) / n
+    v_neg = 1.0 - (both[m:] - _midranks(neg)) / m
+    var = (v_pos.var(ddof=1) / m if m > 1 else 0.0) + (v_neg.var(ddof=1) / n if n > 1 else 0.0)
+    half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.sqrt(var))
+    return float(max(0.0, auc - half)), float(min(1.0, auc + half))
+
+
 def classification_report(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict:
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -73,6 +109,7 @@ def classification_report(labels: np.ndarray, probs: np.ndarray, threshold: floa
         "recall": float(recall),
         "f1": float(f1),
         "roc_auc": float(roc_auc_score(labels, probs)) if both else float("nan"),
+        "roc_auc_ci95": list(roc_auc_interval(labels, probs)),
         "tpr_at_fpr_1": tpr_at_fpr(labels, probs, 0.01),
         "tpr_at_fpr_5": tpr_at_fpr(labels, probs, 0.05),
         "ece": expected_calibration_error(labels, probs),
