@@ -73,7 +73,7 @@ def _midranks(x: np.ndarray) -> np.ndarray:
 def roc_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """DeLong's confidence interval for ROC-AUC (DeLong et al. 1988; Sun & Xu's midrank form, 2014).
 
-    A mixed set of 100 images gives an AUC about +-0.1 wide; a card that quotes 0.658 should say so. Each
+    On a set of 100 images the interval is about +-0.1 wide; a card that quotes 0.658 should say so. Each
     image is counted as independent, which images of one source are not: for a new source the spread is wider.
     Deterministic, unlike a bootstrap, so a report is reproduced exactly. (nan, nan) without both classes.
     """
