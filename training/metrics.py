@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn.metrics import (
     confusion_matrix,
     precision_recall_fscore_support,
@@ -59,17 +60,6 @@ def label_shares(labels: np.ndarray, names: np.ndarray) -> dict:
     return out
 
 
-def _midranks(x: np.ndarray) -> np.ndarray:
-    """1-based ranks, ties sharing the mean of the ranks they span."""
-    order = np.argsort(x, kind="mergesort")
-    xs = x[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(xs)) + 1]
-    ends = np.r_[starts[1:], len(xs)]
-    ranks = np.empty(len(x))
-    ranks[order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
-    return ranks
-
-
 def roc_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """DeLong's confidence interval for ROC-AUC (DeLong et al. 1988; Sun & Xu's midrank form, 2014).
 
@@ -85,11 +75,11 @@ def roc_auc_interval(labels: np.ndarray, probs: np.ndarray, level: float = 0.95)
     m, n = len(pos), len(neg)
     if m == 0 or n == 0:
         return float("nan"), float("nan")
-    both = _midranks(np.r_[pos, neg])
+    both = rankdata(np.r_[pos, neg])  # midranks: ties share the mean of the ranks they span
     auc = (both[:m].sum() - m * (m + 1) / 2.0) / (m * n)
     # each image's share of the pairs it wins: a fake's among the reals, a real's among the fakes
-    v_pos = (both[:m] - _midranks(pos)) / n
-    v_neg = 1.0 - (both[m:] - _midranks(neg)) / m
+    v_pos = (both[:m] - rankdata(pos)) / n
+    v_neg = 1.0 - (both[m:] - rankdata(neg)) / m
     var = (v_pos.var(ddof=1) / m if m > 1 else 0.0) + (v_neg.var(ddof=1) / n if n > 1 else 0.0)
     half = NormalDist().inv_cdf(0.5 + level / 2) * float(np.sqrt(var))
     return float(max(0.0, auc - half)), float(min(1.0, auc + half))
