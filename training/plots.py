@@ -29,29 +29,32 @@ def training_curves(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def _legend_below(ax) -> None:
+    """Under the axes, where seven or more rows (evaluate's robustness rows) cannot hide the curves."""
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.13), fontsize="small", frameon=False)
+
+
 def roc(curves: dict[str, tuple], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5.6 + 0.18 * len(curves)))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.4f})")
     ax.plot([0, 1], [0, 1], "k--", alpha=0.4)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
-    ax.legend(loc="lower right")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", aspect="equal")
+    _legend_below(ax)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
 
 def reliability(bins: dict[str, dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(5, 5))
+    fig, ax = plt.subplots(figsize=(5, 5.8 + 0.18 * len(bins)))
     ax.plot([0, 1], [0, 1], "k--", alpha=0.4, label="perfect calibration")
     for name, b in bins.items():
         xs = [m for m, c in zip(b["mean_p"], b["count"]) if c]
         ys = [f for f, c in zip(b["frac_fake"], b["count"]) if c]
         ax.plot(xs, ys, "o-", label=name)
-    ax.set(xlabel="predicted P(fake)", ylabel="observed fraction fake", title="Reliability diagram")
-    ax.legend()
+    ax.set(xlabel="predicted P(fake)", ylabel="observed fraction fake", title="Reliability diagram", aspect="equal")
+    _legend_below(ax)
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
