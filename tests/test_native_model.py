@@ -128,7 +128,8 @@ def test_evaluate_scores_held_out_sources_with_robustness_and_source_rows(toy_di
                  "--cross-domain", str(toy_dir), "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["results"]["held_out"]["n"] == 40
-    assert {f"held_out+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop")} <= set(report["results"])
+    assert {f"held_out+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop", "jpeg85_real_only",
+                                      "jpeg85_fake_only")} <= set(report["results"])
     assert set(report["per_source"]) == {"cam-b (real)", "gen-b (fake)"}
     row = report["results"]["held_out"]
     assert abs(row["real_called_fake"] + row["real_called_uncertain"] + row["real_called_real"] - 1) < 1e-9

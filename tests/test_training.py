@@ -1,11 +1,13 @@
 """Training, checkpoints and metrics: every registered model trains, round-trips, and is scored correctly."""
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image, JpegImagePlugin
 
 from shared.imaging import Preprocessing, preprocess_bytes, to_array
 from shared.modeling.checkpoint import (
@@ -121,6 +123,17 @@ def test_temperature_scaling_recovers_a_known_temperature():
     assert fit_temperature(true_logits * 0.0002, labels) == pytest.approx(0.0002, rel=0.05)
 
 
+def test_one_class_perturbation_alters_that_class_only(mini_dir):
+    from training.evaluate import _jpeg85, perturb_class
+
+    files = [next((mini_dir / c).iterdir()).read_bytes() for c in ("real", "fake", "real")]
+    out = perturb_class(files, np.array([0, 1, 0]), _jpeg85, 1)
+    assert out[0] is files[0] and out[2] is files[2]
+    assert out[1] != files[1] and out[1][:2] == b"\xff\xd8"
+    with Image.open(io.BytesIO(out[1])) as img:  # what cameras and web sites write: 4:2:0 chroma
+        assert img.format == "JPEG" and JpegImagePlugin.get_sampling(img) == 2
+
+
 def test_cli_evaluate_writes_report(mini_dir, tmp_path):
     from pixelproof.cli import main
 
@@ -129,8 +142,14 @@ def test_cli_evaluate_writes_report(mini_dir, tmp_path):
                  "--out", str(tmp_path / "report")]) == 0
     report = json.loads((tmp_path / "report" / "metrics.json").read_text())
     assert report["results"]["cifake-mini"]["n"] == 500  # a folder's row is named after the folder
-    assert {f"cifake-mini+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop")} <= set(report["results"])
+    assert {f"cifake-mini+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop", "jpeg85_real_only",
+                                         "jpeg85_fake_only")} <= set(report["results"])
     assert 0 <= report["results"]["cifake-mini"]["tpr_at_fpr_5"] <= 1
+    results = report["results"]
+    for row, kept in (("cifake-mini+jpeg85_real_only", "fake"), ("cifake-mini+jpeg85_fake_only", "real")):
+        for word in ("fake", "uncertain", "real"):  # the class left alone is scored exactly as in the main row
+            key = f"{kept}_called_{word}"
+            assert results[row][key] == results["cifake-mini"][key]
     for png in ("training_curves.png", "roc.png", "reliability.png"):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
