@@ -182,6 +182,7 @@ def result_row(item: ImageItem, details: dict | None = None, review: Review | No
         "model_version": item.model_version,
         "image_width": details.get("width"),
         "image_height": details.get("height"),
+        "encoding": details.get("encoding"),
         "regions": details.get("regions"),
         "evidence": details.get("evidence") or [],
         "evidence_note": details.get("evidence_note"),

@@ -33,7 +33,8 @@ WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "fa
 # thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake); evidence
 # is what the file says about itself (JSON: kind, says, strength, detail; shared.evidence).
 RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",
-                 "model_version", "image_width", "image_height", "regions", "evidence", "review", "review_note")
+                 "model_version", "image_width", "image_height", "encoding", "regions", "evidence", "review",
+                 "review_note")
 
 
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, CSV injection).
@@ -45,7 +46,7 @@ def csv_cell(value: object) -> object:
 
     Only text is touched (a negative number stays a number); the JSON API keeps the true value.
     """
-    if isinstance(value, list):  # the regions: compact JSON instead of Python's repr
+    if isinstance(value, (list, dict)):  # regions, evidence, encoding: compact JSON instead of Python's repr
         value = json.dumps(value, separators=(",", ":"))
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value

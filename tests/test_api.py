@@ -76,8 +76,8 @@ def test_results_download_csv_and_json(client, mini_dir):
     assert "attachment" in resp.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
     assert len(rows) == 2 and set(rows[0]) == {"filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from",
-                                               "error", "model_version", "image_width", "image_height", "regions", "evidence",
-                                               "review", "review_note"}
+                                               "error", "model_version", "image_width", "image_height", "encoding", "regions",
+                                               "evidence", "review", "review_note"}
     body = client.get(f"/api/jobs/{job['id']}/results?format=json&download=1").get_json()
     assert body["job_id"] == job["id"] and len(body["items"]) == 2
 

@@ -71,6 +71,11 @@ def test_evidence_comes_back_through_the_stack(make_app, stack_env, tmp_path):
         assert kinds(items[name]["evidence"]) == exp, (name, items[name]["evidence"])
     assert items["broken.jpg"]["evidence"] == [] and "could not be read" in items["broken.jpg"]["evidence_note"]
     assert (items["phone.heic"]["image_width"], items["phone.heic"]["image_height"]) == (640, 480)
+    # how each file was encoded, read from its header by the worker, beside the verdict (and in the CSV)
+    assert items["phone.heic"]["encoding"] == {"format": "HEIF"} and items["a1111.png"]["encoding"] == {"format": "PNG"}
+    assert items["plain.jpg"]["encoding"] == {"format": "JPEG", "quality": 90, "quality_exact": True,
+                                              "chroma": "4:2:0", "progressive": False}
     assert job["declared_ai"] == 5  # signed, tampered (its claim, weakly), XMP, A1111, ComfyUI
     rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(csv_text))}
     assert kinds(json.loads(rows["credentials.jpg"]["evidence"])) == [("content_credentials", "ai", "strong")]
+    assert json.loads(rows["plain.jpg"]["encoding"]) == items["plain.jpg"]["encoding"]

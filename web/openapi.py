@@ -117,6 +117,17 @@ OPENAPI = {
                 "error": {"type": ["string", "null"]},
                 "model_version": {"type": ["string", "null"]},
                 "image_width": {"type": ["integer", "null"]}, "image_height": {"type": ["integer", "null"]},
+                "encoding": {"type": ["object", "null"], "description": (
+                    "how the file was encoded, read from its header and never given to the model: format, and for a "
+                    "JPEG quality (the nearest libjpeg quality; quality_exact false for tables of the writer's own), "
+                    "chroma and progressive. The model's score moves with compression, so compare verdicts between "
+                    "images encoded alike; in CSV: compact JSON"),
+                    "properties": {"format": {"enum": ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", "HEIF"]},
+                                   "quality": {"type": ["integer", "null"]},
+                                   "quality_exact": {"type": ["boolean", "null"]},
+                                   "chroma": {"type": ["string", "null"]},
+                                   "progressive": {"type": ["boolean", "null"]},
+                                   "lossless": {"type": ["boolean", "null"], "description": "WEBP only"}}},
                 "regions": {"type": ["array", "null"], "items": {"$ref": "#/components/schemas/Region"},
                             "description": "in CSV: the same list as compact JSON"},
                 "evidence": {"type": "array", "items": {"$ref": "#/components/schemas/Evidence"},

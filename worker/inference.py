@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared import jpeg_regions
+from shared.encoding import describe as describe_encoding
 from shared.evidence import gather as gather_evidence
 from shared.imaging import (
     ImageRejected,
@@ -64,7 +65,7 @@ class Classifier:
         except FileNotFoundError:
             return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False), {}
         items, note = gather_evidence(data)
-        evidence = {"evidence": items, "evidence_note": note}
+        evidence = {"evidence": items, "evidence_note": note, "encoding": describe_encoding(data)}
         try:
             return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True,
                                     max_scans=self.max_scans), evidence
