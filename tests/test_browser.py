@@ -101,6 +101,8 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     boxes = page.locator("#detail-map div")
     assert boxes.count() == 9 and page.locator("#detail-regions tbody tr").count() == 9
     assert "P(AI-generated)" in page.locator("#detail-verdict").inner_text()
+    # how the file was encoded, beside the verdict: the model's score moves with compression
+    assert "File: JPEG quality 90, 4:2:0." in page.locator("#detail-encoding").inner_text()
     figure = page.locator("#detail-figure").bounding_box()
     last = boxes.nth(8).bounding_box()  # the bottom-right crop ends at the image's bottom-right corner
     assert abs(last["x"] + last["width"] - (figure["x"] + figure["width"])) < 2

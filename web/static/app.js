@@ -304,8 +304,23 @@
     return p >= 0.5 ? `rgba(176, 0, 32, ${a})` : `rgba(27, 127, 59, ${a})`;
   }
 
+  // How the file was encoded (read from its header by the worker, never given to the model).
+  function encodingText(e) {
+    if (!e || !e.format) return "";
+    let text = e.format;
+    if (e.quality != null) text += ` quality ${e.quality_exact ? "" : "≈ "}${e.quality}`;
+    if (e.chroma) text += `, ${e.chroma}`;
+    if (e.progressive) text += ", progressive";
+    if (e.lossless != null) text += e.lossless ? ", lossless" : ", lossy";
+    return text;
+  }
+
   function openDetail(jobId, r) {
     $("detail-name").textContent = r.filename;
+    const encoding = encodingText(r.encoding);
+    $("detail-encoding").textContent = encoding ? `File: ${encoding}. The model's score moves with compression ` +
+      "(moderate JPEG reads more real, heavy JPEG more generated): compare verdicts between files encoded alike." : "";
+    $("detail-encoding").hidden = !encoding;
     const verdict = LABEL_TEXT[r.label] || r.label;
     let why = "";
     if (r.fake_from != null) {
