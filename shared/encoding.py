@@ -7,6 +7,8 @@ says how its file was encoded.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from shared.jpeg_markers import header_segments
 
 # Zig-zag position -> natural (row-major) index of an 8x8 block: the order DQT segments store a table in.
@@ -28,16 +30,18 @@ def libjpeg_table(quality: int) -> list[int]:
     return [min(255, max(1, (q * scale + 50) // 100)) for q in STD_LUMINANCE]
 
 
-_LIBJPEG = {q: libjpeg_table(q) for q in range(1, 101)}
+_LIBJPEG = np.array([libjpeg_table(q) for q in range(1, 101)], dtype=np.float64)  # row q - 1
+_EXACT = {tuple(int(v) for v in row): q for q, row in reversed(list(enumerate(_LIBJPEG, 1)))}  # lowest q wins
 
 
 def jpeg_quality(table: list[int]) -> tuple[int, bool]:
     """(the libjpeg quality whose luminance table is nearest, whether it is exactly that table). Cameras and
-    some editors write tables of their own; the nearest quality still says how coarse the quantisation is."""
-    def distance(q: int) -> float:
-        return sum(abs(a - b) / b for a, b in zip(table, _LIBJPEG[q]))
-    best = min(_LIBJPEG, key=distance)
-    return best, list(table) == _LIBJPEG[best]
+    some editors write tables of their own; the nearest quality still says how coarse the quantisation is.
+    A lookup for the usual case: the worker reads this for every image, a 32x32 one included."""
+    if (q := _EXACT.get(tuple(table))) is not None:
+        return q, True
+    distance = (np.abs(np.asarray(table, dtype=np.float64) - _LIBJPEG) / _LIBJPEG).sum(1)
+    return int(distance.argmin()) + 1, False
 
 
 def _jpeg(data: bytes) -> dict:
