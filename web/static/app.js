@@ -318,8 +318,8 @@
   function openDetail(jobId, r) {
     $("detail-name").textContent = r.filename;
     const encoding = encodingText(r.encoding);
-    $("detail-encoding").textContent = encoding ? `File: ${encoding}. The model's score moves with compression ` +
-      "(moderate JPEG reads more real, heavy JPEG more generated): compare verdicts between files encoded alike." : "";
+    $("detail-encoding").textContent = encoding ? `File: ${encoding}. A detector's score moves with compression ` +
+      "(the model's limits above say how), so compare verdicts between files encoded alike." : "";
     $("detail-encoding").hidden = !encoding;
     const verdict = LABEL_TEXT[r.label] || r.label;
     let why = "";
