@@ -92,6 +92,9 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     assert csv_text.startswith("filename,") and len(csv_text.strip().splitlines()) == 15
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
+    # each done row names its file's encoding, so a folder's mix of formats shows at a glance
+    photo_row = page.locator("#results tbody tr", has_text="holiday/real/photo.jpg")
+    assert photo_row.locator("td.encoding").inner_text() == "JPEG quality 90, 4:2:0"
     # the per-image view: the picture with one coloured box per crop the model scored, and their scores
     page.locator("#results tbody tr", has_text="holiday/real/photo.jpg").click()
     dialog = page.locator("#detail")

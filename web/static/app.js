@@ -464,11 +464,14 @@
       b.title = r.review_note || "a person's verdict";
       labelCell.appendChild(b);
     }
-    const cells = [img, r.filename, labelCell, r.p_fake == null ? "" : r.p_fake.toFixed(3), r.error || ""];
+    // A done row's note is its file's encoding, so that a folder's mix of formats shows at a glance.
+    const note = r.error || encodingText(r.encoding);
+    const cells = [img, r.filename, labelCell, r.p_fake == null ? "" : r.p_fake.toFixed(3), note];
     cells.forEach((c, k) => {
       const td = document.createElement("td");
       if (c instanceof Node) td.appendChild(c); else td.textContent = c;
       if (k === 2) td.className = "label";
+      if (k === 4 && !r.error) td.className = "small encoding";
       tr.appendChild(td);
     });
   }
