@@ -92,6 +92,9 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     assert csv_text.startswith("filename,") and len(csv_text.strip().splitlines()) == 15
     page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
 
+    # the job's mix of encodings, and a warning because it holds more than one
+    encodings = page.locator("#encodings").inner_text()
+    assert encodings.startswith("Files: JPEG quality 70-79 ×12 · JPEG quality 90-94 ×1. This job mixes encodings")
     # each done row names its file's encoding, so a folder's mix of formats shows at a glance
     photo_row = page.locator("#results tbody tr", has_text="holiday/real/photo.jpg")
     assert photo_row.locator("td.encoding").inner_text() == "JPEG quality 90, 4:2:0"
@@ -282,6 +285,7 @@ def test_first_hour_scope_oversized_file_and_a_phone(browser, live_stack, mini_d
     assert "shoot/huge.jpg" in page.locator("#skipped").inner_text() and "limit" in page.locator("#skipped").inner_text()
     assert page.locator("#results tbody tr").count() == 4
     assert "4 / 4 files" in page.locator("#upload-text").inner_text()
+    assert page.locator("#encodings").inner_text() == "Files: JPEG quality 70-79 ×4."  # one encoding: no warning
     # at phone width the page does not scroll sideways, and Label and P are on screen
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     for column in (3, 4):
