@@ -274,6 +274,10 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
         print(f"the job was cancelled: {job['cancelled']} of {job['total']} images were not classified")
     print(f"done: {job['total']} images, real {job['counts']['real']}, AI-generated {job['counts']['fake']}, "
           f"uncertain {job['counts'].get('uncertain', 0)}, errors {job['errors']} (model {model})")
+    from shared.encoding import summary as encoding_summary
+
+    if line := encoding_summary([i.get("encoding") for i in items if i.get("status") == "done"]):
+        print(line)
     if out:
         write_results(items, out, fmt)
         print(f"results written to {out}")

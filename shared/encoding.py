@@ -99,3 +99,31 @@ def describe(data: bytes) -> dict | None:
     if data[4:8] == b"ftyp":
         return {"format": "AVIF" if data[8:12] in (b"avif", b"avis") else "HEIF"}
     return None
+
+
+def group(encoding: dict | None) -> str | None:
+    """A result's encoding in the bands a job's summary counts (the page's encodingGroup does the same): JPEG
+    quality in bands wide enough that one camera's files stay together, other formats by name."""
+    if not encoding or not encoding.get("format"):
+        return None
+    if encoding["format"] != "JPEG" or encoding.get("quality") is None:
+        lossless = encoding.get("lossless")
+        return encoding["format"] + ("" if lossless is None else " lossless" if lossless else " lossy")
+    q = encoding["quality"]
+    band = "95-100" if q >= 95 else "90-94" if q >= 90 else "80-89" if q >= 80 else "70-79" if q >= 70 else "below 70"
+    return f"JPEG quality {band}"
+
+
+def summary(encodings: list[dict | None]) -> str | None:
+    """One line for a job: its encodings counted, and a warning when there is more than one."""
+    counts: dict[str, int] = {}
+    for e in encodings:
+        if (g := group(e)) is not None:
+            counts[g] = counts.get(g, 0) + 1
+    if not counts:
+        return None
+    line = ", ".join(f"{g} x{n}" for g, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    if len(counts) == 1:
+        return f"encodings: {line}"
+    return (f"encodings: {line}. This job mixes encodings: a detector's score moves with compression, so compare "
+            "verdicts within one encoding (the results' `encoding` column names each file's)")

@@ -26,6 +26,7 @@ def test_submit_waits_and_writes_csv_and_json(live_stack, mini_dir, tmp_path):
                            "--wait", "--out", str(out), "--files-per-request", "7"], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert f"done: {len(files)} images" in proc.stdout
+    assert f"encodings: JPEG quality 70-79 x{len(files)}\n" in proc.stdout  # one encoding: no warning
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == len(files) and all(r["status"] == "done" for r in rows)
     assert any(r["filename"].startswith("batch/nested/") for r in rows)

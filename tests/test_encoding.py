@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from shared.encoding import describe, jpeg_quality, libjpeg_table
+from shared.encoding import describe, group, jpeg_quality, libjpeg_table, summary
 
 
 def _noise(size=(48, 40)) -> Image.Image:
@@ -52,3 +52,15 @@ def test_other_formats_and_files_it_cannot_follow():
     dqt = jpeg.index(b"\xff\xdb")
     assert describe(jpeg[: dqt + 30]) == unknown  # cut inside its first table: nothing half-read is reported
     assert describe(jpeg[:dqt] + b"\xff\xdb\x00\x03\x00" + jpeg[dqt:])["quality"] == 90  # an empty table skipped
+
+
+def test_a_jobs_encodings_are_counted_in_quality_bands_and_a_mix_is_flagged():
+    jpeg = {"format": "JPEG", "quality": 92, "quality_exact": False, "chroma": "4:2:0", "progressive": False}
+    assert [group({**jpeg, "quality": q}) for q in (100, 95, 94, 90, 85, 70, 69)] == [
+        "JPEG quality 95-100", "JPEG quality 95-100", "JPEG quality 90-94", "JPEG quality 90-94",
+        "JPEG quality 80-89", "JPEG quality 70-79", "JPEG quality below 70"]
+    assert group({**jpeg, "quality": None}) == "JPEG" and group({"format": "WEBP", "lossless": True}) == "WEBP lossless"
+    assert group(None) is None and summary([None]) is None
+    assert summary([jpeg, jpeg, None]) == "encodings: JPEG quality 90-94 x2"
+    mixed = summary([jpeg, {"format": "PNG"}, jpeg])
+    assert mixed.startswith("encodings: JPEG quality 90-94 x2, PNG x1. This job mixes encodings")
