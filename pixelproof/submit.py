@@ -276,7 +276,7 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
           f"uncertain {job['counts'].get('uncertain', 0)}, errors {job['errors']} (model {model})")
     from shared.encoding import summary as encoding_summary
 
-    if line := encoding_summary([i.get("encoding") for i in items if i.get("status") == "done"]):
+    if line := encoding_summary(job.get("encodings") or {}):
         print(line)
     if out:
         write_results(items, out, fmt)

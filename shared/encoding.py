@@ -102,8 +102,8 @@ def describe(data: bytes) -> dict | None:
 
 
 def group(encoding: dict | None) -> str | None:
-    """A result's encoding in the bands a job's summary counts (the page's encodingGroup does the same): JPEG
-    quality in bands wide enough that one camera's files stay together, other formats by name."""
+    """A result's encoding in the bands a job's summary counts (stored with each prediction): JPEG quality in
+    bands wide enough that one camera's files stay together, other formats by name."""
     if not encoding or not encoding.get("format"):
         return None
     if encoding["format"] != "JPEG" or encoding.get("quality") is None:
@@ -114,15 +114,11 @@ def group(encoding: dict | None) -> str | None:
     return f"JPEG quality {band}"
 
 
-def summary(encodings: list[dict | None]) -> str | None:
-    """One line for a job: its encodings counted, and a warning when there is more than one."""
-    counts: dict[str, int] = {}
-    for e in encodings:
-        if (g := group(e)) is not None:
-            counts[g] = counts.get(g, 0) + 1
+def summary(counts: dict[str, int]) -> str | None:
+    """One line for a job's encodings (the job JSON's `encodings`), and a warning when there is more than one."""
     if not counts:
         return None
-    line = ", ".join(f"{g} x{n}" for g, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    line = ", ".join(f"{g} x{n}" for g, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
     if len(counts) == 1:
         return f"encodings: {line}"
     return (f"encodings: {line}. This job mixes encodings: a detector's score moves with compression, so compare "

@@ -65,6 +65,12 @@ def job_status(session: Session, job: Job) -> dict:
         .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
         .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
     ) or 0
+    encodings = dict(session.execute(
+        select(Prediction.encoding, func.count()).select_from(ImageItem)
+        .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
+        .where(ImageItem.job_id == job.id, ImageItem.status == DONE, Prediction.encoding.is_not(None))
+        .group_by(Prediction.encoding)
+    ).all())
     used = [v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v]
     # One query for their records; _model then finds each in the session. Oldest to newest by when a worker
     # last loaded them (then by name): "model" is the newest, not the alphabetically last.
@@ -92,6 +98,8 @@ def job_status(session: Session, job: Job) -> dict:
         "running": by_status.get(RUNNING, 0),
         "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0), "uncertain": labels.get("uncertain", 0)},
         "declared_ai": declared,  # files whose own metadata or Content Credentials say they are AI-generated
+        # classified files by encoding (shared.encoding.group): more than one, and verdicts may follow compression
+        "encodings": dict(sorted(encodings.items(), key=lambda kv: (-kv[1], kv[0]))),
         "created_at": _iso(job.created_at),
         "updated_at": _iso(job.updated_at),
         "finished_at": _iso(finished[0]) if status in FINAL_STATUSES else None,

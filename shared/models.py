@@ -129,6 +129,8 @@ class Prediction(Base):
     details: Mapped[dict | None] = mapped_column(JSON)
     # The file says it is AI-generated (shared.evidence): counted per job without reading every details.
     declares_ai: Mapped[bool | None] = mapped_column(Boolean)
+    # The file's encoding in the bands a job's summary counts (shared.encoding.group), likewise.
+    encoding: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 

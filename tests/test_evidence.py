@@ -76,6 +76,8 @@ def test_evidence_comes_back_through_the_stack(make_app, stack_env, tmp_path):
     assert items["plain.jpg"]["encoding"] == {"format": "JPEG", "quality": 90, "quality_exact": True,
                                               "chroma": "4:2:0", "progressive": False}
     assert job["declared_ai"] == 5  # signed, tampered (its claim, weakly), XMP, A1111, ComfyUI
+    # the job counts its files by encoding (stored with each prediction, read without their details)
+    assert job["encodings"] == {"JPEG quality 90-94": 6, "PNG": 2, "HEIF": 1}, job["encodings"]
     rows = {r["filename"]: r for r in csv.DictReader(io.StringIO(csv_text))}
     assert kinds(json.loads(rows["credentials.jpg"]["evidence"])) == [("content_credentials", "ai", "strong")]
     assert json.loads(rows["plain.jpg"]["encoding"]) == items["plain.jpg"]["encoding"]

@@ -65,6 +65,9 @@ OPENAPI = {
                 "callback": {"$ref": "#/components/schemas/Callback"},
                 "declared_ai": {"type": "integer", "description": "files whose metadata or Content Credentials say "
                                 "they are AI-generated"},
+                "encodings": {"type": "object", "additionalProperties": {"type": "integer"}, "description": (
+                    "classified files by encoding (\"JPEG quality 90-94\", \"PNG\", ...): more than one key, and "
+                    "verdicts may follow compression as much as origin, so compare them within one encoding")},
                 "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
                                                             "uncertain": {"type": "integer"}}},
                 "created_at": {"type": "string", "format": "date-time"},

@@ -18,6 +18,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shared import webhooks
 from shared.db import Database
 from shared.deletion import remove_unreferenced
+from shared.encoding import group as encoding_group
 from shared.evidence import declares_ai
 from shared.logs import kv
 from shared.metrics import failure_reason, observe, record
@@ -103,7 +104,8 @@ def _cached(db: Database, shas: set[str], version: str) -> dict[str, Outcome]:
 def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) -> None:
     rows = [
         {"sha256": sha, "model_version": version, "p_fake": o.p_fake, "label": o.label, "error": o.error,
-         "details": o.details, "declares_ai": declares_ai((o.details or {}).get("evidence") or [])}
+         "details": o.details, "declares_ai": declares_ai((o.details or {}).get("evidence") or []),
+         "encoding": encoding_group((o.details or {}).get("encoding"))}
         for sha, o in fresh.items() if o.cacheable
     ]
     if not rows:

@@ -286,6 +286,7 @@
     $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
       ` · uncertain: ${job.counts.uncertain || 0}` +
       (job.declared_ai ? ` · ${job.declared_ai} declare themselves AI-generated (their own metadata)` : "");
+    showEncodings(job.encodings);
     const t = job.model && job.model.thresholds;
     if (t) {
       $("legend").textContent = t.real_below === t.fake_from
@@ -315,29 +316,19 @@
     return text;
   }
 
-  // Which encodings a job holds, in bands of JPEG quality wide enough that one camera's files stay together.
-  function encodingGroup(e) {
-    if (!e || !e.format) return null;
-    if (e.format !== "JPEG" || e.quality == null) {
-      return e.format + (e.lossless == null ? "" : e.lossless ? " lossless" : " lossy");
-    }
-    const q = e.quality;
-    return `JPEG quality ${q >= 95 ? "95-100" : q >= 90 ? "90-94" : q >= 80 ? "80-89" : q >= 70 ? "70-79" : "below 70"}`;
-  }
-
-  // Job-wide, from the rows already loaded: a folder that mixes encodings is one whose verdicts may follow
-  // the compression as much as the origin.
-  function showEncodings() {
-    const counts = new Map();
-    for (const g of groups.values()) counts.set(g, (counts.get(g) || 0) + 1);
+  // The job's classified files by encoding (the server counts them in bands of JPEG quality wide enough that
+  // one camera's files stay together): a folder that mixes encodings is one whose verdicts may follow the
+  // compression as much as the origin.
+  function showEncodings(encodings) {
+    const counts = Object.entries(encodings || {}).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
     const el = $("encodings");
-    el.hidden = counts.size === 0;
-    if (!counts.size) return;
-    const list = [...counts].sort((a, b) => b[1] - a[1]).map(([g, n]) => `${g} ×${n}`).join(" · ");
-    el.textContent = counts.size === 1 ? `Files: ${list}.`
+    el.hidden = counts.length === 0;
+    if (!counts.length) return;
+    const list = counts.map(([g, n]) => `${g} ×${n}`).join(" · ");
+    el.textContent = counts.length === 1 ? `Files: ${list}.`
       : `Files: ${list}. This job mixes encodings: a detector's score moves with compression, so compare ` +
         "verdicts within one encoding (each row names its file's).";
-    el.classList.toggle("mixed", counts.size > 1);
+    el.classList.toggle("mixed", counts.length > 1);
   }
 
   function openDetail(jobId, r) {
@@ -456,12 +447,10 @@
   // Rows by image id. Everything before `frontier` is final, so each refresh reads only from the first row
   // still queued or running.
   let rows = new Map();
-  let groups = new Map();  // image id -> encodingGroup, for the job-wide summary
   let frontier = "0";
 
   function clearResults() {
     rows = new Map();
-    groups = new Map();
     $("encodings").hidden = true;
     frontier = "0";
     $("results").querySelector("tbody").textContent = "";
@@ -481,8 +470,6 @@
       tr.onclick = () => openDetail(jobId, r);
     }
     tr.dataset.id = r.id;
-    const group = r.status === "done" ? encodingGroup(r.encoding) : null;
-    if (group && !filterParams().toString()) groups.set(r.id, group);
     const label = r.status === "error" ? "error" : r.status === "done" ? (LABEL_TEXT[r.label] || r.label) : r.status;
     const labelCell = document.createElement("span");
     labelCell.textContent = label;
@@ -583,7 +570,6 @@
     }
     $("filters").hidden = false;
     $("f-count").textContent = filtered ? `${shownCount} shown` : "";
-    if (!filtered) showEncodings();
     $("results").hidden = rows.size === 0;
   }
 
