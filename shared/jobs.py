@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timezone
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.model_version import name_of
@@ -60,17 +60,21 @@ def job_status(session: Session, job: Job) -> dict:
     finished = session.execute(
         select(func.max(ImageItem.finished_at), func.min(ImageItem.finished_at)).where(ImageItem.job_id == job.id)
     ).one()
-    declared = session.scalar(
-        select(func.count()).select_from(ImageItem)
+    # One pass over the job's predictions for two counts: files whose own metadata declare them AI-generated
+    # (whatever their status), and classified files by encoding. Each is a join over every image of the job
+    # (7-17 ms for 10,000 on SQLite and PostgreSQL here), and the page asks at every long-poll answer.
+    classified = ImageItem.status == DONE
+    declared, encodings = 0, {}
+    for is_classified, encoding, n, n_declared in session.execute(
+        select(classified, Prediction.encoding, func.count(), func.sum(case((Prediction.declares_ai.is_(True), 1), else_=0)))
+        .select_from(ImageItem)
         .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
-        .where(ImageItem.job_id == job.id, Prediction.declares_ai.is_(True))
-    ) or 0
-    encodings = dict(session.execute(
-        select(Prediction.encoding, func.count()).select_from(ImageItem)
-        .join(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
-        .where(ImageItem.job_id == job.id, ImageItem.status == DONE, Prediction.encoding.is_not(None))
-        .group_by(Prediction.encoding)
-    ).all())
+        .where(ImageItem.job_id == job.id)
+        .group_by(classified, Prediction.encoding)
+    ):
+        declared += n_declared or 0
+        if is_classified and encoding is not None:
+            encodings[encoding] = n
     used = [v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v]
     # One query for their records; _model then finds each in the session. Oldest to newest by when a worker
     # last loaded them (then by name): "model" is the newest, not the alphabetically last.
