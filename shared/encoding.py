@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shared.jpeg_markers import header_segments
+from shared.jpeg_markers import DQT, header_segments, quantisation_tables
 
 # Zig-zag position -> natural (row-major) index of an 8x8 block: the order DQT segments store a table in.
 ZIGZAG = (0, 1, 8, 16, 9, 2, 3, 10, 17, 24, 32, 25, 18, 11, 4, 5, 12, 19, 26, 33, 40, 48, 41, 34, 27, 20, 13, 6, 7,
@@ -44,24 +44,20 @@ def jpeg_quality(table: list[int]) -> tuple[int, bool]:
     return int(distance.argmin()) + 1, False
 
 
+# A JPEG whose header says nothing more (or that this reader cannot follow).
+_UNKNOWN_JPEG = {"format": "JPEG", "quality": None, "quality_exact": None, "chroma": None, "progressive": None}
+
+
 def _jpeg(data: bytes) -> dict:
     tables: dict[int, list[int]] = {}
-    out: dict = {"format": "JPEG", "quality": None, "quality_exact": None, "chroma": None, "progressive": None}
+    out = dict(_UNKNOWN_JPEG)
     for marker, segment in header_segments(data):
-        if marker == 0xDB:
-            j = 0
-            while j < len(segment):
-                wide, table = segment[j] >> 4, segment[j] & 15
-                size = 64 * (2 if wide else 1)
-                raw = segment[j + 1: j + 1 + size]
-                if len(raw) < size:
-                    break
-                values = [int.from_bytes(raw[2 * k: 2 * k + 2], "big") for k in range(64)] if wide else list(raw)
+        if marker == DQT:
+            for table, values in quantisation_tables(segment):
                 natural = [0] * 64
                 for pos, v in enumerate(values):
                     natural[ZIGZAG[pos]] = v
                 tables[table] = natural
-                j += 1 + size
         elif marker in _SOF and len(segment) >= 6:
             out["progressive"] = marker in _PROGRESSIVE
             n = segment[5]
@@ -84,7 +80,7 @@ def describe(data: bytes) -> dict | None:
         try:
             return _jpeg(data)
         except (IndexError, ValueError, KeyError):  # a header this reader does not follow costs only the details
-            return {"format": "JPEG", "quality": None, "quality_exact": None, "chroma": None, "progressive": None}
+            return dict(_UNKNOWN_JPEG)
     if data[:8] == b"\x89PNG\r\n\x1a\n":
         return {"format": "PNG"}
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":

@@ -1,10 +1,12 @@
 """The marker segments of a JPEG's header, read without decoding: one walk for every question asked of them
-(shared.imaging.single_scan_jpeg, shared.jpeg_regions.dc_quantisers, shared.evidence's C2PA check)."""
+(shared.imaging.single_scan_jpeg, shared.jpeg_regions.dc_quantisers, shared.evidence's C2PA check,
+shared.encoding's quality and chroma)."""
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 SOS = 0xDA
+DQT = 0xDB  # quantisation tables
 APP11 = 0xEB  # the segment that carries JUMBF boxes (C2PA manifests)
 
 
@@ -31,3 +33,17 @@ def header_segments(data: bytes) -> Iterator[tuple[int, bytes]]:
         if marker == SOS:
             return
         i += 2 + length
+
+
+def quantisation_tables(segment: bytes) -> Iterator[tuple[int, list[int]]]:
+    """(table id, its 64 quantisers in the zig-zag order they are stored in) for each table a DQT segment holds,
+    8- or 16-bit. A table cut short by the segment's end is not given (nor anything after it)."""
+    j = 0
+    while j < len(segment):
+        wide, table = segment[j] >> 4, segment[j] & 15
+        size = 64 * (2 if wide else 1)
+        raw = segment[j + 1: j + 1 + size]
+        if len(raw) < size:
+            return
+        yield table, [int.from_bytes(raw[2 * k: 2 * k + 2], "big") for k in range(64)] if wide else list(raw)
+        j += 1 + size

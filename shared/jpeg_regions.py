@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import simplejpeg
 
-from shared.jpeg_markers import header_segments
+from shared.jpeg_markers import DQT, header_segments, quantisation_tables
 
 # turbojpeg.h
 _TJXOPT_CROP, _TJXOPT_NOOUTPUT, _TJXOPT_COPYNONE = 4, 16, 64
@@ -222,12 +222,8 @@ def dc_quantisers(data: bytes) -> list[int]:
     """Each frame component's DC quantiser, read from the DQT and SOF segments before the first scan."""
     tables: dict[int, int] = {}
     for marker, segment in header_segments(data):
-        if marker == 0xDB:
-            j = 0
-            while j < len(segment):
-                precision, table = segment[j] >> 4, segment[j] & 15
-                tables[table] = int.from_bytes(segment[j + 1: j + 3], "big") if precision else segment[j + 1]
-                j += 1 + 64 * (2 if precision else 1)
+        if marker == DQT:
+            tables.update((table, values[0]) for table, values in quantisation_tables(segment))
         elif marker in (0xC0, 0xC1, 0xC2):
             try:
                 return [tables[segment[6 + 3 * k + 2]] for k in range(segment[5])]
