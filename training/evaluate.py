@@ -73,20 +73,20 @@ def _centre_crop(data: bytes) -> bytes:
     return _png(img.crop((w // 4, h // 4, w // 4 + max(1, w // 2), h // 4 + max(1, h // 2))))
 
 
-PERTURBATIONS: dict[str, Callable[[bytes], bytes]] = {
-    "jpeg75": _jpeg75, "half_size": _half_size, "png_resave": _png_resave, "centre_crop": _centre_crop,
-}
-# One class altered, the other left as it is: what a folder of camera JPEGs beside a generator's PNGs looks
-# like. Every other row treats both classes alike, so only these show a model that ranks compression rather
-# than origin; a ROC-AUC that rises here (a negative drop) is as much a warning as one that falls.
-ONE_CLASS_PERTURBATIONS: dict[str, tuple[Callable[[bytes], bytes], int]] = {
-    "jpeg85_real_only": (_jpeg85, 0), "jpeg85_fake_only": (_jpeg85, 1),
+# Each robustness row: the alteration, and the class it alters (None: both). The last two alter one class and
+# leave the other as it is: what a folder of camera JPEGs beside a generator's PNGs looks like. Only they show a
+# model that ranks compression rather than origin; a ROC-AUC that rises there (a negative drop) is as much a
+# warning as one that falls.
+PERTURBATIONS: dict[str, tuple[Callable[[bytes], bytes], int | None]] = {
+    "jpeg75": (_jpeg75, None), "half_size": (_half_size, None), "png_resave": (_png_resave, None),
+    "centre_crop": (_centre_crop, None), "jpeg85_real_only": (_jpeg85, 0), "jpeg85_fake_only": (_jpeg85, 1),
 }
 
 
-def perturb_class(files: list[bytes], labels: np.ndarray, perturb: Callable[[bytes], bytes], cls: int) -> list[bytes]:
-    """The files of class `cls` altered, every other file as it was."""
-    return [perturb(b) if y == cls else b for b, y in zip(files, labels)]
+def perturb_class(files: list[bytes], labels: np.ndarray, perturb: Callable[[bytes], bytes],
+                  cls: int | None) -> list[bytes]:
+    """The files of class `cls` altered (every file when cls is None), every other file as it was."""
+    return [perturb(b) if cls is None or y == cls else b for b, y in zip(files, labels)]
 
 
 @torch.inference_mode()
@@ -148,9 +148,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
 
     p_main = record(name, labels, scores(files))
     if robustness:
-        for kind, perturb in PERTURBATIONS.items():
-            record(f"{name}+{kind}", labels, scores([perturb(b) for b in files]))
-        for kind, (perturb, cls) in ONE_CLASS_PERTURBATIONS.items():
+        for kind, (perturb, cls) in PERTURBATIONS.items():
             record(f"{name}+{kind}", labels, scores(perturb_class(files, labels, perturb, cls)))
     per_source = source_rows(labels, p_main, names, rule)
     if cross_domain:
