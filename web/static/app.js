@@ -335,7 +335,7 @@
     $("detail-name").textContent = r.filename;
     const encoding = encodingText(r.encoding);
     $("detail-encoding").textContent = encoding ? `File: ${encoding}. A detector's score moves with compression ` +
-      "(the model's limits above say how), so compare verdicts between files encoded alike." : "";
+      "(the model's limits at the top of the page say how), so compare verdicts between files encoded alike." : "";
     $("detail-encoding").hidden = !encoding;
     const verdict = LABEL_TEXT[r.label] || r.label;
     let why = "";
