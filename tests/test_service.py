@@ -9,7 +9,7 @@ from sqlalchemy import func, select, update
 
 from shared.db import Database
 from shared.deletion import delete_jobs
-from shared.jobs import Upload, add_images, cancel
+from shared.jobs import Upload, add_images, cancel, job_status
 from shared.metrics import metrics
 from shared.migrate import upgrade
 from shared.models import ImageItem, Job, Prediction, utcnow
@@ -118,6 +118,50 @@ def test_predictions_record_where_the_model_looked(world, classifier):
     assert 1 < len(regions) <= classifier.meta.preprocessing.max_crops
     assert all(r["x"] + r["w"] <= 700 and r["y"] + r["h"] <= 300 and r["w"] == min(side, 700) for r in regions)
     assert item.label == classifier.meta.label_rule.label(item.p_fake)
+
+
+def test_a_prediction_cached_before_results_named_their_encoding_gets_it_from_the_file(world, classifier, caplog):
+    """An earlier version stored predictions without the file's encoding and evidence. A job that reuses one
+    gets them from the stored file's header, once, with the cached score unchanged, so the job counts the
+    file in its encodings and its declared-AI count."""
+    from .provenance import a1111_png
+
+    db, storage, ids, files = world
+    sha, size = storage.put_stream(io.BytesIO(a1111_png()), 10**8)
+
+    def job_of(name):
+        with db.session() as s:
+            job = Job()
+            s.add(job)
+            [image_id] = add_images(s, job, [Upload(name, sha, size)])
+            s.commit()
+            return job.id, image_id
+
+    _, first = job_of("first.png")
+    classify_images(db, storage, classifier, [first])
+    with db.session() as s:  # as an earlier version left the row: a score, its regions, no file facts
+        row = s.get(Prediction, (sha, classifier.version))
+        fresh = dict(row.details)
+        row.details = {k: v for k, v in fresh.items() if k not in ("encoding", "evidence", "evidence_note")}
+        row.encoding = row.declares_ai = None
+        score = row.p_fake
+        s.commit()
+
+    job_id, again = job_of("again.png")
+    caplog.set_level("INFO", logger="worker.service")
+    assert classify_images(db, storage, classifier, [again])["cached"] == 1
+    with db.session() as s:
+        row = s.get(Prediction, (sha, classifier.version))
+        assert row.details == fresh and row.p_fake == score
+        assert (row.encoding, row.declares_ai) == ("PNG", True)
+        status = job_status(s, s.get(Job, job_id))
+    assert status["encodings"] == {"PNG": 1}, status
+    assert status["declared_ai"] == 1, status
+    assert "event=cached_predictions_filled images=1" in caplog.text
+    caplog.clear()
+    _, third = job_of("third.png")  # filled once: the next reuse finds nothing to fill
+    assert classify_images(db, storage, classifier, [third])["cached"] == 1
+    assert "cached_predictions_filled" not in caplog.text
 
 
 def test_an_image_that_never_finishes_is_given_up_and_its_batch_mates_finish(world, classifier):

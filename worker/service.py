@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from datetime import timedelta
 from typing import NamedTuple
 
@@ -18,8 +19,10 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shared import webhooks
 from shared.db import Database
 from shared.deletion import remove_unreferenced
+from shared.encoding import describe as describe_encoding
 from shared.encoding import group as encoding_group
 from shared.evidence import declares_ai
+from shared.evidence import gather as gather_evidence
 from shared.logs import kv
 from shared.metrics import failure_reason, observe, record
 from shared.models import (
@@ -118,6 +121,37 @@ def _store_predictions(db: Database, version: str, fresh: dict[str, Outcome]) ->
         s.commit()
 
 
+def _fill_file_facts(db: Database, storage: LocalStorage, version: str, known: dict[str, Outcome]) -> None:
+    """A prediction stored by an earlier version, before results named their file's encoding (or carried the
+    file's own evidence), gets them once, from the stored file's header: they are read from the file, never
+    from the model, so the cached score stays as it is, and a job that reuses it counts the file in its
+    `encodings` and its declared-AI count like a file scored now."""
+    stale = {sha: o for sha, o in known.items() if "encoding" not in (o.details or {})}
+    rows = []
+    for sha, outcome in stale.items():
+        try:
+            data = _reader(storage, sha)()
+        except FileNotFoundError:  # the cached score still holds; the facts wait for a worker that has the file
+            continue
+        details = dict(outcome.details or {})
+        if "evidence" not in details:
+            details["evidence"], details["evidence_note"] = gather_evidence(data)
+        details["encoding"] = describe_encoding(data)
+        known[sha] = replace(outcome, details=details)
+        rows.append({"b_sha": sha, "details": details, "declares_ai": declares_ai(details["evidence"]),
+                     "encoding": encoding_group(details["encoding"])})
+    if rows:
+        with db.session() as s:
+            s.execute(_FILL, [{**r, "b_version": version} for r in rows])
+            s.commit()
+        log.info(kv(event="cached_predictions_filled", images=len(rows), model_version=version))
+
+
+_predictions = Prediction.__table__
+_FILL = update(_predictions).where(_predictions.c.sha256 == bindparam("b_sha"),
+                                   _predictions.c.model_version == bindparam("b_version")).values(
+    {c: bindparam(c) for c in ("details", "declares_ai", "encoding")}
+)
 _images = ImageItem.__table__
 # Only a row still running is finished: one cancelled (or deleted) meanwhile keeps its state.
 _FINISH = update(_images).where(_images.c.id == bindparam("b_id"), _images.c.status == RUNNING).values(
@@ -156,6 +190,7 @@ def _classify_claimed(db: Database, storage: LocalStorage, classifier: Classifie
     version = classifier.version
     shas = {c.sha256 for c in claimed}
     known = _cached(db, shas, version)
+    _fill_file_facts(db, storage, version, known)
     todo = sorted(shas - known.keys())
     fresh = dict(zip(todo, classifier.classify([_reader(storage, sha) for sha in todo])))
     _store_thumbnails(storage, fresh, known, classifier.max_pixels, classifier.max_scans)
