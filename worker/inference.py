@@ -64,8 +64,7 @@ class Classifier:
             data = read()
         except FileNotFoundError:
             return Outcome(error="the stored upload is missing on this worker's storage", cacheable=False), {}
-        items, note = gather_evidence(data)
-        evidence = {"evidence": items, "evidence_note": note, "encoding": describe_encoding(data)}
+        evidence = file_facts(data)
         try:
             return preprocess_bytes(data, self.meta.preprocessing, self.max_pixels, with_thumbnails=True,
                                     max_scans=self.max_scans), evidence
@@ -117,6 +116,13 @@ class Classifier:
         if pending:
             flush()
         return outcomes  # type: ignore[return-value]
+
+
+def file_facts(data: bytes) -> dict:
+    """What a file says about itself (its evidence, and how it was encoded), read from its bytes and never
+    given to the model: stored in a prediction's details beside what the model found."""
+    items, note = gather_evidence(data)
+    return {"evidence": items, "evidence_note": note, "encoding": describe_encoding(data)}
 
 
 def thumbnails_of(read: Callable[[], bytes], max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> dict[int, bytes] | None:

@@ -19,10 +19,8 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from shared import webhooks
 from shared.db import Database
 from shared.deletion import remove_unreferenced
-from shared.encoding import describe as describe_encoding
 from shared.encoding import group as encoding_group
 from shared.evidence import declares_ai
-from shared.evidence import gather as gather_evidence
 from shared.logs import kv
 from shared.metrics import failure_reason, observe, record
 from shared.models import (
@@ -38,7 +36,7 @@ from shared.models import (
 from shared.storage import LocalStorage, StorageFull
 from shared.thumbnails import THUMBNAIL_SIZES
 
-from .inference import Classifier, Outcome, thumbnails_of
+from .inference import Classifier, Outcome, file_facts, thumbnails_of
 
 log = logging.getLogger(__name__)
 READ_RETRY_S = 0.1  # how long a reader waits once for a file a racing delete has moved aside (shared.deletion)
@@ -133,10 +131,7 @@ def _fill_file_facts(db: Database, storage: LocalStorage, version: str, known: d
             data = _reader(storage, sha)()
         except FileNotFoundError:  # the cached score still holds; the facts wait for a worker that has the file
             continue
-        details = dict(outcome.details or {})
-        if "evidence" not in details:
-            details["evidence"], details["evidence_note"] = gather_evidence(data)
-        details["encoding"] = describe_encoding(data)
+        details = {**file_facts(data), **(outcome.details or {})}  # evidence it already has is kept
         known[sha] = replace(outcome, details=details)
         rows.append({"b_sha": sha, "details": details, "declares_ai": declares_ai(details["evidence"]),
                      "encoding": encoding_group(details["encoding"])})
