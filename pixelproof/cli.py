@@ -34,6 +34,17 @@ def _user_errors_exit_2(command):
     return run
 
 
+def _share(text: str) -> float:
+    """A share of images an error rate may reach: above 0 and below one half."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 0.5:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 0.5, got {text}")
+    return value
+
+
 def _preprocessing(args: argparse.Namespace):
     """The flags given, over Preprocessing's defaults; with --init-from and none given, the checkpoint's own
     (fine-tuning must feed the model what it was trained on)."""
@@ -79,9 +90,21 @@ def _calibrate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.calibrate import calibrate
 
+    if bool(args.own_photos) == bool(args.folds or args.data):
+        print("error: calibrate takes either --folds with --data (out-of-fold scores) or --own-photos "
+              "(a folder of this deployment's real photos), not both and not neither", file=sys.stderr)
+        return 2
     setup_logging()
-    report = calibrate(Path(args.checkpoint), [Path(f) for f in args.folds], args.data, Path(args.out),
-                       args.max_false_fake, args.max_false_real)
+    if args.own_photos:
+        from training.own_photos import calibrate_on_photos
+
+        report = calibrate_on_photos(Path(args.checkpoint), Path(args.own_photos), Path(args.out), args.max_false_fake)
+    elif not (args.folds and args.data):
+        print("error: --folds and --data go together", file=sys.stderr)
+        return 2
+    else:
+        report = calibrate(Path(args.checkpoint), [Path(f) for f in args.folds], args.data, Path(args.out),
+                           args.max_false_fake, args.max_false_real)
     print(json.dumps(report, indent=2))
     return 0
 
@@ -280,13 +303,18 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_evaluate)
 
     c = _parser(sub, "calibrate", "refit a checkpoint's temperature and label thresholds on out-of-fold scores of "
-                "source-held-out fold checkpoints")
-    c.add_argument("--checkpoint", required=True, help="the checkpoint trained on every source")
-    c.add_argument("--folds", nargs="+", required=True, help="checkpoints of the same recipe trained with --holdout")
-    c.add_argument("--data", required=True, help="the data the fold runs held their sources out of")
+                "source-held-out fold checkpoints (--folds, --data), or only its fake threshold on a folder of "
+                "photos this deployment knows are real (--own-photos)")
+    c.add_argument("--checkpoint", required=True, help="the checkpoint trained on every source (or the one served)")
+    c.add_argument("--folds", nargs="+", help="checkpoints of the same recipe trained with --holdout")
+    c.add_argument("--data", help="the data the fold runs held their sources out of")
+    c.add_argument("--own-photos", help="a folder of real photos from where this deployment's uploads come from "
+                   "(every file under it; undecodable ones are skipped and named): only the fake threshold is "
+                   "refitted, the temperature and weights stay")
     c.add_argument("--out", required=True, help="where the recalibrated copy is written")
-    c.add_argument("--max-false-fake", type=float, default=0.01, help="share of real photos the fake threshold lets through")
-    c.add_argument("--max-false-real", type=float, default=0.05, help="share of generated images labelled real at most")
+    c.add_argument("--max-false-fake", type=_share, default=0.01, help="share of real photos the fake threshold lets through")
+    c.add_argument("--max-false-real", type=_share, default=0.05,
+                   help="share of generated images labelled real at most (out-of-fold calibration only)")
     c.set_defaults(func=_calibrate)
 
     a = _parser(sub, "make-aligned", "write aligned training pairs: the real photos of an image folder (linked) and "

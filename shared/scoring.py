@@ -63,6 +63,12 @@ def calibrated(logits: np.ndarray | float, temperature: float) -> np.ndarray:
     return sigmoid(np.asarray(logits, dtype=np.float64) / temperature)
 
 
+def just_above(scores: np.ndarray, k: int) -> float:
+    """The smallest threshold that k of the scores reach: just above the (k+1)-th highest."""
+    scores = np.sort(np.asarray(scores, dtype=np.float64))
+    return float(np.nextafter(scores[len(scores) - k - 1], 1.0)) if k < len(scores) else 0.0
+
+
 def choose_thresholds(labels: np.ndarray, p: np.ndarray, max_false_fake: float = 0.01,
                       max_false_real: float = 0.05) -> Thresholds:
     """Thresholds from validation scores: ``fake_from`` lets at most ``max_false_fake`` of the real photos
@@ -74,9 +80,7 @@ def choose_thresholds(labels: np.ndarray, p: np.ndarray, max_false_fake: float =
     real, fake = np.sort(p[labels == 0]), np.sort(p[labels == 1])
     if not len(real) or not len(fake):
         raise ValueError("thresholds need validation images of both classes")
-    # Smallest t with mean(real >= t) <= max_false_fake: just above the k-th largest real score.
-    k = int(np.floor(max_false_fake * len(real)))
-    fake_from = float(np.nextafter(real[len(real) - k - 1], 1.0)) if k < len(real) else 0.0
+    fake_from = just_above(real, int(np.floor(max_false_fake * len(real))))  # mean(real >= t) <= max_false_fake
     # Largest t with mean(fake < t) <= max_false_real: the j-th smallest fake score.
     j = int(np.floor(max_false_real * len(fake)))
     real_below = float(fake[j]) if j < len(fake) else 1.0
