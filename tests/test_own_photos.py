@@ -29,6 +29,7 @@ def own_photos(tmp_path):
     (folder / "README.txt").write_text("photos from the desk's cameras")
     (folder / "2026" / "cut.jpg").write_bytes(photos[120].read_bytes()[:200])
     (folder / ".DS_Store").write_bytes(b"\0\1")
+    (folder / "copy of first.jpg").write_bytes(photos[0].read_bytes())  # filed twice: counts once
     return folder
 
 
@@ -39,6 +40,7 @@ def test_own_photos_refit_only_the_fake_threshold_to_let_the_asked_share_through
     before, after = read_meta(DEFAULT_CHECKPOINT), read_meta(out)
     report = after.metrics["own_photos"]
     assert report["n"] == 120 and sorted(report["skipped"]) == ["2026/cut.jpg", "README.txt"]
+    assert report["duplicates"] == ["copy of first.jpg"]  # sorted after 2026/, so the copy is the one left out
 
     model, meta = load_checkpoint(out)
     photos = sorted((own_photos / "2026").glob("blog-*"))

@@ -12,6 +12,7 @@ what a version names.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Sequence
@@ -41,21 +42,25 @@ def photo_files(folder: Path) -> list[Path]:
 
 
 class _Bytes(Sequence):
-    """Each file read when it is scored, so a folder of camera photos never sits in memory at once; one that
-    cannot be read scores as undecodable instead of ending the run."""
+    """Each file read when it is scored, so a folder of camera photos never sits in memory at once, and its
+    digest kept (a photo filed twice must count once: the threshold's promise assumes independent photos);
+    one that cannot be read scores as undecodable instead of ending the run."""
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
+        self.digests: dict[int, str] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return self.paths[i].read_bytes()
+            data = self.paths[i].read_bytes()
         except OSError as exc:
             log.warning(kv(event="unreadable", file=self.paths[i], reason=exc.strerror or exc))
             return b""
+        self.digests[i] = hashlib.sha256(data).hexdigest()
+        return data
 
 
 def false_fake_bound(n: int, k: int, confidence: float = CONFIDENCE) -> float:
@@ -83,9 +88,16 @@ def calibrate_on_photos(checkpoint: Path, folder: Path, out: Path, max_false_fak
         raise ValueError(f"--max-false-fake must lie between 0 and 0.5, got {max_false_fake}")
     paths = photo_files(folder)
     model, meta = load_checkpoint(checkpoint)
-    p = score_bytes(model, meta, _Bytes(paths))
+    files = _Bytes(paths)
+    p = score_bytes(model, meta, files)
     ok = ~np.isnan(p)
     skipped = [str(f.relative_to(folder)) for f, good in zip(paths, ok) if not good]
+    seen, duplicates = set(), []
+    for i in np.flatnonzero(ok):
+        if files.digests[i] in seen:
+            ok[i] = False
+            duplicates.append(str(paths[i].relative_to(folder)))
+        seen.add(files.digests[i])
     scores = p[ok]
     n, needed = len(scores), math.ceil(1.0 / max_false_fake) - 1
     if n < needed:
@@ -97,7 +109,7 @@ def calibrate_on_photos(checkpoint: Path, folder: Path, out: Path, max_false_fak
     fake_from = just_above(scores, k)
     rule = Thresholds(real_below=min(before.real_below, fake_from), fake_from=fake_from)
     reached = int(np.sum(scores >= fake_from))
-    report = {"n": n, "skipped": skipped, "max_false_fake": max_false_fake, "false_fake": reached / n,
+    report = {"n": n, "skipped": skipped, "duplicates": duplicates, "max_false_fake": max_false_fake, "false_fake": reached / n,
               "expected_false_fake": (k + 1) / (n + 1), "false_fake_bound": false_fake_bound(n, k), "confidence": CONFIDENCE,
               "thresholds": rule.to_dict(), "thresholds_before": before.to_dict()}
     meta.thresholds = rule.to_dict()
@@ -111,6 +123,6 @@ def calibrate_on_photos(checkpoint: Path, folder: Path, out: Path, max_false_fak
             f"{max_false_fake:.1%} of photos like them are called fake (at {CONFIDENCE:.0%} confidence, at most "
             f"{report['false_fake_bound']:.1%}); photos unlike them carry no such promise.")]}
     meta = save_checkpoint(model, meta, out)
-    log.info(kv(event="calibrated_on_photos", checkpoint=out, version=meta.version, n=n, skipped=len(skipped),
+    log.info(kv(event="calibrated_on_photos", checkpoint=out, version=meta.version, n=n, skipped=len(skipped), duplicates=len(duplicates),
                 fake_from=fake_from, fake_from_before=before.fake_from, false_fake_bound=f"{report['false_fake_bound']:.4f}"))
     return {"version": meta.version, **report}
