@@ -38,7 +38,8 @@ def photo_files(folder: Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DatasetUnavailable(f"{root} is not a folder of photos")
-    return [p for p in sorted(root.rglob("*")) if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
+    return [p for p in sorted(root.rglob("*"))
+            if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
 
 
 class _Bytes(Sequence):
@@ -72,8 +73,8 @@ def false_fake_bound(n: int, k: int, confidence: float = CONFIDENCE) -> float:
             return 0.0
         if x >= 1.0:
             return 1.0
-        logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(x) + (n - i) * math.log1p(-x)
-                for i in range(k + 1)]
+        logs = [math.lgamma(n + 1) - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * math.log(x)
+                + (n - i) * math.log1p(-x) for i in range(k + 1)]
         return 1.0 - sum(math.exp(v) for v in logs)
 
     lo, hi = 0.0, 1.0
@@ -104,13 +105,14 @@ def calibrate_on_photos(checkpoint: Path, folder: Path, out: Path, max_false_fak
         raise DatasetUnavailable(f"{folder} has {n} readable photos; a fake threshold that lets at most "
                                  f"{max_false_fake:g} of photos like them through needs at least {needed} "
                                  "(a thousand or more hold it closely)")
-    k = int(math.floor(max_false_fake * (n + 1))) - 1
+    k = max(int(math.floor(max_false_fake * (n + 1))) - 1, 0)
     before = meta.label_rule
     fake_from = just_above(scores, k)
     rule = Thresholds(real_below=min(before.real_below, fake_from), fake_from=fake_from)
     reached = int(np.sum(scores >= fake_from))
-    report = {"n": n, "skipped": skipped, "duplicates": duplicates, "max_false_fake": max_false_fake, "false_fake": reached / n,
-              "expected_false_fake": (k + 1) / (n + 1), "false_fake_bound": false_fake_bound(n, k), "confidence": CONFIDENCE,
+    report = {"n": n, "skipped": skipped, "duplicates": duplicates, "max_false_fake": max_false_fake,
+              "false_fake": reached / n, "expected_false_fake": (k + 1) / (n + 1),
+              "false_fake_bound": false_fake_bound(n, k), "confidence": CONFIDENCE,
               "thresholds": rule.to_dict(), "thresholds_before": before.to_dict()}
     meta.thresholds = rule.to_dict()
     meta.metrics = {**meta.metrics, "own_photos": report}
@@ -123,6 +125,7 @@ def calibrate_on_photos(checkpoint: Path, folder: Path, out: Path, max_false_fak
             f"{max_false_fake:.1%} of photos like them are called fake (at {CONFIDENCE:.0%} confidence, at most "
             f"{report['false_fake_bound']:.1%}); photos unlike them carry no such promise.")]}
     meta = save_checkpoint(model, meta, out)
-    log.info(kv(event="calibrated_on_photos", checkpoint=out, version=meta.version, n=n, skipped=len(skipped), duplicates=len(duplicates),
-                fake_from=fake_from, fake_from_before=before.fake_from, false_fake_bound=f"{report['false_fake_bound']:.4f}"))
+    log.info(kv(event="calibrated_on_photos", checkpoint=out, version=meta.version, n=n, skipped=len(skipped),
+                duplicates=len(duplicates), fake_from=fake_from, fake_from_before=before.fake_from,
+                false_fake_bound=f"{report['false_fake_bound']:.4f}"))
     return {"version": meta.version, **report}
