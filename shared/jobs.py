@@ -160,7 +160,8 @@ def _model(session: Session, version: str) -> dict:
         thresholds = (details or {}).get("thresholds")
     notes = (row.notes if row else None) or {}
     return {"name": name, "version": version, "thresholds": thresholds, "scope": notes.get("scope"),
-            "limits": notes.get("limits") or [], "card": notes.get("card")}
+            "limits": notes.get("limits") or [], "card": notes.get("card"),
+            "max_false_fake": notes.get("max_false_fake")}
 
 
 def current_model(session: Session) -> dict | None:

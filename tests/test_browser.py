@@ -83,7 +83,7 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     # the three labels and the model's thresholds are explained on the page
     legend = page.locator("#legend")
     assert legend.is_visible() and "uncertain" in page.locator("header").inner_text()
-    assert "AI-generated when P" in legend.inner_text()
+    assert "AI-generated when P" in legend.inner_text() and "about 1 in 100 real photos" in legend.inner_text()
     # thumbnails are our own JPEGs and they load as their rows come into view
     page.locator("#results tbody tr").last.scroll_into_view_if_needed()
     page.wait_for_function("() => [...document.querySelectorAll('#results tr:not(.error) img')]"

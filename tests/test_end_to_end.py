@@ -40,7 +40,8 @@ def test_every_mini_image_gets_a_result(make_app, stack_env, mini_dir, tmp_path,
     assert job["total"] == 500 and job["done"] == 500 and job["errors"] == 0
     assert sum(job["counts"].values()) == 500 and set(job["counts"]) == {"real", "fake", "uncertain"}
     assert job["model"] == {"name": meta.name, "version": version, "thresholds": rule.to_dict(),
-                            "scope": meta.notes["scope"], "limits": meta.notes["limits"], "card": meta.notes["card"]}
+                            "scope": meta.notes["scope"], "limits": meta.notes["limits"], "card": meta.notes["card"],
+                            "max_false_fake": 0.01}  # what its calibration recorded
     assert "better than chance" in job["model"]["scope"]  # what the checkpoint says it can be trusted on
     items = all_results(client, job["id"])
     assert sorted(i["filename"] for i in items) == sorted(name for _, name in files)

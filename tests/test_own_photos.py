@@ -58,6 +58,7 @@ def test_own_photos_refit_only_the_fake_threshold_to_let_the_asked_share_through
     a, _ = load_checkpoint(DEFAULT_CHECKPOINT)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), model.state_dict().values()))
     assert after.training["calibrated_on"]["own_photos"]["n"] == 120
+    assert (before.false_fake_share, after.false_fake_share) == (0.01, 0.02)  # what the page's legend states
     assert after.training["calibrated_on"]["folds"] == before.training["calibrated_on"]["folds"]
     assert "set on 120 photos this deployment supplied as real" in after.notes["limits"][-1]
     assert after.notes["limits"][:-1] == before.notes["limits"]

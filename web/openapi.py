@@ -97,7 +97,10 @@ OPENAPI = {
                 "thresholds": {"$ref": "#/components/schemas/Thresholds"},
                 "scope": {"type": ["string", "null"], "description": "what the model is and how far to trust it"},
                 "limits": {"type": "array", "items": {"type": "string"}},
-                "card": {"type": ["string", "null"], "description": "path of its model card in the repository"}}},
+                "card": {"type": ["string", "null"], "description": "path of its model card in the repository"},
+                "max_false_fake": {"type": ["number", "null"], "description": (
+                    "the share of real photos its fake_from was set to let through, on the data it was calibrated "
+                    "on (a deployment's own photos, where it set them: README, Labels and thresholds)")}}},
             "Thresholds": {"type": ["object", "null"], "description": "label = fake if p_fake >= fake_from, "
                            "real if p_fake < real_below, else uncertain",
                            "properties": {"real_below": {"type": "number"}, "fake_from": {"type": "number"}}},

@@ -63,7 +63,9 @@ class WorkerContext:
         if self._registered:
             return
         c = self.classifier
-        service.register_model(self.db, c.meta.name, c.version, c.thresholds, c.meta.notes)
+        share = c.meta.false_fake_share  # shown with the thresholds: what fake_from was set to let through
+        notes = {**c.meta.notes, "max_false_fake": share} if share is not None else c.meta.notes
+        service.register_model(self.db, c.meta.name, c.version, c.thresholds, notes)
         self._registered = True
 
     def notify(self, job_ids: set[str]) -> None:

@@ -48,6 +48,14 @@ class CheckpointMeta:
     version: str = ""  # derived from content on save; never set by hand
 
     @property
+    def false_fake_share(self) -> float | None:
+        """The share of real photos its fake threshold was set to let through, where its calibration recorded
+        one: on a deployment's own photos (``calibrate --own-photos``) over out-of-fold scores."""
+        done = self.training.get("calibrated_on") or {}
+        share = (done.get("own_photos") or {}).get("max_false_fake", done.get("max_false_fake"))
+        return float(share) if share is not None else None
+
+    @property
     def label_rule(self) -> Thresholds:
         if self.thresholds:
             return Thresholds(**self.thresholds)

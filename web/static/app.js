@@ -288,11 +288,13 @@
       (job.declared_ai ? ` · ${job.declared_ai} declare themselves AI-generated (their own metadata)` : "");
     showEncodings(job.encodings);
     const t = job.model && job.model.thresholds;
+    const share = job.model && job.model.max_false_fake;
     if (t) {
       $("legend").textContent = t.real_below === t.fake_from
         ? `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)}, real below it.`
-        : `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)} (chosen on calibration data so that about 1 in 100 ` +
-          `real photos reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
+        : `This model labels an image AI-generated when P ≥ ${t.fake_from.toFixed(3)} (chosen on calibration data so that ` +
+          (share ? `about 1 in ${Math.round(1 / share)}` : "few") +
+          ` real photos reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
       $("legend").hidden = false;
     }
   }
