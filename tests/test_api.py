@@ -96,7 +96,10 @@ def test_bad_requests_say_why(client, mini_dir):
         resp = client.get(f"/api/jobs/{job['id']}/results?{query}")
         assert resp.status_code == 400 and word in resp.get_json()["error"], query
     assert client.get("/api/nothing-here").get_json()["status"] == 404
-    assert client.delete("/api/jobs").status_code == 405
+    wrong = client.delete("/api/jobs")
+    assert wrong.status_code == 405 and wrong.get_json()["status"] == 405
+    allowed = set(wrong.headers["Allow"].replace(" ", "").split(","))  # what would have worked
+    assert "POST" in allowed and "DELETE" not in allowed
 
 
 def test_limits_answer_413_and_keep_nothing(make_app, stack_env, mini_dir):

@@ -41,6 +41,9 @@ def register_error_handlers(app: Flask) -> None:
             message = f"{message}; the limit is {limit / 2**20:g} MiB ({limit} bytes) per request"
         resp = jsonify({"error": message, "status": err.code})
         resp.status_code = err.code or 500
+        for name, value in err.get_headers():  # e.g. a 405's Allow, which RFC 9110 requires
+            if name.lower() != "content-type":
+                resp.headers[name] = value
         return resp
 
     @app.errorhandler(OperationalError)
