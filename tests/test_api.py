@@ -92,9 +92,16 @@ def test_bad_requests_say_why(client, mini_dir):
     resp = client.post("/api/jobs", data={}, content_type="multipart/form-data")
     assert resp.status_code == 400 and "files" in resp.get_json()["error"]
     job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir)).get_json()
-    for query, word in [("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=x", "cursor"), ("format=xml", "format")]:
+    for query, word in [("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=x", "cursor"), ("format=xml", "format"),
+                        ("download=null", "download")]:
         resp = client.get(f"/api/jobs/{job['id']}/results?{query}")
         assert resp.status_code == 400 and word in resp.get_json()["error"], query
+    assert "done" in client.get(f"/api/jobs/{job['id']}?done=null").get_json()["error"]  # not read as "no count"
+    # download=0 is a page, not an attachment; an empty cursor (a null next_cursor sent back) is the first page
+    page = client.get(f"/api/jobs/{job['id']}/results?download=0&cursor=")
+    assert page.status_code == 200 and "attachment" not in page.headers.get("Content-Disposition", "")
+    assert [i["id"] for i in page.get_json()["items"]] == [i["id"] for i in client.get(
+        f"/api/jobs/{job['id']}/results").get_json()["items"]]
     assert client.get("/api/nothing-here").get_json()["status"] == 404
     wrong = client.delete("/api/jobs")
     assert wrong.status_code == 405 and wrong.get_json()["status"] == 405

@@ -43,7 +43,9 @@ from .context import (
     MAX_ID,
     client_key,
     db_session,
+    flag_arg,
     image_or_404,
+    int_arg,
     job_or_404,
     lock_job,
     number_arg,
@@ -212,7 +214,7 @@ def get_job(job_id: str):
     session = db_session()
     job = job_or_404(job_id, owner)
     wait = min(number_arg("wait", 0.0, 0, 1e9), MAX_WAIT_S)
-    seen = request.args.get("done", type=int)
+    seen = int_arg("done")
     body = jobs.job_status(session, job)
     if not wait > 0 or body["done"] != seen or body["status"] in jobs.FINAL_STATUSES:
         return jsonify(body)
@@ -244,10 +246,10 @@ def get_results(job_id: str):
     if fmt not in ("json", "csv"):
         raise ApiError(400, "format must be 'json' or 'csv'")
     filt = _result_filter()
-    if request.args.get("download"):
+    if flag_arg("download"):
         return _download(job.id, fmt, filt)
     limit = int(number_arg("limit", 100, 1, MAX_PAGE))
-    cursor = request.args.get("cursor", "0")
+    cursor = request.args.get("cursor") or "0"  # empty: the first page, as a null next_cursor sent back
     if len(cursor) > 2000 or (filt.sort == "id" and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID)):
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
     try:

@@ -63,6 +63,27 @@ def number_arg(name: str, default: float, low: float, high: float) -> float:
     return value
 
 
+def int_arg(name: str) -> int | None:
+    """An optional whole number from the query string: a malformed one is a 400, never read as absent."""
+    raw = request.args.get(name)
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be a whole number, got {raw[:40]!r}") from None
+
+
+def flag_arg(name: str) -> bool:
+    """?name=1 / true / yes (or 0 / false / no); anything else is a 400, so that download=0 never downloads."""
+    raw = request.args.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ApiError(400, f"{name} must be true or false (1 or 0), got {raw[:40]!r}")
+
+
 def notify(job_id: str) -> None:
     try:
         publish_changes(services().redis, [job_id])

@@ -7,7 +7,7 @@ _UPLOAD = {
     "required": True,
     "content": {"multipart/form-data": {"schema": {
         "type": "object",
-        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"},
+        "properties": {"files": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                                  "description": "one part per file; the part's filename may carry its folder path"}},
         "required": ["files"],
     }}},
@@ -19,16 +19,26 @@ _ACCEPTED = {
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
 }
 
-_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header", "schema": {"type": "string", "maxLength": 255},
+_IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
                 "description": "any unique string per logical request (a UUID): a retry after a timeout with the "
                                "same key returns the same job instead of making a second one or adding files twice; "
                                "a key is remembered as long as its job exists"}
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+def _one_or_more(*words: str) -> str:
+    """A comma-separated list of the words, as the filters take them (empty: no filter)."""
+    one = "(" + "|".join(words) + ")"
+    return f"^({one}(,{one})*)?$"
+
+
 _FILTERS = [
-    {"name": "label", "in": "query", "schema": {"type": "string"}, "description": "only these labels: real, fake, "
+    {"name": "label", "in": "query", "schema": {"type": "string", "pattern": _one_or_more("real", "fake", "uncertain")},
+     "description": "only these labels: real, fake, "
      "uncertain (comma-separated)"},
-    {"name": "status", "in": "query", "schema": {"type": "string"}, "description": "only these statuses: queued, "
+    {"name": "status", "in": "query",
+     "schema": {"type": "string", "pattern": _one_or_more("queued", "running", "done", "error", "cancelled")},
+     "description": "only these statuses: queued, "
      "running, done, error, cancelled (comma-separated)"},
     {"name": "p_min", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
      "description": "only p_fake >= p_min"},
@@ -183,19 +193,22 @@ OPENAPI = {
           "get": {
             "summary": "Job status and totals; long-poll with wait and done",
             "parameters": [_JOB_ID,
-                           {"name": "wait", "in": "query", "schema": {"type": "number", "maximum": 30},
-                            "description": "seconds to hold the request until `done` changes; waiting requests are "
+                           {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1e9},
+                            "description": "seconds to hold the request until `done` changes, at most 30 (a longer "
+                                           "wait is held 30 s); waiting requests are "
                                            "bounded per web process and per client (429 with Retry-After past them)"},
                            {"name": "done", "in": "query", "schema": {"type": "integer"},
                             "description": "the `done` value the client already has"}],
-            "responses": {"200": _JOB_RESPONSE, "404": _ERR, "429": _ERR}}},
+            "responses": {"200": _JOB_RESPONSE, "400": _ERR, "404": _ERR, "429": _ERR}}},
         "/api/jobs/{job_id}/results": {"get": {
             "summary": "Results, paginated by cursor, or the whole job as a CSV/JSON download",
             "parameters": [_JOB_ID,
                            {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
-                           {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                           {"name": "cursor", "in": "query", "schema": {"type": "string"},
+                            "description": "the previous page's next_cursor (absent or empty: the first page)"},
                            {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
-                           {"name": "download", "in": "query", "schema": {"type": "integer"}}, *_FILTERS],
+                           {"name": "download", "in": "query", "schema": {"type": "boolean"},
+                            "description": "true (or 1): the whole job, every page, as an attachment"}, *_FILTERS],
             "responses": {"200": {"description": "a page of results", "content": {
                 "application/json": {"schema": {"type": "object", "properties": {
                     "job_id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
