@@ -199,6 +199,8 @@ def test_a_retried_submit_with_the_same_key_makes_one_job(start_web_only, db_url
         assert added.status_code == 202 and added.json()["total"] == 5
     wrong = send(f"{base}/api/jobs/{job_id}/files", key=key, batch=more)  # the create key, for another request
     assert wrong.status_code == 422 and "another request" in wrong.json()["error"]
+    other = send(f"{base}/api/jobs/{job_id}/files", key=add_key, batch=jpeg_bytes(mini_dir, 6)[5:])  # other files
+    assert other.status_code == 422 and "another upload" in other.json()["error"]
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1

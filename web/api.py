@@ -52,7 +52,7 @@ from .context import (
     services,
 )
 from .errors import ApiError
-from .idempotency import earlier_answer, idempotency_key
+from .idempotency import earlier_answer, idempotency_key, remembered_as
 from .openapi import OPENAPI
 from .uploads import StoredPart, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting
@@ -131,7 +131,7 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
         uploads = [jobs.Upload(filename=p.filename, sha256=p.sha256, size_bytes=p.size_bytes) for p in parts]
         ids = jobs.add_images(session, job, uploads)
         if key is not None:
-            session.add(IdempotencyKey(owner=job.owner or "", key=key, request=what, job_id=job.id))
+            session.add(IdempotencyKey(owner=job.owner or "", key=key, request=remembered_as(what), job_id=job.id))
         session.commit()
     except IntegrityError:
         # The same Idempotency-Key committed by a concurrent twin of this request: answer with its job.

@@ -26,6 +26,14 @@ def idempotency_key() -> str | None:
     return key
 
 
+def remembered_as(what: str) -> str:
+    """The request as its key remembers it: what it did, and its body's length, so that a key sent again with
+    another upload is refused instead of answered with the first one's job (the IETF Idempotency-Key draft:
+    a key reused with a different payload is a 422). A retry sends the same body, so the same length."""
+    length = request.content_length
+    return what if length is None else f"{what} bytes={length}"
+
+
 def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | None:
     """The answer a request with this Idempotency-Key already got: its job, as it is now."""
     if key is None:
@@ -33,9 +41,13 @@ def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | 
     row = db_session().get(IdempotencyKey, (owner or "", key))
     if row is None:
         return None
-    if row.request != what:
-        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({row.request}); "
+    (did, _, size), (does, _, now) = row.request.partition(" bytes="), remembered_as(what).partition(" bytes=")
+    if did != does:
+        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({did}); "
                             "use a new key for each distinct request")
+    if size and now and size != now:  # a key remembered before lengths were has none to compare
+        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another upload ({size} bytes; this one "
+                            f"has {now}); a retry must send the same files, and other files need a new key")
     job = db_session().get(Job, row.job_id)
     resp = jsonify(jobs.job_status(db_session(), job))
     resp.status_code = 202

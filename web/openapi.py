@@ -22,10 +22,13 @@ _ACCEPTED = {
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                 "schema": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[\\x20-\\x7e]+$"},
                 "description": "any unique string per logical request (a UUID): a retry after a timeout with the "
-                               "same key returns the same job instead of making a second one or adding files twice; "
+                               "same key and the same files returns the same job instead of making a second one or "
+                               "adding files twice (422 for the same key with another request or other files); "
                                "a key is remembered as long as its job exists"}
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+
+
 def _one_or_more(*words: str) -> str:
     """A comma-separated list of the words, as the filters take them (empty: no filter)."""
     one = "(" + "|".join(words) + ")"
