@@ -76,8 +76,11 @@ def int_arg(name: str) -> int | None:
 
 def flag_arg(name: str) -> bool:
     """?name=1 / true / yes (or 0 / false / no); anything else is a 400, so that download=0 never downloads."""
-    raw = request.args.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no"):
+    raw = request.args.get(name)
+    if raw is None:
+        return False
+    raw = raw.strip().lower()
+    if raw in ("0", "false", "no"):
         return False
     if raw in ("1", "true", "yes"):
         return True
