@@ -93,7 +93,7 @@ def test_bad_requests_say_why(client, mini_dir):
     assert resp.status_code == 400 and "files" in resp.get_json()["error"]
     job = post_files(client, "/api/jobs", jpeg_bytes(mini_dir)).get_json()
     for query, word in [("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=x", "cursor"), ("format=xml", "format"),
-                        ("download=null", "download"), ("download=", "download")]:
+                        ("download=null", "download"), ("download=", "download"), ("download=1&limit=5000", "limit")]:
         resp = client.get(f"/api/jobs/{job['id']}/results?{query}")
         assert resp.status_code == 400 and word in resp.get_json()["error"], query
     assert "done" in client.get(f"/api/jobs/{job['id']}?done=null").get_json()["error"]  # not read as "no count"

@@ -246,12 +246,12 @@ def get_results(job_id: str):
     if fmt not in ("json", "csv"):
         raise ApiError(400, "format must be 'json' or 'csv'")
     filt = _result_filter()
-    if flag_arg("download"):
-        return _download(job.id, fmt, filt)
-    limit = int(number_arg("limit", 100, 1, MAX_PAGE))
+    limit = int(number_arg("limit", 100, 1, MAX_PAGE))  # checked for a download too, which takes every page
     cursor = request.args.get("cursor") or "0"  # empty: the first page, as a null next_cursor sent back
     if len(cursor) > 2000 or (filt.sort == "id" and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID)):
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
+    if flag_arg("download"):
+        return _download(job.id, fmt, filt)
     try:
         items, next_cursor = jobs.results_page(db_session(), job.id, cursor, limit, filt)
     except jobs.BadCursor:
