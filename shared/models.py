@@ -169,7 +169,7 @@ class IdempotencyKey(Base):
 
     owner: Mapped[str] = mapped_column(String(64), primary_key=True)  # "" when no API tokens are configured
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
-    request: Mapped[str] = mapped_column(String(64))  # "create" or "files:<job id>", then " bytes=<length>"
+    request: Mapped[str] = mapped_column(String(64))  # "create" or "files:<job id>", " bytes=<length>+<boundary's>"
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from urllib3 import encode_multipart_formdata
 from sqlalchemy import create_engine, func, select, text, update
 
 from shared import webhooks
@@ -201,6 +202,11 @@ def test_a_retried_submit_with_the_same_key_makes_one_job(start_web_only, db_url
     assert wrong.status_code == 422 and "another request" in wrong.json()["error"]
     other = send(f"{base}/api/jobs/{job_id}/files", key=add_key, batch=jpeg_bytes(mini_dir, 6)[5:])  # other files
     assert other.status_code == 422 and "another upload" in other.json()["error"]
+    # the same files again from a client whose boundaries are of another length: still the same request
+    body, content_type = encode_multipart_formdata([("files", (n, b)) for b, n in more], boundary="b" * 50)
+    again = requests.post(f"{base}/api/jobs/{job_id}/files", data=body, timeout=60,
+                          headers={"Content-Type": content_type, "Idempotency-Key": add_key})
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true" and again.json()["total"] == 5
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1

@@ -27,11 +27,14 @@ def idempotency_key() -> str | None:
 
 
 def remembered_as(what: str) -> str:
-    """The request as its key remembers it: what it did, and its body's length, so that a key sent again with
-    another upload is refused instead of answered with the first one's job (the IETF Idempotency-Key draft:
-    a key reused with a different payload is a 422). A retry sends the same body, so the same length."""
+    """The request as its key remembers it: what it did, its body's length and its multipart boundary's, so
+    that a key sent again with other files is refused instead of answered with the first upload's job (the
+    IETF Idempotency-Key draft: a key reused with a different payload is a 422). A retry sends the same parts;
+    only its boundary may differ, and where the boundary's length differs too the lengths are not compared."""
     length = request.content_length
-    return what if length is None else f"{what} bytes={length}"
+    if length is None:
+        return what
+    return f"{what} bytes={length}+{len(request.mimetype_params.get('boundary', ''))}"
 
 
 def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | None:
@@ -41,13 +44,14 @@ def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | 
     row = db_session().get(IdempotencyKey, (owner or "", key))
     if row is None:
         return None
-    (did, _, size), (does, _, now) = row.request.partition(" bytes="), remembered_as(what).partition(" bytes=")
+    (did, _, then), (does, _, now) = row.request.partition(" bytes="), remembered_as(what).partition(" bytes=")
     if did != does:
         raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({did}); "
                             "use a new key for each distinct request")
-    if size and now and size != now:  # a key remembered before lengths were has none to compare
+    (size, _, boundary), (size_now, _, boundary_now) = then.partition("+"), now.partition("+")
+    if then and now and boundary == boundary_now and size != size_now:  # keys from before lengths: none to compare
         raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another upload ({size} bytes; this one "
-                            f"has {now}); a retry must send the same files, and other files need a new key")
+                            f"has {size_now}); a retry must send the same files, and other files need a new key")
     job = db_session().get(Job, row.job_id)
     resp = jsonify(jobs.job_status(db_session(), job))
     resp.status_code = 202
