@@ -109,6 +109,18 @@ def test_bad_requests_say_why(client, mini_dir):
     assert "POST" in allowed and "DELETE" not in allowed
 
 
+def test_a_used_key_with_an_emptier_body_is_refused_whatever_the_boundary(client, mini_dir):
+    """Found by the contract test: a key first sent with two files (the test client's long boundary), then
+    with a body of no file under a 32-character boundary, had been answered with the first job."""
+    first = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2), headers={"Idempotency-Key": "k-1"})
+    assert first.status_code == 202
+    boundary = "c9710b39df1170d5aa7ccb1aa98827f3"
+    body = f'--{boundary}\r\nContent-Disposition: form-data; name=""\r\n\r\nnull\r\n--{boundary}--\r\n'.encode()
+    again = client.post("/api/jobs", data=body, headers={
+        "Idempotency-Key": "k-1", "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    assert again.status_code == 422 and "another upload" in again.get_json()["error"]
+
+
 def test_limits_answer_413_and_keep_nothing(make_app, stack_env, mini_dir):
     app = make_app({**stack_env, "PIXELPROOF_MAX_FILE_BYTES": "500", "PIXELPROOF_MAX_FILES_PER_REQUEST": "3"})
     client = app.test_client()

@@ -202,11 +202,6 @@ def test_a_retried_submit_with_the_same_key_makes_one_job(start_web_only, db_url
     assert wrong.status_code == 422 and "another request" in wrong.json()["error"]
     other = send(f"{base}/api/jobs/{job_id}/files", key=add_key, batch=jpeg_bytes(mini_dir, 6)[5:])  # other files
     assert other.status_code == 422 and "another upload" in other.json()["error"]
-    # the same files again from a client whose boundaries are of another length: still the same request
-    body, content_type = encode_multipart_formdata([("files", (n, b)) for b, n in more], boundary="b" * 50)
-    again = requests.post(f"{base}/api/jobs/{job_id}/files", data=body, timeout=60,
-                          headers={"Content-Type": content_type, "Idempotency-Key": add_key})
-    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true" and again.json()["total"] == 5
     engine = create_engine(db_url)
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM jobs")).scalar() == 1
@@ -216,6 +211,21 @@ def test_a_retried_submit_with_the_same_key_makes_one_job(start_web_only, db_url
     assert all(storage.exists(r["sha256"]) for r in requests.get(f"{base}/api/jobs/{job_id}/results").json()["items"])
     without = send(base + "/api/jobs", key="\x7f")
     assert without.status_code == 400
+
+    # A client whose retry draws a boundary of another length sends a body of another length: the same files
+    # are still the same request, other files still another one.
+    def send_raw(batch, boundary, key=str(uuid.uuid4())):  # one key for the three sends
+        body, content_type = encode_multipart_formdata([("files", (n, b)) for b, n in batch], boundary=boundary)
+        return requests.post(f"{base}/api/jobs/{job_id}/files", data=body, timeout=60,
+                             headers={"Content-Type": content_type, "Idempotency-Key": key})
+
+    sixth = jpeg_bytes(mini_dir, 7)[5:6]
+    assert send_raw(sixth, "a" * 32).json()["total"] == 6
+    again = send_raw(sixth, "b" * 50)
+    assert again.status_code == 202 and again.headers["Idempotent-Replayed"] == "true" and again.json()["total"] == 6
+    (data, name), = sixth
+    changed = send_raw([(data[:-1], name)], "b" * 50)  # another file: 1 byte short of a multiple of 18 more
+    assert changed.status_code == 422 and "another upload" in changed.json()["error"]
 
 
 def test_cancel_mid_job_stops_classifying_and_keeps_counts_true(make_app, sqlite_url, redis_server, mini_dir, tmp_path):

@@ -10,7 +10,7 @@ from shared import jobs
 from shared.logs import kv
 from shared.models import IdempotencyKey, Job
 
-from .context import db_session
+from .context import db_session, services
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,28 @@ def remembered_as(what: str) -> str:
     """The request as its key remembers it: what it did, its body's length and its multipart boundary's, so
     that a key sent again with other files is refused instead of answered with the first upload's job (the
     IETF Idempotency-Key draft: a key reused with a different payload is a 422). A retry sends the same parts;
-    only its boundary may differ, and where the boundary's length differs too the lengths are not compared."""
+    only its boundary may differ (:func:`same_parts`)."""
     length = request.content_length
     if length is None:
         return what
     return f"{what} bytes={length}+{len(request.mimetype_params.get('boundary', ''))}"
+
+
+def same_parts(then: str, now: str, most_parts: int) -> bool:
+    """Whether two bodies, each "<length>+<boundary length>", can hold the same parts. The boundary appears
+    once before each part and once at the end, so bodies of the same parts under boundaries of lengths b1 and
+    b2 differ in length by exactly (parts + 1) * (b2 - b1)."""
+    (size, _, boundary), (size_now, _, boundary_now) = then.partition("+"), now.partition("+")
+    longer, wider = int(size_now) - int(size), int(boundary_now) - int(boundary)
+    if wider == 0:
+        return longer == 0
+    marks, rest = divmod(longer, wider)
+
+    def room(length: int, width: int) -> bool:  # "--b\r\n" and at least a bare part's 43 bytes per part
+        return marks * (width + 4) + (marks - 1) * 43 <= length
+
+    return (rest == 0 and 2 <= marks <= most_parts + 1 and room(int(size), int(boundary))
+            and room(int(size_now), int(boundary_now)))
 
 
 def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | None:
@@ -48,10 +65,10 @@ def earlier_answer(owner: str | None, key: str | None, what: str) -> Response | 
     if did != does:
         raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another request ({did}); "
                             "use a new key for each distinct request")
-    (size, _, boundary), (size_now, _, boundary_now) = then.partition("+"), now.partition("+")
-    if then and now and boundary == boundary_now and size != size_now:  # keys from before lengths: none to compare
-        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another upload ({size} bytes; this one "
-                            f"has {size_now}); a retry must send the same files, and other files need a new key")
+    if then and now and not same_parts(then, now, services().settings.max_files_per_request):
+        raise ApiError(422, f"this {IDEMPOTENCY_HEADER} was already used for another upload (a body of "
+                            f"{then.partition('+')[0]} bytes; this one has {now.partition('+')[0]}); a retry must "
+                            "send the same files, and other files need a new key")  # keys from before lengths: no check
     job = db_session().get(Job, row.job_id)
     resp = jsonify(jobs.job_status(db_session(), job))
     resp.status_code = 202
