@@ -162,6 +162,17 @@ def test_a_prediction_cached_before_results_named_their_encoding_gets_it_from_th
     _, third = job_of("third.png")  # filled once: the next reuse finds nothing to fill
     assert classify_images(db, storage, classifier, [third])["cached"] == 1
     assert "cached_predictions_filled" not in caplog.text
+    with db.session() as s:  # as a version in between left it: evidence (here, none found), no encoding
+        row = s.get(Prediction, (sha, classifier.version))
+        row.details = {**{k: v for k, v in fresh.items() if k != "encoding"}, "evidence": [], "evidence_note": None}
+        row.encoding = row.declares_ai = None
+        s.commit()
+    _, fourth = job_of("fourth.png")
+    assert classify_images(db, storage, classifier, [fourth])["cached"] == 1
+    with db.session() as s:  # the encoding is read; the evidence it had is kept, not read again
+        row = s.get(Prediction, (sha, classifier.version))
+        assert row.details["evidence"] == [] and row.details["encoding"] == fresh["encoding"]
+        assert (row.encoding, row.declares_ai) == ("PNG", False)
 
 
 def test_an_image_that_never_finishes_is_given_up_and_its_batch_mates_finish(world, classifier):

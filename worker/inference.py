@@ -118,11 +118,15 @@ class Classifier:
         return outcomes  # type: ignore[return-value]
 
 
-def file_facts(data: bytes) -> dict:
+def file_facts(data: bytes, evidence: bool = True) -> dict:
     """What a file says about itself (its evidence, and how it was encoded), read from its bytes and never
-    given to the model: stored in a prediction's details beside what the model found."""
-    items, note = gather_evidence(data)
-    return {"evidence": items, "evidence_note": note, "encoding": describe_encoding(data)}
+    given to the model: stored in a prediction's details beside what the model found. ``evidence=False``
+    leaves out the evidence, whose reading (Content Credentials' signatures among it) a caller that already
+    has it need not pay again."""
+    facts = {"encoding": describe_encoding(data)}
+    if evidence:
+        facts["evidence"], facts["evidence_note"] = gather_evidence(data)
+    return facts
 
 
 def thumbnails_of(read: Callable[[], bytes], max_pixels: int, max_scans: int = MAX_JPEG_SCANS) -> dict[int, bytes] | None:

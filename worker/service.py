@@ -131,7 +131,8 @@ def _fill_file_facts(db: Database, storage: LocalStorage, version: str, known: d
             data = _reader(storage, sha)()
         except FileNotFoundError:  # the cached score still holds; the facts wait for a worker that has the file
             continue
-        details = {**file_facts(data), **(outcome.details or {})}  # evidence it already has is kept
+        old = outcome.details or {}
+        details = {**file_facts(data, evidence="evidence" not in old), **old}  # evidence it already has is kept
         known[sha] = replace(outcome, details=details)
         rows.append({"b_sha": sha, "details": details, "declares_ai": declares_ai(details["evidence"]),
                      "encoding": encoding_group(details["encoding"])})
