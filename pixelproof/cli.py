@@ -90,7 +90,8 @@ def _calibrate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.calibrate import calibrate
 
-    if bool(args.own_photos) == bool(args.folds or args.data):
+    out_of_fold = bool(args.folds or args.data)
+    if not (args.own_photos and not out_of_fold or not args.own_photos and args.folds and args.data):
         print("error: calibrate takes either --folds with --data (out-of-fold scores) or --own-photos "
               "(a folder of this deployment's real photos), not both and not neither", file=sys.stderr)
         return 2
@@ -99,9 +100,6 @@ def _calibrate(args: argparse.Namespace) -> int:
         from training.own_photos import calibrate_on_photos
 
         report = calibrate_on_photos(Path(args.checkpoint), Path(args.own_photos), Path(args.out), args.max_false_fake)
-    elif not (args.folds and args.data):
-        print("error: --folds and --data go together", file=sys.stderr)
-        return 2
     else:
         report = calibrate(Path(args.checkpoint), [Path(f) for f in args.folds], args.data, Path(args.out),
                            args.max_false_fake, args.max_false_real)

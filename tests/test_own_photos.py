@@ -80,6 +80,8 @@ def test_too_few_photos_or_a_muddled_command_write_nothing(own_photos, tmp_path,
     assert main(["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--own-photos", str(own_photos),
                  "--data", str(own_photos), "--out", str(out)]) == 2
     assert main(["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--out", str(out)]) == 2
+    assert main(["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--folds", str(DEFAULT_CHECKPOINT),
+                 "--out", str(out)]) == 2  # --folds without --data
     assert main(["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--own-photos", str(tmp_path / "none"),
                  "--out", str(out)]) == 2
     with pytest.raises(SystemExit) as exit_:
