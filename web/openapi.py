@@ -1,6 +1,9 @@
 """The OpenAPI 3.1 description served at /api/openapi.json; the API tests check each path is listed here."""
 from __future__ import annotations
 
+from shared.models import STATUSES
+from shared.scoring import LABELS
+
 _ERR = {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 _JOB_ID = {"name": "job_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _UPLOAD = {
@@ -36,11 +39,11 @@ def _one_or_more(*words: str) -> str:
 
 
 _FILTERS = [
-    {"name": "label", "in": "query", "schema": {"type": "string", "pattern": _one_or_more("real", "fake", "uncertain")},
+    {"name": "label", "in": "query", "schema": {"type": "string", "pattern": _one_or_more(*LABELS)},
      "description": "only these labels: real, fake, "
      "uncertain (comma-separated)"},
     {"name": "status", "in": "query",
-     "schema": {"type": "string", "pattern": _one_or_more("queued", "running", "done", "error", "cancelled")},
+     "schema": {"type": "string", "pattern": _one_or_more(*STATUSES)},
      "description": "only these statuses: queued, "
      "running, done, error, cancelled (comma-separated)"},
     {"name": "p_min", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
