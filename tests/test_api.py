@@ -80,6 +80,7 @@ def test_results_download_csv_and_json(client, mini_dir):
                                                "evidence", "review", "review_note"}
     body = client.get(f"/api/jobs/{job['id']}/results?format=json&download=1").get_json()
     assert body["job_id"] == job["id"] and len(body["items"]) == 2
+    assert body["next_cursor"] is None  # a page's shape, and the last page: a page reader reads it as one
 
 
 @pytest.mark.parametrize("url", ["/api/jobs/nope", "/api/jobs/nope/results", "/api/jobs/" + "x" * 40])

@@ -297,7 +297,7 @@ def _download(job_id: str, fmt: str, filt: jobs.ResultFilter) -> Response:
                 yield '{"job_id": ' + json.dumps(job_id) + ', "items": ['
                 for i, row in enumerate(rows):
                     yield ("," if i else "") + json.dumps(row)
-                yield "]}"
+                yield '], "next_cursor": null}'  # a page's shape: the whole job is the last page
 
     mimetype = "text/csv" if fmt == "csv" else "application/json"
     resp = Response(stream_with_context(generate()), mimetype=mimetype)
