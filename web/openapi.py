@@ -70,7 +70,10 @@ OPENAPI = {
         "schemas": {
             "Error": {"type": "object", "properties": {"error": {"type": "string"}, "status": {"type": "integer"}},
                       "required": ["error", "status"]},
-            "Job": {"type": "object", "required": ["id", "status", "total", "done", "errors", "counts"], "properties": {
+            "Job": {"type": "object", "additionalProperties": False, "required": [
+                "id", "status", "total", "done", "errors", "cancelled", "queued", "running", "counts", "declared_ai",
+                "encodings", "created_at", "updated_at", "finished_at", "cancelled_at", "model", "models", "callback"],
+                    "properties": {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
                 "total": {"type": "integer"},
                 "done": {"type": "integer", "description": "images that will not change any more: classified, "
@@ -84,8 +87,9 @@ OPENAPI = {
                 "encodings": {"type": "object", "additionalProperties": {"type": "integer"}, "description": (
                     "classified files by encoding (\"JPEG quality 90-94\", \"PNG\", ...): more than one key, and "
                     "verdicts may follow compression as much as origin, so compare them within one encoding")},
-                "counts": {"type": "object", "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
-                                                            "uncertain": {"type": "integer"}}},
+                "counts": {"type": "object", "additionalProperties": False, "required": ["real", "fake", "uncertain"],
+                           "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
+                                          "uncertain": {"type": "integer"}}},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": ["string", "null"], "format": "date-time"},
@@ -108,7 +112,9 @@ OPENAPI = {
                 "verdict": {"enum": ["real", "fake", "unsure"]},
                 "note": {"type": ["string", "null"], "maxLength": 2000}}},
             "Model": {"type": ["object", "null"], "description": "the model that labelled the results, and what "
-                      "its checkpoint says it can be trusted on", "properties": {
+                      "its checkpoint says it can be trusted on", "additionalProperties": False,
+                      "required": ["name", "version", "thresholds", "scope", "limits", "card", "max_false_fake"],
+                      "properties": {
                 "name": {"type": "string"}, "version": {"type": "string"},
                 "thresholds": {"$ref": "#/components/schemas/Thresholds"},
                 "scope": {"type": ["string", "null"], "description": "what the model is and how far to trust it"},
@@ -119,17 +125,23 @@ OPENAPI = {
                     "on (a deployment's own photos, where it set them: README, Labels and thresholds)")}}},
             "Thresholds": {"type": ["object", "null"], "description": "label = fake if p_fake >= fake_from, "
                            "real if p_fake < real_below, else uncertain",
+                           "additionalProperties": False, "required": ["real_below", "fake_from"],
                            "properties": {"real_below": {"type": "number"}, "fake_from": {"type": "number"}}},
-            "Evidence": {"type": "object", "required": ["kind", "says", "strength", "detail"], "properties": {
+            "Evidence": {"type": "object", "additionalProperties": False, "required": ["kind", "says", "strength",
+                                                                                    "detail"], "properties": {
                 "kind": {"enum": ["content_credentials", "xmp", "exif", "generation_parameters"]},
                 "says": {"enum": ["ai", "camera", "edited"]},
                 "strength": {"enum": ["strong", "weak"], "description": "strong: a Content Credentials manifest "
                              "whose signature and content hashes validate; weak: tags anyone can write or strip"},
                 "detail": {"type": "string"}}},
             "Region": {"type": "object", "description": "one crop the model scored, in pixels of the upright image",
+                       "additionalProperties": False, "required": ["x", "y", "w", "h", "p_fake"],
                        "properties": {"x": {"type": "integer"}, "y": {"type": "integer"}, "w": {"type": "integer"},
                                       "h": {"type": "integer"}, "p_fake": {"type": "number"}}},
-            "Result": {"type": "object", "properties": {
+            "Result": {"type": "object", "additionalProperties": False, "required": [
+                "id", "filename", "sha256", "size_bytes", "status", "label", "p_fake", "real_below", "fake_from", "error",
+                "model_version", "image_width", "image_height", "encoding", "regions", "evidence", "evidence_note",
+                "review", "review_note"], "properties": {
                 "id": {"type": "integer"}, "filename": {"type": "string"}, "sha256": {"type": "string"},
                 "size_bytes": {"type": "integer"},
                 "status": {"enum": ["queued", "running", "done", "error", "cancelled"]},
@@ -144,6 +156,7 @@ OPENAPI = {
                     "JPEG quality (the nearest libjpeg quality; quality_exact false for tables of the writer's own), "
                     "chroma and progressive. The model's score moves with compression, so compare verdicts between "
                     "images encoded alike; in CSV: compact JSON"),
+                    "additionalProperties": False, "required": ["format"],
                     "properties": {"format": {"enum": ["JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", "HEIF"]},
                                    "quality": {"type": ["integer", "null"]},
                                    "quality_exact": {"type": ["boolean", "null"]},
@@ -214,9 +227,11 @@ OPENAPI = {
                             "description": "the previous page's next_cursor (absent or empty: the first page)"},
                            {"name": "format", "in": "query", "schema": {"enum": ["json", "csv"]}},
                            {"name": "download", "in": "query", "schema": {"type": "boolean"},
-                            "description": "true (or 1): the whole job, every page, as an attachment"}, *_FILTERS],
+                            "description": "true (or 1): the whole job, every page, as an attachment (in JSON, one "
+                                           "page holding every result, with next_cursor null)"}, *_FILTERS],
             "responses": {"200": {"description": "a page of results", "content": {
-                "application/json": {"schema": {"type": "object", "properties": {
+                "application/json": {"schema": {"type": "object", "additionalProperties": False,
+                                                "required": ["job_id", "items", "next_cursor"], "properties": {
                     "job_id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
                     "next_cursor": {"type": ["string", "null"]}}}},
                 "text/csv": {"schema": {"type": "string"}}}}, "400": _ERR, "404": _ERR}}},
