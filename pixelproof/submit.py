@@ -20,6 +20,8 @@ import requests
 from urllib3.fields import RequestField
 from tqdm import tqdm
 
+from shared.folders import visible_files
+
 MAX_FILES_PER_REQUEST = 200
 MAX_BYTES_PER_REQUEST = 64 * 1024 * 1024
 
@@ -35,8 +37,7 @@ def collect(root: Path) -> list[tuple[Path, str]]:
         return [(root, root.name)]
     if not root.is_dir():
         raise SubmitError(f"{root} is neither a file nor a folder")
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
-    return [(p, str(p.relative_to(root.parent))) for p in files]
+    return [(p, str(p.relative_to(root.parent))) for p in visible_files(root)]
 
 
 def batches(files: list[tuple[Path, str]], max_files: int | None = None) -> Iterator[list[tuple[Path, str]]]:

@@ -154,6 +154,44 @@ def test_cli_evaluate_writes_report(mini_dir, tmp_path):
         assert (tmp_path / "report" / png).stat().st_size > 1000
 
 
+def test_a_folder_from_a_mac_is_evaluated_and_its_broken_image_named(mini_dir, tmp_path, caplog):
+    """Hidden files (.DS_Store, AppleDouble `._` companions, .git) are nobody's images; a broken one that is not
+    hidden is counted as undecodable, named once, and left out of the altered copies, not fatal to them."""
+    from shared.settings import DEFAULT_CHECKPOINT
+    from training.evaluate import evaluate
+
+    folder = tmp_path / "desk"
+    for label in ("real", "fake"):
+        (folder / label / "2026").mkdir(parents=True)
+        for i, f in enumerate(sorted((mini_dir / label).iterdir())[:6]):
+            (folder / label / ("2026" if i % 2 else "") / f.name).write_bytes(f.read_bytes())
+            (folder / label / f"._{f.name}").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)  # AppleDouble
+    (folder / "real" / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "fake" / ".git").mkdir()
+    (folder / "fake" / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (folder / "fake" / "2026" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short in transfer")
+    with caplog.at_level("WARNING", logger="training.evaluate"):
+        report = evaluate(DEFAULT_CHECKPOINT, str(folder), tmp_path / "report", precision="float32")
+    rows = report["results"]
+    assert rows["desk"]["n"] == 12 and rows["desk"]["undecodable"] == 1
+    assert {f"desk+{k}" for k in ("jpeg75", "half_size", "png_resave", "centre_crop", "jpeg85_real_only",
+                                  "jpeg85_fake_only")} <= set(rows)
+    assert all(rows[f"desk+{k}"]["n"] == 12 and rows[f"desk+{k}"]["undecodable"] == 0 for k in ("jpeg75", "half_size"))
+    warned = [r.getMessage() for r in caplog.records if "undecodable" in r.getMessage()]
+    assert len(warned) == 1 and "file=fake/2026/cut.jpg" in warned[0]
+
+
+def test_only_visible_files_are_a_folders_own(tmp_path):
+    from shared.folders import visible_files
+
+    root = tmp_path / ".photos"  # a hidden folder named on purpose is still read
+    for name in ("a.jpg", "b/c.jpg", "._a.jpg", ".DS_Store", "b/.hidden/d.jpg", ".git/HEAD"):
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(b"x")
+    (root / "b" / "empty").mkdir()
+    assert [str(p.relative_to(root)) for p in visible_files(root)] == ["a.jpg", "b/c.jpg"]
+
+
 def test_resume_continues_from_saved_state(mini_dir, tmp_path, monkeypatch):
     """A run stopped after its first epoch and resumed ends exactly as the same run left alone."""
     import training.train as train_module

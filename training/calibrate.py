@@ -40,7 +40,7 @@ def out_of_fold(folds: list[Path], data: str, precision: str = "float32") -> tup
         if not held:
             raise RunMismatch(f"{path} was trained without --holdout: it has no out-of-fold sources")
         files, y, n = labelled_files(data, sources=held)
-        z = score_bytes(model, meta, files, logits=True)
+        z = score_bytes(model, meta, files, logits=True, names=n)
         ok = ~np.isnan(z)
         logits.append(z[ok]), labels.append(y[ok]), names.extend(np.array(n)[ok])
         log.info(kv(event="out_of_fold", checkpoint=path, sources=",".join(held), n=int(ok.sum())))

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from shared.folders import visible_files
 from shared.imaging import ImageRejected, Preprocessing, fit, load_rgb
 from shared.logs import kv
 
@@ -158,7 +159,7 @@ def folder_files(root: Path) -> list[tuple[Path, int]]:
         label = 1 if low in FAKE_NAMES else 0 if low in REAL_NAMES else None
         if label is None:
             continue
-        items += [(f, label) for f in sorted(sub.rglob("*")) if f.is_file()]
+        items += [(f, label) for f in visible_files(sub)]  # a Mac's ._ companions and .DS_Store are no images
     return items
 
 

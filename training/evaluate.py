@@ -91,8 +91,9 @@ def perturb_class(files: list[bytes], labels: np.ndarray, perturb: Callable[[byt
 
 @torch.inference_mode()
 def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int = 2048, device: str = "cpu",
-                logits: bool = False) -> np.ndarray:
-    """Calibrated P(fake) for each file's bytes, or the raw aggregated logits (NaN where a file cannot be decoded)."""
+                logits: bool = False, names: list[str] | None = None) -> np.ndarray:
+    """Calibrated P(fake) for each file's bytes, or the raw aggregated logits (NaN where a file cannot be
+    decoded: logged with its name, where names are given, so that a person can find it)."""
     out = np.full(len(files), np.nan)
 
     def prepared():
@@ -100,7 +101,7 @@ def score_bytes(model, meta: CheckpointMeta, files: list[bytes], max_crops: int 
             try:
                 yield i, preprocess_bytes(data, meta.preprocessing, 10**9)
             except ImageRejected as exc:
-                log.warning(kv(event="undecodable", index=i, reason=str(exc)))
+                log.warning(kv(event="undecodable", file=names[i] if names else i, reason=str(exc)))
 
     for run in in_batches(prepared(), lambda item: len(item[1].inputs), max_crops):
         for (i, _), s in zip(run, score_prepared(model, meta, [p for _, p in run], device)):
@@ -129,8 +130,8 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
     results: dict[str, dict] = {}
     curves, rel = {}, {}
 
-    def scores(files: list[bytes]) -> np.ndarray:
-        return score_bytes(model, meta, files, device=device)
+    def scores(files: list[bytes], names: list[str] | None = None) -> np.ndarray:
+        return score_bytes(model, meta, files, device=device, names=names)
 
     def record(row: str, y: np.ndarray, p: np.ndarray) -> np.ndarray:
         ok = ~np.isnan(p)
@@ -146,15 +147,20 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
                     roc_auc=f"{rep['roc_auc']:.4f}", tpr_at_fpr_5=f"{rep['tpr_at_fpr_5']:.3f}", ece=f"{rep['ece']:.4f}"))
         return p
 
-    p_main = record(name, labels, scores(files))
+    p_main = record(name, labels, scores(files, names))
     if robustness:
+        # Only what decoded is altered (the main row counts the rest as undecodable, once): an altered copy of
+        # a file that is no image is no image either.
+        good = np.flatnonzero(~np.isnan(p_main))
+        kept, y_kept = [files[i] for i in good], labels[good]
         for kind, (perturb, cls) in PERTURBATIONS.items():
-            record(f"{name}+{kind}", labels, scores(perturb_class(files, labels, perturb, cls)))
+            record(f"{name}+{kind}", y_kept, scores(perturb_class(kept, y_kept, perturb, cls)))
     per_source = source_rows(labels, p_main, names, rule)
     if cross_domain:
-        items = folder_files(Path(cross_domain))
+        root = Path(cross_domain)
+        items = folder_files(root)
         y = np.array([lab for _, lab in items])
-        record(Path(cross_domain).name, y, scores([p.read_bytes() for p, _ in items]))
+        record(root.name, y, scores([p.read_bytes() for p, _ in items], [str(p.relative_to(root)) for p, _ in items]))
 
     plots.training_curves(meta.training.get("history", []), out / "training_curves.png")
     plots.roc(curves, out / "roc.png")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.folders import visible_files
 from shared.logs import kv
 from shared.modeling.checkpoint import load_checkpoint, save_checkpoint
 from shared.scoring import Thresholds, just_above
@@ -38,8 +39,7 @@ def photo_files(folder: Path) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DatasetUnavailable(f"{root} is not a folder of photos")
-    return [p for p in sorted(root.rglob("*"))
-            if p.is_file() and not any(s.startswith(".") for s in p.relative_to(root).parts)]
+    return visible_files(root)
 
 
 class _Bytes(Sequence):
