@@ -61,6 +61,9 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     for p in picks:
         shutil.copy(p, folder / p.parent.name / p.name)
     (folder / "fake" / "readme.jpg").write_text("this is text, not a picture")
+    # a folder copied from a Mac: hidden files are left out, as `pixelproof submit` leaves them out
+    (folder / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (folder / "real" / f"._{picks[0].name}").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)
     photo = sorted((mini_dir.parent / "mixed100" / "real").iterdir())[0]  # 512x512: a grid of several crops
     shutil.copy(photo, folder / "real" / "photo.jpg")
 

@@ -646,8 +646,13 @@
     })());
   });
 
+  // Hidden files inside a folder (.DS_Store, a Mac's ._ companions of each photo, .git) are nobody's images:
+  // left out, as `pixelproof submit` leaves them out (shared/folders.py). A file picked on its own is sent.
+  const hidden = (path) => path.split("/").slice(1).some((part) => part.startsWith("."));
+
   function fromInput(input) {
-    return Array.from(input.files).map((file) => ({ file, path: file.webkitRelativePath || file.name }));
+    return Array.from(input.files).map((file) => ({ file, path: file.webkitRelativePath || file.name }))
+      .filter((e) => !hidden(e.path));
   }
 
   // Folders dropped on the page arrive as entries; walk them so nested paths keep their folder names.
@@ -662,7 +667,7 @@
         for (;;) {
           const batch = await new Promise((res, rej) => reader.readEntries(res, rej));
           if (!batch.length) break;
-          for (const child of batch) await walk(child, prefix + entry.name + "/");
+          for (const child of batch) if (!child.name.startsWith(".")) await walk(child, prefix + entry.name + "/");
         }
       }
     }
