@@ -13,7 +13,9 @@ evidence, per-file errors, a review and thumbnails.
 """
 from __future__ import annotations
 
+import itertools
 import json
+import re
 import zlib
 
 import pytest
@@ -46,7 +48,7 @@ def classifier():
     return Classifier(DEFAULT_CHECKPOINT, "cpu", batch_size=4, decode_threads=1)
 
 
-def _finish(job_id: str, classifier: Classifier) -> list[int]:
+def _finish(job_id: str, classifier: Classifier, review: bool = True) -> list[int]:
     """Classify a job as a worker would, through the service function, and review one of its images."""
     settings = load_settings()  # the app's own environment (make_app set it)
     db = Database(settings.db_url)
@@ -57,6 +59,8 @@ def _finish(job_id: str, classifier: Classifier) -> list[int]:
         with db.session() as s:
             ids = list(s.scalars(select(ImageItem.id).where(ImageItem.job_id == job_id).order_by(ImageItem.id)))
         classify_images(db, LocalStorage(settings.upload_dir), classifier, ids)
+        if not review:
+            return ids
         with db.session() as s:
             set_review(s, ids[0], "real", "checked with the photographer")
             s.commit()
@@ -103,3 +107,40 @@ def test_the_api_answers_as_described(case, served):
     if wait is not None and 0.2 < wait <= 1e9:
         case.query["wait"] = "0.2"  # a valid long poll, held briefly: holding it is the long-poll tests' job
     case.call_and_validate(app=app, excluded_checks=[positive_data_acceptance])
+
+
+def test_workflows_along_the_links_keep_their_promises(served, classifier):
+    """Sequences of requests along the description's links (a job made, then its files, results, reviews,
+    thumbnails, cancel, delete): each answer as described, and what stateful checks add: a job just made is
+    there (no 404), and a job deleted stays gone. Every upload is classified at once by the worker's service
+    function, so that the steps after it meet a finished job."""
+    app, _, _ = served
+    scenarios = itertools.count()
+
+    class Workflow(schema.as_state_machine()):
+        def get_call_kwargs(self, case):
+            return {"app": app}
+
+        def setup(self):
+            self.scenario = next(scenarios)
+
+        def before_call(self, case):
+            if "wait" in (case.query or {}):
+                case.query["wait"] = "0.2"  # held briefly: holding a long poll is the long-poll tests' job
+            # Each scenario has Idempotency-Keys of its own, as clients do: a key drawn again in a later scenario
+            # would get that scenario's job, or a 422, and the same steps would not give the same answers.
+            key = (case.headers or {}).get("Idempotency-Key")
+            if isinstance(key, str) and re.fullmatch(r"[\x20-\x7e]{1,200}", key):
+                case.headers["Idempotency-Key"] = f"{key} #{self.scenario}"
+
+        def after_call(self, response, case):
+            super().after_call(response, case)
+            if response.status_code == 202:
+                _finish(response.json()["id"], classifier, review=False)
+
+        def validate_response(self, response, case, additional_checks=None, **kwargs):
+            case.validate_response(response, additional_checks=additional_checks, transport_kwargs=kwargs or None,
+                                   excluded_checks=[positive_data_acceptance], recorder=self.recorder)
+
+    Workflow.run(settings=settings(max_examples=50, stateful_step_count=6, deadline=None, derandomize=True,
+                                   database=None, suppress_health_check=list(HealthCheck)))

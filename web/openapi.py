@@ -15,11 +15,31 @@ _UPLOAD = {
         "required": ["files"],
     }}},
 }
+def _link(operation: str, description: str, **parameters: str) -> dict:
+    return {"operationId": operation, "description": description, "parameters": parameters}
+
+
+# Where a job's id in an answer goes in the next request (OpenAPI links: clients, and the stateful contract
+# test, follow them from a job to its results, files, cancel and delete).
+_JOB_LINKS = {
+    "GetJob": _link("getJob", "the job's progress", **{"path.job_id": "$response.body#/id"}),
+    "GetResults": _link("getResults", "the job's results", **{"path.job_id": "$response.body#/id"}),
+    "AddFiles": _link("addFiles", "more files for the job", **{"path.job_id": "$response.body#/id"}),
+    "CancelJob": _link("cancelJob", "stop the job", **{"path.job_id": "$response.body#/id"}),
+    "DeleteJob": _link("deleteJob", "delete the job", **{"path.job_id": "$response.body#/id"}),
+}
+_IMAGE = {"path.job_id": "$response.body#/job_id", "path.image_id": "$response.body#/items/0/id"}
+_RESULT_LINKS = {
+    "ReviewImage": _link("reviewImage", "a person's verdict on the page's first result", **_IMAGE),
+    "GetThumbnail": _link("getThumbnail", "the page's first result's thumbnail", **_IMAGE),
+}
+
 _ACCEPTED = {
     "description": "stored and queued; Location names the job. A request repeated with the same Idempotency-Key "
                    "gets the job the first one made (with Idempotent-Replayed: true), and nothing is added twice",
     "headers": {"Location": {"schema": {"type": "string"}}, "Idempotent-Replayed": {"schema": {"type": "string"}}},
     "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
+    "links": _JOB_LINKS,
 }
 
 _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
@@ -29,7 +49,8 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                                "adding files twice (422 for the same key with another request or other files); "
                                "a key is remembered as long as its job exists"}
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
-_JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}}}
+_JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
+                 "links": _JOB_LINKS}
 
 
 def _one_or_more(*words: str) -> str:
@@ -207,7 +228,9 @@ OPENAPI = {
                 "type": "object", "properties": {"deleted": {"type": "string"}, "images": {"type": "integer"},
                                                  "files_removed": {"type": "integer"},
                                                  "files_kept": {"type": "integer", "description": "uploads other "
-                                                                "jobs also hold"}}}}}},
+                                                                "jobs also hold"}}}}},
+                                  "links": {"GetJob": _link("getJob", "the deleted job: gone (404)",
+                                                            **{"path.job_id": "$response.body#/deleted"})}},
                           "404": _ERR}},
           "get": {
             "summary": "Job status and totals; long-poll with wait and done",
@@ -234,7 +257,7 @@ OPENAPI = {
                                                 "required": ["job_id", "items", "next_cursor"], "properties": {
                     "job_id": {"type": "string"}, "items": {"type": "array", "items": {"$ref": "#/components/schemas/Result"}},
                     "next_cursor": {"type": ["string", "null"]}}}},
-                "text/csv": {"schema": {"type": "string"}}}}, "400": _ERR, "404": _ERR}}},
+                "text/csv": {"schema": {"type": "string"}}}, "links": _RESULT_LINKS}, "400": _ERR, "404": _ERR}}},
         "/api/jobs/{job_id}/images/{image_id}/thumbnail": {"get": {
             "summary": "A JPEG thumbnail the worker made when it classified the image (uploads are never served "
                        "back, nor decoded by the web); send the token in the Authorization header",
@@ -265,3 +288,16 @@ OPENAPI = {
                              "responses": {"200": {"description": "text exposition format"}, "401": _ERR}}},
     },
 }
+
+# Each operation's name: client generators name their methods after it, and links refer to it.
+_OPERATION_IDS = {
+    ("/api/jobs", "post"): "createJob", ("/api/jobs/{job_id}/files", "post"): "addFiles",
+    ("/api/jobs/{job_id}/cancel", "post"): "cancelJob",
+    ("/api/jobs/{job_id}/images/{image_id}/review", "post"): "reviewImage",
+    ("/api/jobs/{job_id}", "delete"): "deleteJob", ("/api/jobs/{job_id}", "get"): "getJob",
+    ("/api/jobs/{job_id}/results", "get"): "getResults",
+    ("/api/jobs/{job_id}/images/{image_id}/thumbnail", "get"): "getThumbnail", ("/api/config", "get"): "getConfig",
+    ("/healthz", "get"): "health", ("/api/openapi.json", "get"): "getOpenAPI", ("/metrics", "get"): "metrics",
+}
+for (_path, _method), _name in _OPERATION_IDS.items():
+    OPENAPI["paths"][_path][_method]["operationId"] = _name
