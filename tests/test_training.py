@@ -181,6 +181,19 @@ def test_a_folder_from_a_mac_is_evaluated_and_its_broken_image_named(mini_dir, t
     assert len(warned) == 1 and "file=fake/2026/cut.jpg" in warned[0]
 
 
+def test_an_image_training_cannot_read_is_skipped_by_name(mini_dir, tmp_path, caplog):
+    folder = tmp_path / "mine"
+    for label in ("real", "fake"):
+        (folder / label).mkdir(parents=True)
+        for f in sorted((mini_dir / label).iterdir())[:12]:
+            (folder / label / f.name).write_bytes(f.read_bytes())
+    (folder / "fake" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short in transfer")
+    with caplog.at_level("WARNING", logger="training.data"):
+        train(TrainConfig(data=str(folder), out=tmp_path / "run", arch="seed_cnn", epochs=1, threads=1))
+    skipped = [r.getMessage() for r in caplog.records if "training_image_skipped" in r.getMessage()]
+    assert len(skipped) == 1 and "cut.jpg" in skipped[0], skipped
+
+
 def test_only_visible_files_are_a_folders_own(tmp_path):
     from shared.folders import visible_files
 

@@ -94,12 +94,14 @@ def decode_split(split, spec: Preprocessing, keep_raw: bool = False) -> ImageSet
     labels = np.empty(n, dtype=np.int64)
     raw: list[bytes] = []
     kept = 0
-    for item, label in zip(split["image"], split["label"]):
+    names = split["filename"] if "filename" in split.column_names else [None] * n
+    for i, (item, label, name) in enumerate(zip(split["image"], split["label"], names)):
         data = _bytes_of(item)
         try:
             images[kept] = np.asarray(fit(load_rgb(data, 10**9, target=size), spec))
-        except ImageRejected as exc:
-            log.warning(kv(event="training_image_skipped", reason=str(exc)))
+        except ImageRejected as exc:  # named as a person can look for it: file name, path, or row
+            where = name or (item.get("path") if isinstance(item, dict) else None) or f"row {i}"
+            log.warning(kv(event="training_image_skipped", name=where, reason=str(exc)))
             continue
         labels[kept] = mapping[int(label)]
         if keep_raw:
