@@ -48,6 +48,7 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                                "same key and the same files returns the same job instead of making a second one or "
                                "adding files twice (422 for the same key with another request or other files); "
                                "a key is remembered as long as its job exists"}
+_LIMITS = ("max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job", "max_pixels")
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
                  "links": _JOB_LINKS}
@@ -225,7 +226,9 @@ OPENAPI = {
                        "no other job refers to",
             "parameters": [_JOB_ID],
             "responses": {"200": {"description": "what was deleted", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {"deleted": {"type": "string"}, "images": {"type": "integer"},
+                "type": "object", "additionalProperties": False,
+                "required": ["deleted", "images", "files_removed", "files_kept"],
+                "properties": {"deleted": {"type": "string"}, "images": {"type": "integer"},
                                                  "files_removed": {"type": "integer"},
                                                  "files_kept": {"type": "integer", "description": "uploads other "
                                                                 "jobs also hold"}}}}},
@@ -272,10 +275,10 @@ OPENAPI = {
         "/api/config": {"get": {
             "summary": "Limits a client can check before uploading, and the current model's scope (no token needed)",
             "responses": {"200": {"description": "limits and model", "content": {"application/json": {"schema": {
-                "type": "object", "properties": {
-                    "limits": {"type": "object", "properties": {k: {"type": "integer"} for k in (
-                        "max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job",
-                        "max_pixels")}},
+                "type": "object", "additionalProperties": False,
+                "required": ["limits", "model", "retention_days", "webhooks"], "properties": {
+                    "limits": {"type": "object", "additionalProperties": False, "required": list(_LIMITS),
+                               "properties": {k: {"type": "integer"} for k in _LIMITS}},
                     "model": {"$ref": "#/components/schemas/Model"},
                     "retention_days": {"type": ["number", "null"], "description": "jobs are deleted this many days "
                                        "after they were made (null: kept until deleted)"},
