@@ -18,16 +18,17 @@ from shared.settings import PRECISIONS
 
 
 def _user_errors_exit_2(command):
-    """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, or arguments that
-    contradict the run folder, are the user's to fix, so one line and exit 2."""
+    """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, a checkpoint that is
+    missing or not one, or arguments that contradict the run folder, are the user's to fix: one line, exit 2."""
 
     def run(args: argparse.Namespace) -> int:
+        from shared.modeling.checkpoint import CheckpointError
         from training.data import DatasetUnavailable
         from training.train import RunMismatch
 
         try:
             return command(args)
-        except (DatasetUnavailable, RunMismatch) as exc:
+        except (DatasetUnavailable, RunMismatch, CheckpointError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
 

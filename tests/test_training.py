@@ -194,6 +194,30 @@ def test_an_image_training_cannot_read_is_skipped_by_name(mini_dir, tmp_path, ca
     assert len(skipped) == 1 and "cut.jpg" in skipped[0], skipped
 
 
+def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mini_dir, tmp_path, capsys):
+    """The user's to fix, so exit 2 and one line that says what is wrong, not a traceback."""
+    from pixelproof.cli import main
+
+    flat, named = tmp_path / "flat", tmp_path / "named"
+    flat.mkdir()
+    for i, f in enumerate(sorted((mini_dir / "real").iterdir())[:4]):
+        (flat / f.name).write_bytes(f.read_bytes())
+        (named / ("cats" if i % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
+        (named / ("cats" if i % 2 else "dogs") / f.name).write_bytes(f.read_bytes())
+    cases = [
+        (["train", "--data", str(flat), "--arch", "seed_cnn"], "has no labels: an image folder needs a sub-folder"),
+        (["train", "--data", str(named), "--arch", "seed_cnn"], "cannot tell whether class 'cats' means real or AI"),
+        (["evaluate", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(mini_dir)],
+         "model checkpoint not found"),
+        (["evaluate", "--checkpoint", str(mini_dir / "real" / sorted(p.name for p in (mini_dir / "real").iterdir())[0]),
+          "--data", str(mini_dir)], "is not a readable safetensors file"),
+    ]
+    for args, says in cases:
+        assert main([*args, "--out", str(tmp_path / "out")]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith("error: ") and says in err, (args, err)
+
+
 def test_only_visible_files_are_a_folders_own(tmp_path):
     from shared.folders import visible_files
 

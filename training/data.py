@@ -25,7 +25,7 @@ REAL_NAMES = {"real", "human", "photo", "authentic", "0"}
 
 
 class DatasetUnavailable(RuntimeError):
-    """The data source named on the command line cannot be read here."""
+    """The data source named on the command line cannot be read here, or holds no labels to learn from."""
 
 
 @dataclass
@@ -61,7 +61,13 @@ def _load_hf(source: str):
         ) from exc
 
 
-def _label_map(features) -> dict[int, int]:
+_LAYOUT = (f"an image folder needs a sub-folder for each class, real ({', '.join(sorted(REAL_NAMES))}) and "
+           f"AI-generated ({', '.join(sorted(FAKE_NAMES))}); a dataset, a 'label' column")
+
+
+def _label_map(features, source: str = "the data") -> dict[int, int]:
+    if "label" not in features:
+        raise DatasetUnavailable(f"{source} has no labels: {_LAYOUT}")
     names = getattr(features["label"], "names", None)
     if not names:
         return {0: 0, 1: 1}
@@ -73,7 +79,8 @@ def _label_map(features) -> dict[int, int]:
         elif low in REAL_NAMES:
             mapping[i] = 0
         else:
-            raise ValueError(f"cannot tell whether class {name!r} means real or AI-generated")
+            raise DatasetUnavailable(f"{source}: cannot tell whether class {name!r} means real or AI-generated; "
+                                     f"{_LAYOUT}")
     return mapping
 
 
@@ -83,10 +90,10 @@ def _bytes_of(item: dict) -> bytes:
     return Path(item["path"]).read_bytes()
 
 
-def decode_split(split, spec: Preprocessing, keep_raw: bool = False) -> ImageSet:
+def decode_split(split, spec: Preprocessing, keep_raw: bool = False, source: str = "the data") -> ImageSet:
     from datasets import Image as HFImage
 
-    mapping = _label_map(split.features)
+    mapping = _label_map(split.features, source)
     split = split.cast_column("image", HFImage(decode=False))
     n = len(split)
     size = spec.input_size
@@ -128,7 +135,7 @@ def load_image_sets(
             ds = _load_hf(source)
         if name not in ds:
             raise KeyError(f"{source} has no split {name!r} (has: {', '.join(ds)})")
-        out[name] = decode_split(ds[name], spec, keep_raw=name in keep_raw)
+        out[name] = decode_split(ds[name], spec, keep_raw=name in keep_raw, source=source)
         if cached:
             cached.parent.mkdir(parents=True, exist_ok=True)
             np.savez(cached, images=out[name].images, labels=out[name].labels)
@@ -182,7 +189,7 @@ def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = 
         if split not in ds:
             raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(ds)})")
         part = ds[split]
-        mapping = _label_map(part.features)
+        mapping = _label_map(part.features, source)
         part = part.cast_column("image", HFImage(decode=False))
         names = part["filename"] if "filename" in part.column_names else [str(i) for i in range(len(part))]
         items = [(_bytes_of(im), mapping[int(lab)], str(n)) for im, lab, n in zip(part["image"], part["label"], names)]
