@@ -181,17 +181,21 @@ def test_a_folder_from_a_mac_is_evaluated_and_its_broken_image_named(mini_dir, t
     assert len(warned) == 1 and "file=fake/2026/cut.jpg" in warned[0]
 
 
-def test_an_image_training_cannot_read_is_skipped_by_name(mini_dir, tmp_path, caplog):
+def test_a_nested_folder_trains_and_an_image_it_cannot_read_is_skipped_by_name(mini_dir, tmp_path, caplog):
+    """Files at any depth below real/ and fake/ keep their folder's label (the `datasets` imagefolder builder
+    drops every label when depths differ), hidden files are left out, and a broken image is named."""
     folder = tmp_path / "mine"
     for label in ("real", "fake"):
-        (folder / label).mkdir(parents=True)
-        for f in sorted((mini_dir / label).iterdir())[:12]:
-            (folder / label / f.name).write_bytes(f.read_bytes())
+        (folder / label / "midjourney").mkdir(parents=True)
+        for i, f in enumerate(sorted((mini_dir / label).iterdir())[:12]):
+            (folder / label / ("midjourney" if i % 3 == 0 else "") / f.name).write_bytes(f.read_bytes())
     (folder / "fake" / "cut.jpg").write_bytes(b"\xff\xd8\xff\xe0 cut short in transfer")
+    (folder / "real" / "._photo.jpg").write_bytes(b"\x00\x05\x16\x07" + b"\x00" * 80)
     with caplog.at_level("WARNING", logger="training.data"):
-        train(TrainConfig(data=str(folder), out=tmp_path / "run", arch="seed_cnn", epochs=1, threads=1))
+        _, meta = train(TrainConfig(data=str(folder), out=tmp_path / "run", arch="seed_cnn", epochs=1, threads=1))
+    assert meta.training["n_train"] + meta.training["n_val"] == 24
     skipped = [r.getMessage() for r in caplog.records if "training_image_skipped" in r.getMessage()]
-    assert len(skipped) == 1 and "cut.jpg" in skipped[0], skipped
+    assert len(skipped) == 1 and "name=fake/cut.jpg" in skipped[0], skipped
 
 
 def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mini_dir, tmp_path, capsys):
@@ -206,7 +210,10 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
         (named / ("cats" if i % 2 else "dogs") / f.name).write_bytes(f.read_bytes())
     cases = [
         (["train", "--data", str(flat), "--arch", "seed_cnn"], "has no labels: an image folder needs a sub-folder"),
-        (["train", "--data", str(named), "--arch", "seed_cnn"], "cannot tell whether class 'cats' means real or AI"),
+        (["train", "--data", str(named), "--arch", "seed_cnn"], "has no labels (its sub-folders: cats, dogs): an image"),
+        (["train", "--data", str(mini_dir), "--arch", "seed_cnm"], "unknown architecture 'seed_cnm'; registered: "),
+        (["train", "--data", str(mini_dir), "--arch", "seed_cnn", "--arch-args", '{"widths": [8]}'],
+         "--arch-args {\"widths\": [8]} do not fit seed_cnn"),
         (["evaluate", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(mini_dir)],
          "model checkpoint not found"),
         (["evaluate", "--checkpoint", str(mini_dir / "real" / sorted(p.name for p in (mini_dir / "real").iterdir())[0]),

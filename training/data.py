@@ -49,7 +49,7 @@ def _load_hf(source: str):
     if path.is_dir():
         if any(path.glob("*.parquet")) or any(path.glob("*/*.parquet")):
             return load_dataset("parquet", data_dir=str(path))
-        return load_dataset("imagefolder", data_dir=str(path))
+        return _folder_dataset(path)
     # A hub name: downloaded when the network allows, otherwise served from the datasets cache of an earlier
     # download (HF_HUB_OFFLINE=1 skips the network at once).
     try:
@@ -161,7 +161,7 @@ def source_of(name: str) -> str:
 
 
 def folder_files(root: Path) -> list[tuple[Path, int]]:
-    """(path, label) for an image-folder layout with real/ and fake/ (or any synonyms)."""
+    """(path, label) for an image-folder layout with real/ and fake/ (or any synonyms), at any depth below them."""
     items = []
     for sub in sorted(p for p in Path(root).iterdir() if p.is_dir()):
         low = sub.name.lower()
@@ -170,6 +170,23 @@ def folder_files(root: Path) -> list[tuple[Path, int]]:
             continue
         items += [(f, label) for f in visible_files(sub)]  # a Mac's ._ companions and .DS_Store are no images
     return items
+
+
+def _folder_dataset(root: Path):
+    """An image folder as a `datasets` split, labelled by folder_files' rule, the one evaluation uses: the
+    `imagefolder` builder drops every label when the files sit at different depths (fake/midjourney/x.png
+    beside fake/y.png) and knows no synonyms."""
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+    from datasets import Image as HFImage
+
+    items = folder_files(root)
+    if not items:
+        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+        raise DatasetUnavailable(f"{root} has no labels{f' (its sub-folders: {found})' if found else ''}: {_LAYOUT}")
+    features = Features({"image": HFImage(), "label": ClassLabel(names=["real", "fake"]), "filename": Value("string")})
+    return DatasetDict({"train": Dataset.from_dict(
+        {"image": [str(f) for f, _ in items], "label": [lab for _, lab in items],
+         "filename": [str(f.relative_to(root)) for f, _ in items]}, features=features)})
 
 
 def pil_from_uint8(arr: np.ndarray) -> Image.Image:

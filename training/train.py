@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 class RunMismatch(ValueError):
-    """The arguments contradict the run folder or the checkpoint they point at; the user must choose."""
+    """The arguments cannot work (an unknown architecture, arguments it does not take), or contradict the run
+    folder or the checkpoint they point at; the user must choose."""
 
 
 # What may differ between an interrupted run and its resumption: these do not change what is trained.
@@ -253,6 +254,20 @@ class Run:
 LOSS = nn.BCEWithLogitsLoss()
 
 
+def _check_architecture(cfg: TrainConfig) -> None:
+    """A misspelt --arch, or --arch-args it does not take, fails in one line before minutes of decoding; the
+    throwaway copy draws from a forked generator, so the run's random streams are those it always had."""
+    if cfg.init_from:
+        return
+    with torch.random.fork_rng(devices=[]):
+        try:
+            build_model(cfg.arch, **cfg.arch_args)
+        except KeyError as exc:
+            raise RunMismatch(exc.args[0]) from None
+        except TypeError as exc:
+            raise RunMismatch(f"--arch-args {json.dumps(cfg.arch_args)} do not fit {cfg.arch}: {exc}") from None
+
+
 def _base_model(cfg: TrainConfig, device: torch.device) -> tuple[TrainConfig, nn.Module, dict[str, str]]:
     """A new model, or (fine-tuning) our own earlier checkpoint, whose architecture then wins."""
     if not cfg.init_from:
@@ -402,6 +417,7 @@ def _checkpoint(cfg: TrainConfig, model: nn.Module, history: list[dict], data: R
 def train(cfg: TrainConfig) -> tuple[Path, CheckpointMeta]:
     """A whole run, the way torchvision's classification reference lays one out: data, model, optimiser, an
     optional resume, then train_one_epoch and evaluate per epoch with early stopping, then the checkpoint."""
+    _check_architecture(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.seed)
