@@ -6,6 +6,10 @@ from importlib.resources import files
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
+
+from shared.settings import SettingsError
 
 
 def alembic_config(url: str) -> Config:
@@ -18,7 +22,14 @@ def alembic_config(url: str) -> Config:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(url), revision)
+    """A database that cannot be reached or written stops start-up with one line that names it (its password
+    hidden) and the driver's reason, not a traceback through Alembic."""
+    try:
+        command.upgrade(alembic_config(url), revision)
+    except OperationalError as exc:
+        reason = (str(exc.orig or exc).strip().splitlines() or ["unknown error"])[0]
+        where = make_url(url).render_as_string(hide_password=True)
+        raise SettingsError(f"Pixelproof will not start: the database at {where} cannot be used: {reason}") from None
 
 
 def heads(url: str = "sqlite://") -> list[str]:
