@@ -53,8 +53,12 @@ def test_sources_come_from_file_names_and_validation_keeps_every_source(toy_dir)
     assert set(held.sources) == {"cam-b", "gen-b"} and set(rest.sources) == {"cam-a", "gen-a"}
     # A fold may name sources that only its evaluation data holds (aligned pairs); naming none of these fails.
     assert set(data.without_sources(("cam-b", "only-elsewhere"))[1].sources) == {"cam-b"}
-    with pytest.raises(DatasetUnavailable, match="only-elsewhere"):
+    with pytest.raises(DatasetUnavailable, match="only-elsewhere.*sources: cam-a, cam-b, gen-a, gen-b"):
         data.without_sources(("only-elsewhere",))
+    unnamed = data.subset(np.arange(len(data)))
+    unnamed.names = [n.replace("__", "-") for n in unnamed.names]  # not named <source>__<id>: it says how
+    with pytest.raises(DatasetUnavailable, match="no file name here names a source: name files <source>__<id>"):
+        unnamed.without_sources(("cam-a",))
     train_part, val_part = split_validation(rest, 0.25, seed=0)
     assert set(val_part.sources) == set(train_part.sources) == {"cam-a", "gen-a"} and len(val_part) == 10
     assert not set(train_part.names) & set(val_part.names)

@@ -64,8 +64,10 @@ class NativeSet:
         and `evaluate --held-out` find them in the evaluation data. Naming none that is here is a mistake."""
         unknown = set(held_out) - set(self.sources)
         if unknown == set(held_out):
-            raise DatasetUnavailable(f"no images of source(s) {', '.join(sorted(unknown))} in the data "
-                                     f"(sources: {', '.join(sorted(set(self.sources)))})")
+            named = sorted(set(self.sources) - {""})
+            has = (f"sources: {', '.join(named)}" if named else
+                   "no file name here names a source: name files <source>__<id>.jpg to hold sources out")
+            raise DatasetUnavailable(f"no images of source(s) {', '.join(sorted(unknown))} in the data ({has})")
         if unknown:
             log.info(kv(event="holdout_sources_absent", sources=",".join(sorted(unknown))))
         out = np.isin(self.sources, list(held_out))
