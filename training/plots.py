@@ -38,7 +38,7 @@ def roc(curves: dict[str, tuple], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 5.6 + 0.18 * len(curves)))
     for name, (fpr, tpr, auc) in curves.items():
         ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.4f})")
-    ax.plot([0, 1], [0, 1], "k--", alpha=0.4)
+    ax.plot([0, 1], [0, 1], "k--", alpha=0.4, label="chance")  # and the legend is never empty (one class only)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC", aspect="equal")
     _legend_below(ax)
     ax.grid(alpha=0.3)
