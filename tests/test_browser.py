@@ -35,6 +35,17 @@ def page_problems(page) -> list[str]:
     return page.problems + [f"csp: {v}" for v in page.evaluate("window.__csp")]
 
 
+def wait_status(page, status: str, timeout: float = 30_000) -> None:
+    """Wait for the job's status on the page; on a timeout, say what the page showed instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_selector(f"#status[data-status={status}]", timeout=timeout)
+    except PlaywrightTimeout:
+        shown = {sel: page.locator(sel).inner_text() for sel in ("#status", "#job-text", "#error")}
+        raise AssertionError(f"the page never showed {status}: {shown}, problems {page_problems(page)}") from None
+
+
 def download_text(page, selector: str) -> str:
     with page.expect_download() as info:
         page.click(selector)
@@ -317,7 +328,7 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
     assert set(page.locator("#results tbody td.label").all_inner_texts()) == {"queued"}
     worker = start_worker(service_env(sqlite_url, redis_server.url, tmp_path / "data"), tmp_path / "worker.log")
     try:
-        page.wait_for_selector("#status[data-status=done]", timeout=120_000)
+        wait_status(page, "done", timeout=120_000)
         page.wait_for_function("() => [...document.querySelectorAll('#results tbody td.label')]"
                                ".every(td => td.textContent !== 'queued')")
     finally:
@@ -325,7 +336,7 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
     # reopening the saved link: the job, without an upload bar; an unknown id: a message, no bars
     job_url = page.url
     page.goto(job_url)
-    page.wait_for_selector("#status[data-status=done]")
+    wait_status(page, "done")
     assert not page.locator("#upload-row").is_visible() and page.locator("#results tbody tr").count() == 3
     page.goto(base + "/?job=nosuchjob")
     page.wait_for_selector("#error:not([hidden])")
@@ -412,7 +423,7 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     page.set_input_files("#folder-input", str(queued))
     page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 4")
     page.click("#cancel-job")
-    page.wait_for_selector("#status[data-status=cancelled]")
+    wait_status(page, "cancelled")
     assert "4 cancelled" in page.locator("#job-text").inner_text() and not page.locator("#cancel-job").is_visible()
     assert len(keys) == 1 and keys[0] and len(keys[0]) == 32  # each upload request carries its own key
     cancelled_id = page.url.split("job=")[1]
