@@ -24,13 +24,12 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 from sqlalchemy import select
 
-from web.openapi import OPENAPI
-
 from shared.db import Database
 from shared.jobs import set_review
 from shared.models import ImageItem
 from shared.settings import DEFAULT_CHECKPOINT, load_settings
 from shared.storage import LocalStorage
+from web.openapi import OPENAPI
 from worker.inference import Classifier
 from worker.service import classify_images, register_model
 
@@ -88,6 +87,16 @@ def served(make_app, stack_env, mini_dir, classifier):
     return app, [queued, finished], images
 
 
+def _hold_long_polls_briefly(case) -> None:
+    """A valid long poll is held 0.2 s at most (holding it is the long-poll tests' job); an invalid wait stays."""
+    try:
+        wait = float((case.query or {}).get("wait"))
+    except (TypeError, ValueError):
+        return
+    if 0.2 < wait <= 1e9:
+        case.query["wait"] = "0.2"
+
+
 @schema.parametrize()
 # The same requests on every run (derandomize), so that CI is never red by chance; a new seed explores more:
 # pytest tests/test_api_contract.py --hypothesis-seed=N with derandomize switched off. No example database.
@@ -100,20 +109,15 @@ def test_the_api_answers_as_described(case, served):
         params["job_id"] = job_id
         if "image_id" in params:
             params["image_id"] = images[job_id][zlib.crc32(str(case.body).encode()) % len(images[job_id])]
-    try:
-        wait = float((case.query or {}).get("wait"))
-    except (TypeError, ValueError):
-        wait = None
-    if wait is not None and 0.2 < wait <= 1e9:
-        case.query["wait"] = "0.2"  # a valid long poll, held briefly: holding it is the long-poll tests' job
+    _hold_long_polls_briefly(case)
     case.call_and_validate(app=app, excluded_checks=[positive_data_acceptance])
 
 
 def test_workflows_along_the_links_keep_their_promises(served, classifier):
     """Sequences of requests along the description's links (a job made, then its files, results, reviews,
-    thumbnails, cancel, delete): each answer as described, and what stateful checks add: a job just made is
-    there (no 404), and a job deleted stays gone. Every upload is classified at once by the worker's service
-    function, so that the steps after it meet a finished job."""
+    thumbnails, cancel, delete): each answer as described, and, where a sequence meets them, the stateful
+    checks (what was just made is found; what was deleted stays gone). Every upload is classified at once by
+    the worker's service function, so that the steps after it meet a finished job."""
     app, _, _ = served
     scenarios = itertools.count()
 
@@ -125,8 +129,7 @@ def test_workflows_along_the_links_keep_their_promises(served, classifier):
             self.scenario = next(scenarios)
 
         def before_call(self, case):
-            if "wait" in (case.query or {}):
-                case.query["wait"] = "0.2"  # held briefly: holding a long poll is the long-poll tests' job
+            _hold_long_polls_briefly(case)
             # Each scenario has Idempotency-Keys of its own, as clients do: a key drawn again in a later scenario
             # would get that scenario's job, or a 422, and the same steps would not give the same answers.
             key = (case.headers or {}).get("Idempotency-Key")
