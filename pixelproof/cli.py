@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     from training.config import (  # light: no torch (the parser is built for every command)
         ALIGNED_MAX_SIDE,
         add_flags,
+        bounded,
     )
 
     p = argparse.ArgumentParser(prog="pixelproof", description=__doc__, epilog=SERVICE_ENV, formatter_class=Formatter)
@@ -236,11 +237,11 @@ def build_parser() -> argparse.ArgumentParser:
     _parser(sub, "migrate", "upgrade the database at DATABASE_URL to the latest schema", SERVICE_ENV).set_defaults(
         func=_migrate)
     w = _parser(sub, "web", "run the web app (API and page) under gunicorn; needs REDIS_URL", SERVICE_ENV)
-    w.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
-    w.add_argument("--threads", type=int, default=8, help="threads per process (each long-poll holds one)")
+    w.add_argument("--workers", type=bounded(int, 1), default=2, help="gunicorn worker processes")
+    w.add_argument("--threads", type=bounded(int, 1), default=8, help="threads per process (each long-poll holds one)")
     w.set_defaults(func=_web)
     k = _parser(sub, "worker", "run a Celery worker that classifies queued images; needs REDIS_URL", SERVICE_ENV)
-    k.add_argument("--concurrency", type=int, default=1, help="model processes (each holds its own copy)")
+    k.add_argument("--concurrency", type=bounded(int, 1), default=1, help="model processes (each holds its own copy)")
     k.add_argument("--pool", default="prefork", choices=["prefork", "solo", "threads"],
                    help="Celery pool; GPU hosts need solo (CUDA cannot start again in a forked child)")
     k.add_argument("--beat", action="store_true", help="also run the sweeper schedule (exactly one process should)")
@@ -256,9 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
     s.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
     s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
-    s.add_argument("--files-per-request", type=int, default=None,
+    s.add_argument("--files-per-request", type=bounded(int, 1), default=None,
                    help="files per upload request (default: 200, fewer when they are large)")
-    s.add_argument("--parallel", type=int, default=None,
+    s.add_argument("--parallel", type=bounded(int, 1), default=None,
                    help="upload requests in flight at once, after the first (default: 2; 1 sends one at a time). "
                         "--out lists the files in the folder's order either way")
     s.add_argument("--callback-url", default=None,
@@ -277,12 +278,12 @@ def build_parser() -> argparse.ArgumentParser:
                 "dataset, and write a self-describing checkpoint")
     add_flags(t)  # one flag per TrainConfig field, with its default and help (training/config.py)
     # Preprocessing: unset flags take Preprocessing's defaults (32, squash, 9), or --init-from's checkpoint's.
-    t.add_argument("--input-size", type=int, default=argparse.SUPPRESS,
+    t.add_argument("--input-size", type=bounded(int, 8), default=argparse.SUPPRESS,
                    help="the model's input side; with native_crops, the crop side (32, or --init-from's)")
     t.add_argument("--resize", default=argparse.SUPPRESS, choices=list(ROUTES),
                    help="squash/center_crop: the whole image resized to the input; native_crops: a grid of crops "
                         "at the image's own resolution (squash, or --init-from's)")
-    t.add_argument("--max-crops", type=int, default=argparse.SUPPRESS,
+    t.add_argument("--max-crops", type=bounded(int, 1), default=argparse.SUPPRESS,
                    help="native_crops: crops scored per image at most (9, or --init-from's)")
     t.set_defaults(func=_train)
 
@@ -296,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cross-domain", default=None, help="image folder (real/, fake/) scored through upload preprocessing")
     e.add_argument("--out", required=True, help="folder for the report (JSON) and plots")
     e.add_argument("--no-robustness", action="store_true", help="skip the robustness rows (JPEG q75, half size, PNG re-save, centre crop)")
-    e.add_argument("--limit", type=int, default=0, help="score at most this many images (0: all)")
+    e.add_argument("--limit", type=bounded(int, 0), default=0, help="score at most this many images (0: all)")
     e.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="arithmetic of the forward pass; auto: as a worker on this machine would serve")
     e.set_defaults(func=_evaluate)
@@ -322,8 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--autoencoder", default="../shared/models/taef2",
                    help="folder with taef2_encoder.pth and taef2_decoder.pth (local files; nothing is downloaded)")
     a.add_argument("--out", required=True, help="image folder to write (real/, fake/); an interrupted run continues")
-    a.add_argument("--max-side", type=int, default=ALIGNED_MAX_SIDE, help="reconstruct the centre square of at most this side (0: whole)")
-    a.add_argument("--every", type=int, default=1, help="take every n-th real photo")
+    a.add_argument("--max-side", type=bounded(int, 0), default=ALIGNED_MAX_SIDE, help="reconstruct the centre square of at most this side (0: whole)")
+    a.add_argument("--every", type=bounded(int, 1), default=1, help="take every n-th real photo")
     a.set_defaults(func=_make_aligned)
     return p
 

@@ -112,6 +112,7 @@ def test_same_content_is_computed_once(make_app, stack_env, mini_dir, tmp_path):
 
 @pytest.mark.parametrize("content, reason", [(None, "not found"), (b"garbage" * 100, "not a readable safetensors")])
 def test_worker_refuses_missing_or_corrupt_checkpoint(stack_env, tmp_path, content, reason):
+    """A missing one is named with the setting that chooses it; a corrupt one is the file's fault, not the setting's."""
     path = tmp_path / "model.safetensors"
     if content is not None:
         path.write_bytes(content)
@@ -120,6 +121,7 @@ def test_worker_refuses_missing_or_corrupt_checkpoint(stack_env, tmp_path, conte
                           env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "cannot start" in proc.stderr and reason in proc.stderr
+    assert ("set PIXELPROOF_MODEL_PATH" in proc.stderr) == (content is None)
 
 
 def test_hostile_corpus_every_file_ends_with_result_or_clear_error(make_app, stack_env, tmp_path):

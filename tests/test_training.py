@@ -225,6 +225,27 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
         assert err.startswith("error: ") and says in err, (args, err)
 
 
+@pytest.mark.parametrize("args, says", [
+    (["train", "--data", "d", "--out", "o", "--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["train", "--data", "d", "--out", "o", "--batch-size", "-4"], "argument --batch-size: must be at least 1"),
+    (["train", "--data", "d", "--out", "o", "--lr", "-1"], "argument --lr: must be above 0"),
+    (["train", "--data", "d", "--out", "o", "--val-fraction", "1.5"], "argument --val-fraction: must be below 1"),
+    (["train", "--data", "d", "--out", "o", "--crops-per-image", "0"], "argument --crops-per-image: must be at least 1"),
+    (["train", "--data", "d", "--out", "o", "--limit", "many"], "argument --limit: not an integer: 'many'"),
+    (["evaluate", "--checkpoint", "c", "--data", "d", "--out", "o", "--limit", "-3"], "argument --limit: must be at least 0"),
+    (["make-aligned", "--data", "d", "--out", "o", "--every", "0"], "argument --every: must be at least 1"),
+    (["submit", "--parallel", "0", "folder"], "argument --parallel: must be at least 1, got 0"),
+])
+def test_a_number_out_of_range_is_refused_before_anything_runs(args, says, capsys):
+    """Out of range, a flag had been met later as a traceback from deep in torch (batch_size=0, a negative
+    learning rate, an empty validation split) or quietly misused (a negative --limit)."""
+    from pixelproof.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code == 2 and says in capsys.readouterr().err
+
+
 def test_only_visible_files_are_a_folders_own(tmp_path):
     from shared.folders import visible_files
 

@@ -33,6 +33,27 @@ def _opt(default: Any, help: str, **cli: Any) -> Any:
     return field(default=default, metadata={"help": help, **cli})
 
 
+def bounded(kind: type, low: float | None = None, high: float | None = None, *, above: float | None = None,
+            below: float | None = None):
+    """An argparse type: a `kind` within [low, high], or strictly above / below a bound. A value out of range
+    is refused with the flag's name before anything runs, not met later as a traceback from deep in torch."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+        for bad, words in ((low is not None and value < low, f"at least {low}"),
+                           (high is not None and value > high, f"at most {high}"),
+                           (above is not None and value <= above, f"above {above}"),
+                           (below is not None and value >= below, f"below {below}")):
+            if bad:
+                raise argparse.ArgumentTypeError(f"must be {words}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def _sources(text: str) -> tuple[str, ...]:
     return tuple(s for s in text.split(",") if s)
 
@@ -44,35 +65,37 @@ class TrainConfig:
     arch: str = _opt("tiny_resnet", "architecture from the model registry (tiny_resnet, residual_energy, ...; "
                      "shared/modeling/registry.py); --init-from's wins")
     arch_args: dict = _opt({}, "JSON, e.g. '{\"widths\": [16, 32, 64, 128]}'")
-    epochs: int = _opt(10, "passes over the training data (the one-cycle schedule spans them)")
-    batch_size: int = _opt(128, "images per step")
-    lr: float = _opt(3e-3, "peak learning rate of the one-cycle schedule")
-    weight_decay: float = _opt(5e-4, "AdamW weight decay")
+    epochs: int = _opt(10, "passes over the training data (the one-cycle schedule spans them)", type=bounded(int, 1))
+    batch_size: int = _opt(128, "images per step", type=bounded(int, 1))
+    lr: float = _opt(3e-3, "peak learning rate of the one-cycle schedule", type=bounded(float, above=0))
+    weight_decay: float = _opt(5e-4, "AdamW weight decay", type=bounded(float, 0))
     ema_decay: float = _opt(0.0, "EMA decay of the weights per step, e.g. 0.999 (0: off); the average is "
-                            "validated and saved", flag="--ema")
+                            "validated and saved", flag="--ema", type=bounded(float, 0, below=1))
     optimizer: str = _opt("adamw", "optimiser (adam reproduces the report's seed CNN; lbfgs fits a fixed-statistics "
                           "model's linear read-out to convergence on crops_per_image crops of each image, with "
                           "--weight-decay as its L2, and ignores the epoch settings)",
                           choices=["adamw", "adam", "lbfgs"])
     val_fraction: float = _opt(0.1, "share of the data held out for validation (stratified by class, and by "
-                               "source for crops)")
+                               "source for crops)", type=bounded(float, above=0, below=1))
     seed: int = _opt(0, "seed of the split, the initialisation and the augmentation")
-    patience: int = _opt(3, "early stopping on validation loss")
+    patience: int = _opt(3, "early stopping on validation loss", type=bounded(int, 1))
     device: str = _opt("auto", "where to train: auto picks CUDA, then MPS, then the CPU",
                        choices=["auto", "cpu", "cuda", "mps"])
-    limit: int = _opt(0, "train on at most this many images (quick runs, tests; 0: all)")
+    limit: int = _opt(0, "train on at most this many images (quick runs, tests; 0: all)", type=bounded(int, 0))
     augment: bool = _opt(True, "turn augmentation off", flag="--no-augment")
-    p_shift: float = _opt(0.0, "probability of a mirrored shift of up to 3 px", flag="--shift")
-    threads: int = _opt(0, "CPU threads for torch (0: all cores)")
+    p_shift: float = _opt(0.0, "probability of a mirrored shift of up to 3 px", flag="--shift",
+                          type=bounded(float, 0, 1))
+    threads: int = _opt(0, "CPU threads for torch (0: all cores)", type=bounded(int, 0))
     precision: str = _opt("auto", "auto: float16 on CUDA, bfloat16 on a CPU with native support, else float32",
                           choices=list(PRECISIONS))
     resume: bool = _opt(False, "continue the run in --out from its last saved epoch")
     init_from: str = _opt("", "fine-tune: start from this checkpoint's architecture, weights and (unless "
                           "given) preprocessing")
     teacher: str = _opt("", "distil: also learn from this checkpoint's softened scores")
-    distill_weight: float = _opt(0.7, "share of the loss given to the teacher")
-    distill_temperature: float = _opt(2.0, "temperature that softens the teacher's scores")
-    workers: int = _opt(0, "data-loading processes (GPU training wants several)")
+    distill_weight: float = _opt(0.7, "share of the loss given to the teacher", type=bounded(float, 0, 1))
+    distill_temperature: float = _opt(2.0, "temperature that softens the teacher's scores",
+                                      type=bounded(float, above=0))
+    workers: int = _opt(0, "data-loading processes (GPU training wants several)", type=bounded(int, 0))
     # Crop-based checkpoints (preprocessing.resize == "native_crops"):
     holdout: tuple[str, ...] = _opt((), "native_crops: comma-separated sources (file names <source>__<id>) kept "
                                     "out of training and scored at the end", type=_sources)
@@ -85,14 +108,15 @@ class TrainConfig:
                            "as --paired cuts them), so the model learns the generators of DATA and a decoder's "
                            "traces at once (--batch-size counts items of three crops); --holdout and the "
                            "validation split leave out the pairs of the photos they leave out")
-    crops_per_image: int = _opt(1, "native_crops: random crops of each image per epoch")
+    crops_per_image: int = _opt(1, "native_crops: random crops of each image per epoch", type=bounded(int, 1))
     crop_augment: dict = _opt({}, "native_crops: JSON overrides of the augmentation, e.g. '{\"p_jpeg\": 0.8}' "
                               "(training.native.CropAugment)")
     max_false_fake: float = _opt(0.01, "native_crops: share of real validation photos the fake threshold lets "
-                                 "through (shared.scoring.choose_thresholds)")
-    max_false_real: float = _opt(0.05, "native_crops: share of generated validation images labelled real at most")
+                                 "through (shared.scoring.choose_thresholds)", type=bounded(float, above=0, below=0.5))
+    max_false_real: float = _opt(0.05, "native_crops: share of generated validation images labelled real at most",
+                                 type=bounded(float, above=0, below=0.5))
     max_minutes: float = _opt(0.0, "after the first epoch, shorten the schedule to the epochs that fit in this many "
-                              "minutes (0: off)")
+                              "minutes (0: off)", type=bounded(float, 0))
     name: str = _opt("pixelproof", "model name, the first part of the checkpoint's version")
     preprocessing: Preprocessing = field(default_factory=_preprocessing, metadata={"cli": False})
 

@@ -5,6 +5,7 @@ import logging
 import os
 import threading
 import time
+from pathlib import Path
 
 import torch
 from celery import Celery, signals
@@ -175,8 +176,10 @@ def check_model(settings: Settings) -> None:
     try:
         _, meta = load_checkpoint(settings.model_path, device="cpu")
     except CheckpointError as exc:
-        log.critical(kv(event="model_unusable", reason=str(exc)))
-        raise SystemExit(f"Pixelproof worker cannot start: {exc}") from None
+        hint = ("" if Path(settings.model_path).exists() else " (set PIXELPROOF_MODEL_PATH to the checkpoint the "
+                "workers should serve; a checkout has models/default.safetensors)")
+        log.critical(kv(event="model_unusable", reason=f"{exc}{hint}"))
+        raise SystemExit(f"Pixelproof worker cannot start: {exc}{hint}") from None
     finally:
         torch.set_num_threads(threads)
     log.info(kv(event="model_ok", model_version=meta.version, path=settings.model_path))

@@ -130,8 +130,7 @@ def read_meta(path: Path) -> CheckpointMeta:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except FileNotFoundError:
-        raise CheckpointError(f"model checkpoint not found: {path} (set PIXELPROOF_MODEL_PATH to the checkpoint the "
-                              "workers should serve; a checkout has models/default.safetensors)") from None
+        raise CheckpointError(f"model checkpoint not found: {path}") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"model checkpoint {path} is not a readable safetensors file: {exc}") from None
     if "pixelproof" not in header:
