@@ -199,8 +199,10 @@ def test_a_nested_folder_trains_and_an_image_it_cannot_read_is_skipped_by_name(m
 
 
 def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mini_dir, tmp_path, capsys):
-    """The user's to fix, so exit 2 and one line that says what is wrong, not a traceback."""
+    """The user's to fix, so exit 2 and one line that says what is wrong, not a traceback (a --cross-domain
+    folder is checked before the main set is scored, not after)."""
     from pixelproof.cli import main
+    from shared.settings import DEFAULT_CHECKPOINT
 
     flat, named = tmp_path / "flat", tmp_path / "named"
     flat.mkdir()
@@ -216,6 +218,10 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
          "--arch-args {\"widths\": [8]} do not fit seed_cnn"),
         (["evaluate", "--checkpoint", str(tmp_path / "none.safetensors"), "--data", str(mini_dir)],
          "model checkpoint not found"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain",
+          str(tmp_path / "nowhere")], "--cross-domain " + str(tmp_path / "nowhere") + " is not a folder"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain", str(named)],
+         "holds no images under real/ or fake/"),
         (["evaluate", "--checkpoint", str(mini_dir / "real" / sorted(p.name for p in (mini_dir / "real").iterdir())[0]),
           "--data", str(mini_dir)], "is not a readable safetensors file"),
     ]

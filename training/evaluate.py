@@ -113,6 +113,7 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
              robustness: bool = True, limit: int = 0, precision: str = "auto", sources: tuple[str, ...] = (),
              held_out: bool = False, device: str = "cpu") -> dict:
     """``held_out``: score only the sources the checkpoint's training run held out (its --holdout)."""
+    cross = _cross_domain_files(Path(cross_domain)) if cross_domain else None  # checked before any scoring
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(max(1, torch.get_num_threads()))
     model, meta = load_for_inference(checkpoint, device=device, precision=precision)
@@ -156,11 +157,10 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
         for kind, (perturb, cls) in PERTURBATIONS.items():
             record(f"{name}+{kind}", y_kept, scores(perturb_class(kept, y_kept, perturb, cls)))
     per_source = source_rows(labels, p_main, names, rule)
-    if cross_domain:
+    if cross:
         root = Path(cross_domain)
-        items = folder_files(root)
-        y = np.array([lab for _, lab in items])
-        record(root.name, y, scores([p.read_bytes() for p, _ in items], [str(p.relative_to(root)) for p, _ in items]))
+        y = np.array([lab for _, lab in cross])
+        record(root.name, y, scores([p.read_bytes() for p, _ in cross], [str(p.relative_to(root)) for p, _ in cross]))
 
     plots.training_curves(meta.training.get("history", []), out / "training_curves.png")
     plots.roc(curves, out / "roc.png")
@@ -180,6 +180,15 @@ def evaluate(checkpoint: Path, data: str, out: Path, split: str = "test", cross_
     (out / "metrics.json").write_text(json.dumps(report, indent=2))
     (out / "report.md").write_text(markdown_table(results, drops) + "\n" + source_table(per_source))
     return report
+
+
+def _cross_domain_files(root: Path) -> list[tuple[Path, int]]:
+    if not root.is_dir():
+        raise DatasetUnavailable(f"--cross-domain {root} is not a folder (an image folder with real/ and fake/)")
+    items = folder_files(root)
+    if not items:
+        raise DatasetUnavailable(f"--cross-domain {root} holds no images under real/ or fake/ (or their synonyms)")
+    return items
 
 
 def source_rows(labels: np.ndarray, p: np.ndarray, names: list[str], rule) -> dict[str, dict]:
