@@ -135,12 +135,19 @@ def _migrate(args: argparse.Namespace) -> int:
 
 def _export_reviews(args: argparse.Namespace) -> int:
     from shared.db import Database
-    from shared.reviews import export_reviews
+    from shared.reviews import UnknownJob, export_reviews
     from shared.settings import load_settings
     from shared.storage import LocalStorage
 
     settings = load_settings()
-    counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
+    try:
+        counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
+    except UnknownJob as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # the folder cannot be made or written
+        print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"exported {counts['real']} real and {counts['fake']} fake images to {args.out} "
           f"({counts['unsure']} unsure and {counts['missing']} with a missing upload left out)")
     return 0

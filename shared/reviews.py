@@ -10,12 +10,16 @@ from pathlib import Path
 from sqlalchemy import select
 
 from .db import Database
-from .models import ImageItem, Review, csv_cell
+from .models import ImageItem, Job, Review, csv_cell
 from .storage import LocalStorage
 
 SAFE_SUFFIX = re.compile(r"^\.[a-z0-9]{1,5}$")
 # "<source>__<id>": training's source-held-out splits see reviewed images as one source, "review".
 SOURCE = "review"
+
+
+class UnknownJob(ValueError):
+    """A --job that names no job: a mistyped id must not pass for a job without reviews."""
 
 
 def export_reviews(db: Database, storage: LocalStorage, out: Path, job_ids: Sequence[str] | None = None) -> dict:
@@ -28,6 +32,11 @@ def export_reviews(db: Database, storage: LocalStorage, out: Path, job_ids: Sequ
         query = query.where(ImageItem.job_id.in_(list(job_ids)))
     counts = {"real": 0, "fake": 0, "unsure": 0, "missing": 0}
     written: set[str] = set()
+    if job_ids:
+        with db.session() as s:
+            unknown = sorted(set(job_ids) - set(s.scalars(select(Job.id).where(Job.id.in_(list(job_ids))))))
+        if unknown:
+            raise UnknownJob(f"no job {', '.join(unknown)} in this database; nothing was written")
     out.mkdir(parents=True, exist_ok=True)
     with db.session() as s, open(out / "reviews.csv", "w", newline="") as manifest:
         writer = csv.writer(manifest)

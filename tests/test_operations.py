@@ -490,6 +490,15 @@ def test_a_review_round_trip_exports_a_folder_that_training_reads(start_web_only
     assert all(p.name.startswith("review__") for p in (out / "fake").iterdir())
     manifest = list(csv.DictReader((out / "reviews.csv").read_text().splitlines()))
     assert len(manifest) == 12 and manifest[0]["note"] == "on second thought"
+    # a mistyped job id is not a job without reviews, and a file where the folder should be is named
+    (tmp_path / "a-file").write_text("not a folder")
+    for args, says in (([str(tmp_path / "typo"), "--job", job["id"][:-1]], f"no job {job['id'][:-1]} in this database"),
+                       ([str(tmp_path / "a-file")], f"cannot write {tmp_path / 'a-file'}: File exists")):
+        refused = subprocess.run([sys.executable, "-m", "pixelproof.cli", "export-reviews", *args], env=env,
+                                 cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
+        assert refused.returncode == 2 and refused.stderr.strip() == f"error: {says}" + (
+            "; nothing was written" if "no job" in says else ""), refused.stderr
+    assert not (tmp_path / "typo").exists()
     train = subprocess.run([sys.executable, "-m", "pixelproof.cli", "train", "--data", str(out), "--out",
                             str(tmp_path / "run"), "--init-from", str(DEFAULT_CHECKPOINT), "--epochs", "1",
                             "--threads", "1", "--batch-size", "4"],
