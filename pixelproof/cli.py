@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,22 +18,48 @@ from shared.routes import ROUTES
 from shared.settings import PRECISIONS
 
 
-def _user_errors_exit_2(command):
+class _UnusableOut(ValueError):
+    pass
+
+
+def _check_out(path: Path, folder: bool) -> None:
+    """--out, checked before minutes of work and without making anything: a folder (train, evaluate,
+    make-aligned) must not be a file, a checkpoint file (calibrate) not a folder, and the nearest folder that
+    exists above it must be one this user can write in."""
+    if folder and path.exists() and not path.is_dir():
+        raise _UnusableOut(f"--out {path} is a file; name a folder to write the run into")
+    if not folder and path.is_dir():
+        raise _UnusableOut(f"--out {path} is a folder; name the checkpoint file to write")
+    above = path if folder else path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise _UnusableOut(f"--out {path}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise _UnusableOut(f"--out {path}: {above} is not writable")
+
+
+def _user_errors_exit_2(out: str):
     """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, a checkpoint that is
-    missing or not one, or arguments that contradict the run folder, are the user's to fix: one line, exit 2."""
+    missing or not one, an --out (a "folder" or a "file") that cannot be written, or arguments that contradict
+    the run folder, are the user's to fix: one line, exit 2."""
 
-    def run(args: argparse.Namespace) -> int:
-        from shared.modeling.checkpoint import CheckpointError
-        from training.data import DatasetUnavailable
-        from training.train import RunMismatch
+    def wrap(command):
+        def run(args: argparse.Namespace) -> int:
+            from shared.modeling.checkpoint import CheckpointError
+            from training.data import DatasetUnavailable
+            from training.train import RunMismatch
 
-        try:
-            return command(args)
-        except (DatasetUnavailable, RunMismatch, CheckpointError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            try:
+                _check_out(Path(args.out), folder=out == "folder")
+                return command(args)
+            except (DatasetUnavailable, RunMismatch, CheckpointError, _UnusableOut) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return 2
 
-    return run
+        return run
+
+    return wrap
 
 
 def _share(text: str) -> float:
@@ -59,7 +86,7 @@ def _preprocessing(args: argparse.Namespace):
     return Preprocessing(**given)
 
 
-@_user_errors_exit_2
+@_user_errors_exit_2(out="folder")
 def _train(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.config import from_flags
@@ -72,7 +99,7 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors_exit_2
+@_user_errors_exit_2(out="folder")
 def _evaluate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.evaluate import evaluate
@@ -86,7 +113,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors_exit_2
+@_user_errors_exit_2(out="file")
 def _calibrate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.calibrate import calibrate
@@ -108,7 +135,7 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
-@_user_errors_exit_2
+@_user_errors_exit_2(out="folder")
 def _make_aligned(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.aligned import make_pairs
@@ -154,8 +181,6 @@ def _export_reviews(args: argparse.Namespace) -> int:
 
 
 def _exec(cmd: list[str]) -> int:
-    import os
-
     os.execv(cmd[0], cmd)  # in the caller's directory: every path in the settings is already absolute
     return 1  # not reached
 
@@ -228,8 +253,6 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 
 def build_parser() -> argparse.ArgumentParser:
-    import os
-
     from training.config import (  # light: no torch (the parser is built for every command)
         ALIGNED_MAX_SIDE,
         add_flags,

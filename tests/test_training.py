@@ -222,11 +222,15 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
           str(tmp_path / "nowhere")], "--cross-domain " + str(tmp_path / "nowhere") + " is not a folder"),
         (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain", str(named)],
          "holds no images under real/ or fake/"),
+        (["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--own-photos", str(flat), "--out", str(tmp_path)],
+         f"--out {tmp_path} is a folder; name the checkpoint file to write"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--out",
+          str(flat / sorted(p.name for p in flat.iterdir())[0] / "report")], "is a file, not a folder"),
         (["evaluate", "--checkpoint", str(mini_dir / "real" / sorted(p.name for p in (mini_dir / "real").iterdir())[0]),
           "--data", str(mini_dir)], "is not a readable safetensors file"),
     ]
     for args, says in cases:
-        assert main([*args, "--out", str(tmp_path / "out")]) == 2, args
+        assert main([*args] if "--out" in args else [*args, "--out", str(tmp_path / "out")]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()[-1]
         assert err.startswith("error: ") and says in err, (args, err)
 
