@@ -188,19 +188,22 @@ def _exec(cmd: list[str]) -> int:
 def _web(args: argparse.Namespace) -> int:
     from shared.settings import load_settings
 
-    from .stack import refuse_open_exposure, web_command
+    from .stack import check_folders, refuse_open_exposure, web_command
 
     settings = load_settings()
     refuse_open_exposure(settings)
+    check_folders(settings)
     return _exec(web_command(settings.port, workers=args.workers, threads=args.threads, host=settings.host))
 
 
 def _worker(args: argparse.Namespace) -> int:
     from shared.settings import load_settings
 
-    from .stack import beat_schedule_path, worker_command
+    from .stack import beat_schedule_path, check_folders, worker_command
 
-    schedule = beat_schedule_path(load_settings()) if args.beat else None
+    settings = load_settings()
+    check_folders(settings)
+    schedule = beat_schedule_path(settings) if args.beat else None
     return _exec(worker_command(concurrency=args.concurrency, beat_schedule=schedule, pool=args.pool))
 
 

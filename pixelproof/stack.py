@@ -21,6 +21,7 @@ from shared.metrics import clear_folder
 from shared.migrate import upgrade
 from shared.queue import QUEUE
 from shared.settings import Settings, SettingsError, load_settings
+from shared.storage import LocalStorage
 
 from .embedded_redis import EmbeddedRedis
 
@@ -48,6 +49,17 @@ def worker_command(concurrency: int = 1, beat_schedule: Path | None = None, pool
 def beat_schedule_path(settings: Settings) -> Path:
     """Where the one beat process keeps its schedule state: beside the service's other data."""
     return settings.data_dir / "celerybeat-schedule"
+
+
+def check_folders(settings: Settings) -> None:
+    """The data and upload folders are made, or start-up stops in one line, before any process is started
+    (gunicorn would boot and lose one worker after another on the same error)."""
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"Pixelproof will not start: PIXELPROOF_DATA_DIR {settings.data_dir} cannot be made: "
+                            f"{exc.strerror} ({exc.filename})") from None
+    LocalStorage(settings.upload_dir)  # makes it, or stops with a SettingsError that names it
 
 
 def refuse_open_exposure(settings: Settings) -> None:
@@ -142,7 +154,7 @@ def up() -> int:
     setup_logging(settings.log_level)
     refuse_open_exposure(settings)
     check_port_free(settings)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    check_folders(settings)
     # The paths as this process resolved them (absolute), so every child opens the same database and files.
     env = {**os.environ, "PIXELPROOF_DATA_DIR": str(settings.data_dir), "PIXELPROOF_MODEL_PATH": str(settings.model_path),
            "PIXELPROOF_STORAGE_DIR": str(settings.upload_dir), "DATABASE_URL": settings.db_url,

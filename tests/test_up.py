@@ -77,6 +77,22 @@ def test_up_on_a_busy_port_says_so_and_starts_nothing(tmp_path):
     assert not (tmp_path / "var" / "redis").exists()  # nothing was started
 
 
+@pytest.mark.parametrize("command", ["up", "web", "worker"])
+def test_a_data_folder_that_cannot_be_made_stops_start_up_in_one_line(tmp_path, command):
+    """Before any process starts: gunicorn had booted and lost one worker after another on the same traceback."""
+    (tmp_path / "a-file").write_text("where the uploads should go")
+    env = {**_up_env(tmp_path, free_port()), "PIXELPROOF_STORAGE_DIR": str(tmp_path / "a-file" / "uploads")}
+    if command != "up":
+        env.update(REDIS_URL="redis://127.0.0.1:1/0", DATABASE_URL=f"sqlite:///{tmp_path / 'x.db'}")
+    done = subprocess.run([sys.executable, "-m", "pixelproof.cli", command], cwd=REPO_ROOT, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip() == (f"Pixelproof will not start: the upload folder {tmp_path / 'a-file' / 'uploads'} "
+                                   f"cannot be made: Not a directory ({tmp_path / 'a-file' / 'uploads' / 'tmp'}); "
+                                   "set PIXELPROOF_STORAGE_DIR or PIXELPROOF_DATA_DIR"), done.stderr
+    assert not (tmp_path / "var" / "redis").exists()  # nothing was started
+
+
 def test_up_restarts_its_redis_and_keeps_serving(tmp_path, mini_dir):
     port = free_port()
     log = open(tmp_path / "up.log", "wb")
