@@ -60,7 +60,8 @@ def _sources(text: str) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    data: str = field(metadata={"help": "parquet dir, image folder, or Hugging Face dataset name"})
+    data: str = field(metadata={"help": "parquet dir, image folder (real/ and fake/, images at any depth below "
+                                        "them), or Hugging Face dataset name"})
     out: Path = field(metadata={"help": "run folder (checkpoint, history, resume state)"})
     arch: str = _opt("tiny_resnet", "architecture from the model registry (tiny_resnet, residual_energy, ...; "
                      "shared/modeling/registry.py); --init-from's wins")
