@@ -22,21 +22,21 @@ class _UnusableOut(ValueError):
     pass
 
 
-def _check_out(path: Path, folder: bool) -> None:
-    """--out, checked before minutes of work and without making anything: a folder (train, evaluate,
-    make-aligned) must not be a file, a checkpoint file (calibrate) not a folder, and the nearest folder that
-    exists above it must be one this user can write in."""
+def _check_out(path: Path, folder: bool, flag: str = "--out") -> None:
+    """Where a command writes, checked before minutes of work and without making anything: a folder (train,
+    evaluate, make-aligned, export-reviews) must not be a file, a checkpoint file (calibrate) not a folder, and
+    the nearest folder that exists above it must be one this user can write in."""
     if folder and path.exists() and not path.is_dir():
-        raise _UnusableOut(f"--out {path} is a file; name a folder to write the run into")
+        raise _UnusableOut(f"{flag} {path} is a file; name a folder to write into")
     if not folder and path.is_dir():
-        raise _UnusableOut(f"--out {path} is a folder; name the checkpoint file to write")
+        raise _UnusableOut(f"{flag} {path} is a folder; name the checkpoint file to write")
     above = path if folder else path.parent
     while not above.exists():
         above = above.parent
     if not above.is_dir():
-        raise _UnusableOut(f"--out {path}: {above} is a file, not a folder")
+        raise _UnusableOut(f"{flag} {path}: {above} is a file, not a folder")
     if not os.access(above, os.W_OK | os.X_OK):
-        raise _UnusableOut(f"--out {path}: {above} is not writable")
+        raise _UnusableOut(f"{flag} {path}: {above} is not writable")
 
 
 def _user_errors_exit_2(out: str):
@@ -168,12 +168,10 @@ def _export_reviews(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     try:
+        _check_out(Path(args.out), folder=True, flag="OUT")
         counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
-    except UnknownJob as exc:
+    except (UnknownJob, _UnusableOut) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # the folder cannot be made or written
-        print(f"error: cannot write {exc.filename or args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     print(f"exported {counts['real']} real and {counts['fake']} fake images to {args.out} "
           f"({counts['unsure']} unsure and {counts['missing']} with a missing upload left out)")

@@ -493,7 +493,7 @@ def test_a_review_round_trip_exports_a_folder_that_training_reads(start_web_only
     # a mistyped job id is not a job without reviews, and a file where the folder should be is named
     (tmp_path / "a-file").write_text("not a folder")
     for args, says in (([str(tmp_path / "typo"), "--job", job["id"][:-1]], f"no job {job['id'][:-1]} in this database"),
-                       ([str(tmp_path / "a-file")], f"cannot write {tmp_path / 'a-file'}: File exists")):
+                       ([str(tmp_path / "a-file")], f"OUT {tmp_path / 'a-file'} is a file; name a folder to write into")):
         refused = subprocess.run([sys.executable, "-m", "pixelproof.cli", "export-reviews", *args], env=env,
                                  cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False)
         assert refused.returncode == 2 and refused.stderr.strip() == f"error: {says}" + (
