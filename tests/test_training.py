@@ -256,6 +256,23 @@ def test_a_number_out_of_range_is_refused_before_anything_runs(args, says, capsy
     assert exit_.value.code == 2 and says in capsys.readouterr().err
 
 
+def test_a_folder_that_comes_split_trains_on_train_and_is_evaluated_on_test(mini_dir, tmp_path):
+    """Kaggle's layout (train/REAL, train/FAKE, test/REAL, test/FAKE), which the datasets imagefolder builder
+    read and the folder rule must too."""
+    from training.evaluate import evaluate
+
+    folder = tmp_path / "kaggle"
+    for split, n in (("train", 10), ("test", 4)):
+        for label, word in (("real", "REAL"), ("fake", "FAKE")):
+            (folder / split / word).mkdir(parents=True)
+            for f in sorted((mini_dir / label).iterdir())[:n] if split == "train" else sorted((mini_dir / label).iterdir())[-n:]:
+                (folder / split / word / f.name).write_bytes(f.read_bytes())
+    path, meta = train(TrainConfig(data=str(folder), out=tmp_path / "run", arch="seed_cnn", epochs=1, threads=1))
+    assert meta.training["n_train"] + meta.training["n_val"] == 20
+    report = evaluate(path, str(folder), tmp_path / "report", robustness=False)
+    assert report["results"]["kaggle"]["n"] == 8 and all(n.startswith("test/") for n in report["scores"]["names"])
+
+
 def test_only_visible_files_are_a_folders_own(tmp_path):
     from shared.folders import visible_files
 

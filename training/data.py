@@ -172,21 +172,42 @@ def folder_files(root: Path) -> list[tuple[Path, int]]:
     return items
 
 
+# An image folder may also come split, as Kaggle's sets do (train/REAL, train/FAKE, test/REAL, ...).
+SPLIT_NAMES = {"train": "train", "test": "test", "validation": "validation", "valid": "validation", "val": "validation"}
+
+
+def folder_splits(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    """An image folder's labelled files by split: class folders at the top are one split, "train"; otherwise
+    each split folder (train/, test/, val/ ...) that holds class folders is one. Empty: no labels anywhere."""
+    root = Path(root)
+    if items := folder_files(root):
+        return {"train": items}
+    splits = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (name := SPLIT_NAMES.get(sub.name.lower())) and (items := folder_files(sub)):
+            splits[name] = splits.get(name, []) + items
+    return splits
+
+
+def _no_labels(root: Path) -> DatasetUnavailable:
+    found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
+    return DatasetUnavailable(f"{root} has no labels{f' (its sub-folders: {found})' if found else ''}: {_LAYOUT}")
+
+
 def _folder_dataset(root: Path):
-    """An image folder as a `datasets` split, labelled by folder_files' rule, the one evaluation uses: the
+    """An image folder as `datasets` splits, labelled by folder_files' rule, the one evaluation uses: the
     `imagefolder` builder drops every label when the files sit at different depths (fake/midjourney/x.png
     beside fake/y.png) and knows no synonyms."""
     from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
     from datasets import Image as HFImage
 
-    items = folder_files(root)
-    if not items:
-        found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
-        raise DatasetUnavailable(f"{root} has no labels{f' (its sub-folders: {found})' if found else ''}: {_LAYOUT}")
+    splits = folder_splits(root)
+    if not splits:
+        raise _no_labels(root)
     features = Features({"image": HFImage(), "label": ClassLabel(names=["real", "fake"]), "filename": Value("string")})
-    return DatasetDict({"train": Dataset.from_dict(
+    return DatasetDict({name: Dataset.from_dict(
         {"image": [str(f) for f, _ in items], "label": [lab for _, lab in items],
-         "filename": [str(f.relative_to(root)) for f, _ in items]}, features=features)})
+         "filename": [str(f.relative_to(root)) for f, _ in items]}, features=features) for name, items in splits.items()})
 
 
 def pil_from_uint8(arr: np.ndarray) -> Image.Image:
@@ -194,11 +215,17 @@ def pil_from_uint8(arr: np.ndarray) -> Image.Image:
 
 
 def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = ()) -> tuple[list[bytes], np.ndarray, list[str]]:
-    """(file bytes, labels, names) of an image folder (all of it) or of a parquet / hub dataset's split,
-    restricted to the named sources (file names ``<source>__<id>``) when any are given."""
+    """(file bytes, labels, names) of an image folder (all of it, or its split folder when it comes split) or
+    of a parquet / hub dataset's split, restricted to the named sources (file names ``<source>__<id>``) when
+    any are given."""
     path = Path(source)
     if is_image_folder(source):
-        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in folder_files(path)]
+        files = folder_files(path)  # class folders at the top: the whole folder
+        if not files and (splits := folder_splits(path)):
+            if split not in splits:
+                raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(splits)})")
+            files = splits[split]
+        items = [(f.read_bytes(), label, str(f.relative_to(path))) for f, label in files]
     else:
         from datasets import Image as HFImage
 
