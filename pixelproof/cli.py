@@ -321,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = _parser(sub, "evaluate", "score a checkpoint on labelled data: metrics, robustness rows and plots")
     e.add_argument("--checkpoint", required=True, help="the checkpoint to score")
     e.add_argument("--data", required=True, help="labelled data: an image folder (real/, fake/), a parquet folder or a Hugging Face dataset")
-    e.add_argument("--split", default="test", help="split of a parquet or hub dataset (an image folder is scored whole)")
+    e.add_argument("--split", default="test", help="split of a parquet or hub dataset, or of an image folder that comes split "
+                   "(train/, test/); an image folder with class folders at the top is scored whole")
     e.add_argument("--sources", help="score only these comma-separated sources (file names <source>__<id>)")
     e.add_argument("--held-out", action="store_true", help="score only the sources the checkpoint's run held out")
     e.add_argument("--device", default="cpu", choices=["cpu", "cuda", "mps"], help="where the model runs")
