@@ -83,6 +83,20 @@ def webhook_env(env: dict, allow: str, **extra: str) -> dict:
     return {**env, "PIXELPROOF_WEBHOOK_ALLOWLIST": allow, "PIXELPROOF_WEBHOOK_SECRET": SECRET, **extra}
 
 
+def as_described(headers, body) -> None:
+    """A delivered webhook is what the OpenAPI description's jobFinished callback says: its body (the Job
+    schema, every field as in the API's own answers) and its headers."""
+    import jsonschema_rs
+
+    from web.openapi import OPENAPI
+
+    hook = OPENAPI["paths"]["/api/jobs"]["post"]["callbacks"]["jobFinished"]["{$request.query.callback_url}"]["post"]
+    schema = {**hook["requestBody"]["content"]["application/json"]["schema"], "components": OPENAPI["components"]}
+    jsonschema_rs.validate(schema, body)
+    for param in hook["parameters"]:
+        jsonschema_rs.validate(param["schema"], headers[param["name"]])
+
+
 def test_webhook_refused_then_accepted_is_signed_retried_with_backoff_and_recorded(make_app, stack_env, mini_dir,
                                                                                     tmp_path, receiver):
     rx = receiver(failures=2)
@@ -118,6 +132,7 @@ def test_webhook_refused_then_accepted_is_signed_retried_with_backoff_and_record
         assert not webhooks.verify(SECRET, body, signature, now=time.time() + 3600)  # a replay an hour later
     sent = json.loads(rx.hits[-1][2])
     assert sent["event"] == "job.finished" and sent["job"]["id"] == job["id"] and sent["job"]["status"] == "done"
+    as_described(rx.hits[-1][1], sent)
     assert sent["job"]["total"] == 3 and sum(sent["job"]["counts"].values()) == 3
     callback = client.get(f"/api/jobs/{job['id']}").get_json()["callback"]
     assert [(a["round"], a["attempt"], a["status_code"]) for a in callback["attempts"]] == [(1, 1, 500), (1, 2, 500),

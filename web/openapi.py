@@ -34,6 +34,24 @@ _RESULT_LINKS = {
     "GetThumbnail": _link("getThumbnail", "the page's first result's thumbnail", **_IMAGE),
 }
 
+# The webhook a job with callback_url gets (shared.webhooks): described here so that receivers can be generated
+# and checked against it like any other answer (the webhook test validates what it receives).
+_WEBHOOK = {"{$request.query.callback_url}": {"post": {
+    "summary": "The job finished (every image classified, failed or cancelled; again, in a new round, when files "
+               "are added afterwards). Delivered at least once: use the job id to ignore a repeat",
+    "parameters": [
+        {"name": "Pixelproof-Signature", "in": "header", "required": True, "schema": {"type": "string",
+         "pattern": "^t=[0-9]+,v1=[0-9a-f]{64}$"}, "description": "t=<unix time>,v1=<hex HMAC-SHA256 of "
+         "\"<t>.\" + the raw body, keyed with PIXELPROOF_WEBHOOK_SECRET>; verify it before parsing (README, Webhooks)"},
+        {"name": "Pixelproof-Event", "in": "header", "required": True, "schema": {"const": "job.finished"}},
+        {"name": "Pixelproof-Attempt", "in": "header", "required": True,
+         "schema": {"type": "string", "pattern": "^[1-9][0-9]*$"}, "description": "1 for the first attempt"}],
+    "requestBody": {"required": True, "content": {"application/json": {"schema": {
+        "type": "object", "additionalProperties": False, "required": ["event", "job"],
+        "properties": {"event": {"const": "job.finished"}, "job": {"$ref": "#/components/schemas/Job"}}}}}},
+    "responses": {"2XX": {"description": "received; any other answer, or none within the timeout, is retried with "
+                                         "exponential backoff"}}}}}
+
 _ACCEPTED = {
     "description": "stored and queued; Location names the job. A request repeated with the same Idempotency-Key "
                    "gets the job the first one made (with Idempotent-Replayed: true), and nothing is added twice",
@@ -200,6 +218,7 @@ OPENAPI = {
     "security": [{}, {"bearer": []}],
     "paths": {
         "/api/jobs": {"post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
+                               "callbacks": {"jobFinished": _WEBHOOK},
                                "parameters": [_IDEMPOTENCY, {
                                    "name": "callback_url", "in": "query", "schema": {"type": "string"},
                                    "description": "POST the job's summary here, signed, when it finishes; must be "
