@@ -62,17 +62,6 @@ def _user_errors_exit_2(out: str):
     return wrap
 
 
-def _share(text: str) -> float:
-    """A share of images an error rate may reach: above 0 and below one half."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0.0 < value < 0.5:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 0.5, got {text}")
-    return value
-
-
 def _preprocessing(args: argparse.Namespace):
     """The flags given, over Preprocessing's defaults; with --init-from and none given, the checkpoint's own
     (fine-tuning must feed the model what it was trained on)."""
@@ -118,8 +107,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     from shared.logs import setup_logging
     from training.calibrate import calibrate
 
-    out_of_fold = bool(args.folds or args.data)
-    if not (args.own_photos and not out_of_fold or not args.own_photos and args.folds and args.data):
+    own_photos_only = args.own_photos and not (args.folds or args.data)
+    folds_only = not args.own_photos and args.folds and args.data
+    if not (own_photos_only or folds_only):
         print("error: calibrate takes either --folds with --data (out-of-fold scores) or --own-photos "
               "(a folder of this deployment's real photos), not both and not neither", file=sys.stderr)
         return 2
@@ -344,8 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "(every file under it; undecodable ones are skipped and named): only the fake threshold is "
                    "refitted, the temperature and weights stay")
     c.add_argument("--out", required=True, help="where the recalibrated copy is written")
-    c.add_argument("--max-false-fake", type=_share, default=0.01, help="share of real photos the fake threshold lets through")
-    c.add_argument("--max-false-real", type=_share, default=0.05,
+    share = bounded(float, above=0, below=0.5)  # of images an error rate may reach, as train's flags take it
+    c.add_argument("--max-false-fake", type=share, default=0.01, help="share of real photos the fake threshold lets through")
+    c.add_argument("--max-false-real", type=share, default=0.05,
                    help="share of generated images labelled real at most (out-of-fold calibration only)")
     c.set_defaults(func=_calibrate)
 

@@ -20,7 +20,7 @@ from shared.metrics import ENV as METRICS_ENV
 from shared.metrics import clear_folder
 from shared.migrate import upgrade
 from shared.queue import QUEUE
-from shared.settings import Settings, SettingsError, load_settings
+from shared.settings import Settings, SettingsError, load_settings, make_folder
 from shared.storage import LocalStorage
 
 from .embedded_redis import EmbeddedRedis
@@ -54,11 +54,7 @@ def beat_schedule_path(settings: Settings) -> Path:
 def check_folders(settings: Settings) -> None:
     """The data and upload folders are made, or start-up stops in one line, before any process is started
     (gunicorn would boot and lose one worker after another on the same error)."""
-    try:
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SettingsError(f"Pixelproof will not start: PIXELPROOF_DATA_DIR {settings.data_dir} cannot be made: "
-                            f"{exc.strerror} ({exc.filename})") from None
+    make_folder(settings.data_dir, f"PIXELPROOF_DATA_DIR {settings.data_dir}")
     LocalStorage(settings.upload_dir)  # makes it, or stops with a SettingsError that names it
 
 

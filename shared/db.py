@@ -8,18 +8,14 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.settings import SettingsError
+from shared.settings import make_folder
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
-            try:  # the embedded default's folder is made on first start
-                Path(path).parent.mkdir(parents=True, exist_ok=True)
-            except OSError as exc:
-                raise SettingsError(f"Pixelproof will not start: the SQLite database {path} cannot be made: "
-                                    f"{exc.strerror} ({exc.filename})") from None
+            make_folder(Path(path).parent, f"the SQLite database {path}")  # the embedded default's, on first start
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")

@@ -28,6 +28,16 @@ class SettingsError(SystemExit):
     """Raised at start-up when the environment does not describe a runnable service."""
 
 
+def make_folder(folder: Path, what: str, advice: str = "") -> None:
+    """Make a folder the settings name (the data folder, the uploads', the SQLite database's), or stop start-up
+    in one line that says which and why, not with a traceback in every process."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(f"Pixelproof will not start: {what} cannot be made: {exc.strerror} ({exc.filename})"
+                            f"{advice}") from None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="PIXELPROOF_", extra="ignore", frozen=True)
 

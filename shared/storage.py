@@ -11,7 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
-from shared.settings import SettingsError
+from shared.settings import make_folder
 from shared.thumbnails import THUMBNAIL_TYPES
 
 CHUNK = 1024 * 1024
@@ -49,12 +49,7 @@ class LocalStorage:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.tmp = self.root / "tmp"
-        try:
-            self.tmp.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:  # a setting's fault, met at start-up: one line, not a traceback in every process
-            raise SettingsError(f"Pixelproof will not start: the upload folder {self.root} cannot be made: "
-                                f"{exc.strerror} ({exc.filename}); set PIXELPROOF_STORAGE_DIR or "
-                                "PIXELPROOF_DATA_DIR") from None
+        make_folder(self.tmp, f"the upload folder {self.root}", "; set PIXELPROOF_STORAGE_DIR or PIXELPROOF_DATA_DIR")
 
     def path(self, sha256: str) -> Path:
         if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):

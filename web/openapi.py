@@ -15,18 +15,21 @@ _UPLOAD = {
         "required": ["files"],
     }}},
 }
+
+
 def _link(operation: str, description: str, **parameters: str) -> dict:
     return {"operationId": operation, "description": description, "parameters": parameters}
 
 
 # Where a job's id in an answer goes in the next request (OpenAPI links: clients, and the stateful contract
 # test, follow them from a job to its results, files, cancel and delete).
+_JOB = {"path.job_id": "$response.body#/id"}
 _JOB_LINKS = {
-    "GetJob": _link("getJob", "the job's progress", **{"path.job_id": "$response.body#/id"}),
-    "GetResults": _link("getResults", "the job's results", **{"path.job_id": "$response.body#/id"}),
-    "AddFiles": _link("addFiles", "more files for the job", **{"path.job_id": "$response.body#/id"}),
-    "CancelJob": _link("cancelJob", "stop the job", **{"path.job_id": "$response.body#/id"}),
-    "DeleteJob": _link("deleteJob", "delete the job", **{"path.job_id": "$response.body#/id"}),
+    "GetJob": _link("getJob", "the job's progress", **_JOB),
+    "GetResults": _link("getResults", "the job's results", **_JOB),
+    "AddFiles": _link("addFiles", "more files for the job", **_JOB),
+    "CancelJob": _link("cancelJob", "stop the job", **_JOB),
+    "DeleteJob": _link("deleteJob", "delete the job", **_JOB),
 }
 _IMAGE = {"path.job_id": "$response.body#/job_id", "path.image_id": "$response.body#/items/0/id"}
 _RESULT_LINKS = {
