@@ -213,6 +213,8 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
     cases = [
         (["train", "--data", str(flat), "--arch", "seed_cnn"], "has no labels: an image folder needs a sub-folder"),
         (["train", "--data", str(named), "--arch", "seed_cnn"], "has no labels (its sub-folders: cats, dogs): an image"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(named)],
+         "has no labels (its sub-folders: cats, dogs): an image"),
         (["train", "--data", str(mini_dir), "--arch", "seed_cnm"], "unknown architecture 'seed_cnm'; registered: "),
         (["train", "--data", str(mini_dir), "--arch", "seed_cnn", "--arch-args", '{"widths": [8]}'],
          "--arch-args {\"widths\": [8]} do not fit seed_cnn"),

@@ -179,10 +179,13 @@ SPLIT_NAMES = {"train": "train", "test": "test", "validation": "validation", "va
 def folder_splits(root: Path) -> dict[str, list[tuple[Path, int]]]:
     """An image folder's labelled files by split: class folders at the top are one split, "train"; otherwise
     each split folder (train/, test/, val/ ...) that holds class folders is one. Empty: no labels anywhere."""
-    root = Path(root)
-    if items := folder_files(root):
+    if items := folder_files(Path(root)):
         return {"train": items}
-    splits = {}
+    return _split_folders(Path(root))
+
+
+def _split_folders(root: Path) -> dict[str, list[tuple[Path, int]]]:
+    splits: dict[str, list[tuple[Path, int]]] = {}
     for sub in sorted(p for p in root.iterdir() if p.is_dir()):
         if (name := SPLIT_NAMES.get(sub.name.lower())) and (items := folder_files(sub)):
             splits[name] = splits.get(name, []) + items
@@ -221,7 +224,9 @@ def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = 
     path = Path(source)
     if is_image_folder(source):
         files = folder_files(path)  # class folders at the top: the whole folder
-        if not files and (splits := folder_splits(path)):
+        if not files:
+            if not (splits := _split_folders(path)):
+                raise _no_labels(path)  # the message train gives for the same folder
             if split not in splits:
                 raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(splits)})")
             files = splits[split]
