@@ -89,7 +89,7 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     assert "holiday/fake/readme.jpg" in names
     status = page.locator("#status")
     assert status.get_attribute("data-status") == "done"
-    assert "14 / 14" in page.locator("#job-text").inner_text() and "1 errors" in page.locator("#job-text").inner_text()
+    assert "14 / 14" in page.locator("#job-text").inner_text() and "(1 error)" in page.locator("#job-text").inner_text()
     bad = page.locator("#results tbody tr.error")
     assert bad.count() == 1 and "not a recognised image" in bad.inner_text()
     labels = page.locator("#results tbody tr:not(.error) td.label").all_inner_texts()
@@ -286,6 +286,7 @@ def test_first_hour_scope_oversized_file_and_a_phone(browser, live_stack, mini_d
     for p in sorted((mini_dir / "real").iterdir())[:4]:
         shutil.copy(p, folder / p.name)
     (folder / "huge.jpg").write_bytes(b"\xff\xd8" + b"x" * 40000)  # over the 30,000-byte limit
+    (folder / "a_rather_long_name_from_an_archive_export_2026-12-07.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     page = watched_page(browser)
     page.set_viewport_size({"width": 390, "height": 844})
     page.goto(live_stack + "/")
@@ -297,14 +298,22 @@ def test_first_hour_scope_oversized_file_and_a_phone(browser, live_stack, mini_d
     page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
     # the big file is reported and left out; the others are classified
     assert "shoot/huge.jpg" in page.locator("#skipped").inner_text() and "limit" in page.locator("#skipped").inner_text()
-    assert page.locator("#results tbody tr").count() == 4
-    assert "4 / 4 files" in page.locator("#upload-text").inner_text()
-    assert page.locator("#encodings").inner_text() == "Files: JPEG quality 70-79 ×4."  # one encoding: no warning
+    assert page.locator("#results tbody tr").count() == 5
+    assert "5 / 5 files" in page.locator("#upload-text").inner_text()
+    assert page.locator("#encodings").inner_text().startswith("Files: JPEG quality 70-79 ×4")
     # at phone width the page does not scroll sideways, and Label and P are on screen
     assert page.evaluate("() => document.documentElement.scrollWidth") <= 390
     for column in (3, 4):
-        box = page.locator(f"#results tbody tr >> nth=0 >> td:nth-child({column})").bounding_box()
+        box = page.locator(f"#results tbody tr:not(.error) >> nth=0 >> td:nth-child({column})").bounding_box()
         assert box and box["x"] >= 0 and box["x"] + box["width"] <= 390, (column, box)
+    # each row's path has the card's width (it had wrapped a few letters to a line beside the other columns),
+    # and a broken file's error, in the column a phone has no room for, is still shown under it
+    for row in page.locator("#results tbody tr").all():
+        name = row.locator("td:nth-child(2)").bounding_box()
+        assert name and name["width"] >= 250 and name["x"] + name["width"] <= 390, name
+    error = page.locator("#results tbody tr.error td:nth-child(5)")
+    assert error.is_visible() and "could not be read" in error.inner_text(), error.inner_text()
+    assert (error.bounding_box() or {}).get("width", 0) >= 250
     page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
     assert not page_problems(page)
 
