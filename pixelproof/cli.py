@@ -242,6 +242,13 @@ def _parser(sub, name: str, help: str, epilog: str | None = None) -> argparse.Ar
 class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
     """Defaults shown after each option, and the environment listed as written."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # None is no default a user can read ("--checkpoint ... (default: None)" on a required option), and an
+        # option whose default depends on something says so in its own words.
+        if action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
 
 def build_parser() -> argparse.ArgumentParser:
     from training.config import (  # light: no torch (the parser is built for every command)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -208,3 +209,9 @@ def test_help_documents_every_argument_default_and_environment_variable():
     assert "PORT" in up_help and "DATABASE_URL" in up_help and "PIXELPROOF_HOST" in up_help
     web_help = " ".join(run_cli("web", "--help").stdout.split())
     assert "--threads THREADS threads per process" in web_help and "(default: 8)" in web_help
+    # a default is said once, and "None" is never shown as one (required options have none)
+    for name, sub in commands.items():
+        text = " ".join(sub.format_help().split())
+        assert "(default: None)" not in text, name
+        assert not re.search(r"default[^()]*\) \(default:", text), name
+    assert "(default: 200, fewer when they are large)" in " ".join(submit_help.split())
