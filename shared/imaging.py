@@ -23,7 +23,7 @@ from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from shared import jpeg_regions
 from shared.jpeg_markers import SOS, header_segments
-from shared.limits import MAX_JPEG_SCANS, MAX_PIXELS
+from shared.limits import MAX_JPEG_SCANS, MAX_PIXELS, MIN_SIDE
 from shared.thumbnails import THUMBNAIL_QUALITY, THUMBNAIL_SIZES
 
 # Formats decided by content. Anything else (SVG, PDF, HTML, ZIP...) is refused by name.
@@ -156,6 +156,9 @@ def open_image(data: bytes, max_pixels: int, max_scans: int = MAX_JPEG_SCANS) ->
         raise ImageRejected(f"the image declares an impossible size {w}x{h}")
     if w * h > max_pixels:
         raise ImageRejected(f"the image is {w}x{h} pixels, over the limit of {max_pixels} pixels")
+    if min(w, h) < MIN_SIDE:
+        raise ImageRejected(f"the image is {w}x{h} pixels, too small to judge: a detector needs at least {MIN_SIDE} "
+                            "pixels on each side (smaller ones are tracking pixels, spacers or slivers)")
     return img
 
 

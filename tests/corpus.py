@@ -139,7 +139,9 @@ def corpus() -> list[tuple[str, bytes, str]]:
         ("photo.webp", _save(_noise(), "WEBP"), "ok"),
         ("scan.tiff", _save(_noise(), "TIFF"), "ok"),
         ("rotated.jpg", exif_rotated_jpeg(), "ok"),
-        ("pixel.png", _save(_img(size=(1, 1)), "PNG"), "ok"),
+        ("pixel.png", _save(_img(size=(1, 1)), "PNG"), "too small to judge"),  # a tracking pixel
+        ("sliver.gif", _save(_img(size=(600, 15)), "GIF"), "600x15 pixels, too small to judge"),
+        ("icon.png", _save(_img(size=(16, 16)), "PNG"), "ok"),  # the smallest it scores
         ("mislabelled.gif", jpeg, "ok"),  # type by content, not extension
     ] + _avif_case()
 

@@ -160,7 +160,7 @@ def test_ten_thousand_tiny_files_in_one_job(make_app, sqlite_url, redis_server, 
     files = []
     for i in range(10_000):
         buf = io.BytesIO()
-        Image.new("RGB", (2, 2), (i % 256, (i // 256) % 256, 7)).save(buf, "PNG")
+        Image.new("RGB", (16, 16), (i % 256, (i // 256) % 256, 7)).save(buf, "PNG")  # the smallest scored
         files.append((buf.getvalue(), f"tiny/{i:05d}.png"))
     worker = start_worker(env, tmp_path / "worker.log")
     try:

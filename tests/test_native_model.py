@@ -141,13 +141,23 @@ def test_evaluate_scores_held_out_sources_with_robustness_and_source_rows(toy_di
 
 
 def test_small_and_odd_images_reach_a_crop_model(tmp_path):
-    """Sizes below a crop, odd sides and extreme aspect ratios all give a score and stay inside the image."""
-    for w, h in ((17, 9), (65, 3), (301, 64), (1000, 70)):
+    """Sizes below a crop, odd sides and extreme aspect ratios all give a score and stay inside the image, down
+    to MIN_SIDE; a sliver below it is refused by name, whatever its other side."""
+    from shared.imaging import ImageRejected
+    from shared.limits import MIN_SIDE
+
+    def png(w, h):
         buf = io.BytesIO()
         Image.fromarray(np.random.default_rng(w).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "PNG")
-        prepared = preprocess_bytes(buf.getvalue(), NATIVE)
+        return buf.getvalue()
+
+    for w, h in ((17, 16), (65, MIN_SIDE), (MIN_SIDE, 65), (301, 64), (1000, 70)):
+        prepared = preprocess_bytes(png(w, h), NATIVE)
         assert prepared.inputs.shape[1:] == (3, 64, 64) and 1 <= len(prepared.inputs) <= 4
         assert all(b.x + b.w <= w and b.y + b.h <= h for b in prepared.boxes)
+    for w, h in ((1000, MIN_SIDE - 1), (MIN_SIDE - 1, 40), (1, 1)):
+        with pytest.raises(ImageRejected, match=f"{w}x{h} pixels, too small to judge: .* at least {MIN_SIDE} pixels"):
+            preprocess_bytes(png(w, h), NATIVE)
 
 
 def test_calibrate_fits_temperature_and_thresholds_on_out_of_fold_scores(toy_dir, tmp_path):
