@@ -236,6 +236,36 @@ def test_files_chosen_before_the_limits_arrive_are_split_by_them(browser, live_s
     assert not page_problems(page)
 
 
+def test_files_dropped_without_folder_entries_upload_and_an_empty_drop_is_said(browser, live_stack, mini_dir):
+    """Files dragged from an application that hands over plain files (no file-system entries: what a
+    synthetic drop gives too) are uploaded; a drop with no files in it says so instead of doing nothing."""
+    import base64
+
+    files = [{"name": p.name, "b64": base64.b64encode(p.read_bytes()).decode()}
+             for p in sorted((mini_dir / "real").iterdir())[:3]]
+    page = watched_page(browser)
+    page.goto(live_stack + "/")
+    page.wait_for_selector("#scope:not([hidden])")
+    text_only = page.evaluate_handle("() => { const dt = new DataTransfer(); dt.setData('text/plain', 'hello'); "
+                                     "return dt; }")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": text_only})
+    page.wait_for_selector("#error:not([hidden])")
+    assert "nothing to upload: no files" in page.locator("#error").inner_text()
+    dropped = page.evaluate_handle("""(files) => {
+        const dt = new DataTransfer();
+        for (const f of files) {
+            const bytes = Uint8Array.from(atob(f.b64), (c) => c.charCodeAt(0));
+            dt.items.add(new File([bytes], f.name, { type: "image/jpeg" }));
+        }
+        return dt;
+    }""", files)
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
+    wait_status(page, "done", timeout=120_000)
+    names = page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    assert sorted(names) == sorted(f["name"] for f in files), names
+    assert page.locator("#error").is_hidden() and not page_problems(page)
+
+
 def test_a_job_link_cannot_point_the_page_at_another_path(browser, live_stack):
     page = watched_page(browser)
     requests_seen = []

@@ -205,8 +205,9 @@
     const { keep: entries, skipped } = skipRefused(all);
     showSkipped(skipped);
     $("error").hidden = true;
-    if (!entries.length) {
-      if (skipped.length) showError("nothing to upload: every file is over the limit");
+    if (!entries.length) {  // a dragged link or text, an empty folder: said, not silently ignored
+      showError(skipped.length ? "nothing to upload: every file is over the limit"
+        : "nothing to upload: no files in what was given");
       return;
     }
     $("progress").hidden = false;
@@ -655,8 +656,13 @@
       .filter((e) => !hidden(e.path));
   }
 
-  // Folders dropped on the page arrive as entries; walk them so nested paths keep their folder names.
-  async function fromDrop(items) {
+  // Folders dropped on the page arrive as entries; walk them so nested paths keep their folder names. Where
+  // the browser gives no entries (files from an application that hands over plain files), the files are taken.
+  async function fromDrop(transfer) {
+    // read before the first await: a drop's data is gone once its event has been handled
+    const entries = Array.from(transfer.items || []).map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry())
+      .filter(Boolean);
+    if (!entries.length) return Array.from(transfer.files || []).map((file) => ({ file, path: file.name }));
     const out = [];
     async function walk(entry, prefix) {
       if (entry.isFile) {
@@ -671,7 +677,6 @@
         }
       }
     }
-    const entries = Array.from(items).map((i) => i.webkitGetAsEntry && i.webkitGetAsEntry()).filter(Boolean);
     for (const e of entries) await walk(e, "");
     return out;
   }
@@ -685,7 +690,7 @@
   drop.addEventListener("drop", (e) => {
     e.preventDefault();
     drop.classList.remove("over");
-    run(fromDrop(e.dataTransfer.items).then(upload));
+    run(fromDrop(e.dataTransfer).then(upload));
   });
 
   // Only a job id (url-safe base64) is taken from the address bar, so ?job= can never point the page's
