@@ -96,7 +96,8 @@ def _safely(name: str, update, labels: dict) -> None:
 def failure_reason(error: str | None) -> str:
     """A small fixed set of reasons for a label value (the error text itself is unbounded)."""
     text = (error or "").lower()
-    for needle, reason in (("scans", "too_many_scans"), ("pixels", "too_many_pixels"), ("missing", "missing_upload"),
+    for needle, reason in (("too small", "too_small"), ("scans", "too_many_scans"), ("pixels", "too_many_pixels"),
+                           ("missing", "missing_upload"),
                            ("times and never finished", "gave_up"), ("not supported", "unsupported_format"),
                            ("not a recognised image", "not_an_image"), ("not an image", "not_an_image")):
         if needle in text:

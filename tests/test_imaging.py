@@ -42,6 +42,26 @@ def test_corpus_file_is_classified_or_refused_clearly(name, data, expected):
         assert expected.lower() in str(err.value).lower()
 
 
+# The metric's reason for each refusal in the corpus: a small fixed set, matched on the words of the message.
+REASONS = {"notes.jpg": "not_an_image", "doc.jpg": "not_an_image", "page.jpg": "not_an_image",
+           "archive.jpg": "not_an_image", "empty.heic": "not_an_image", "vector.svg": "unsupported_format",
+           "bomb.png": "too_many_pixels", "absurd.png": "too_many_pixels", "huge.heic": "too_many_pixels",
+           "pixel.png": "too_small", "sliver.gif": "too_small", "scans.jpg": "too_many_scans",
+           "photo.avif": "unsupported_format"}  # refused only where this Pillow cannot decode AVIF
+
+
+def test_each_refusal_is_counted_under_its_own_reason():
+    from shared.metrics import failure_reason
+
+    seen = {}
+    for name, data, expected in corpus():
+        if expected != "ok":
+            with pytest.raises(ImageRejected) as err:
+                preprocess_bytes(data, NATIVE)
+            seen[name] = failure_reason(str(err.value))
+    assert seen == {name: REASONS.get(name, "undecodable") for name in seen}
+
+
 def _jpeg(mode: str = "RGB", **kw) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (40, 30), 90).save(buf, "JPEG", **kw)
