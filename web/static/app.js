@@ -275,7 +275,8 @@
     currentJob = job.id;
     if (job.model) showScope(job.model);
     $("job-bar").value = job.total ? job.done / job.total : 0;
-    const notes = [job.errors ? `${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "", job.cancelled ? `${job.cancelled} cancelled` : ""];
+    const notes = [job.errors ? `${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "",
+                   job.cancelled ? `${job.cancelled} cancelled` : ""];
     $("job-text").textContent = `${job.done} / ${job.total}` + (notes.some(Boolean) ? ` (${notes.filter(Boolean).join(", ")})` : "");
     $("job-actions").hidden = false;
     $("cancel-job").hidden = FINAL.includes(job.status);
