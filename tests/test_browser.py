@@ -130,6 +130,20 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     page.screenshot(path=str(tmp_path / "detail.png"))
     page.keyboard.press("Escape")
     dialog.wait_for(state="hidden")
+    # from the keyboard too: a classified row takes focus, Enter opens its view, and closing it gives the
+    # focus back to the row; an error row has no view to open and takes no focus
+    photo_row.focus()
+    assert page.evaluate("() => document.activeElement.dataset.status") == "done"
+    page.keyboard.press("Enter")
+    dialog.wait_for(state="visible")
+    assert page.locator("#detail-name").inner_text() == "holiday/real/photo.jpg"
+    page.keyboard.press("Escape")
+    dialog.wait_for(state="hidden")
+    assert page.evaluate("() => document.activeElement.dataset.status") == "done"
+    page.keyboard.press("Shift+Tab")
+    page.keyboard.press("Tab")  # Tab moves between rows, and back
+    assert page.evaluate("() => document.activeElement.tagName") == "TR"
+    assert page.locator("#results tbody tr.error").get_attribute("tabindex") is None
     assert not page_problems(page)  # no script error, and nothing the Content-Security-Policy had to block
 
 

@@ -472,6 +472,11 @@
       img.dataset.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail`;
       lazy.observe(img);
       tr.onclick = () => openDetail(jobId, r);
+      // and from the keyboard: the row takes focus (Tab), Enter or Space opens the same view
+      tr.tabIndex = 0;
+      tr.onkeydown = (e) => {
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openDetail(jobId, r); }
+      };
     }
     tr.dataset.id = r.id;
     const label = r.status === "error" ? "error" : r.status === "done" ? (LABEL_TEXT[r.label] || r.label) : r.status;
