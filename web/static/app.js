@@ -471,11 +471,12 @@
     if (r.status === "done") {
       img.dataset.src = `/api/jobs/${jobId}/images/${r.id}/thumbnail`;
       lazy.observe(img);
-      tr.onclick = () => openDetail(jobId, r);
-      // and from the keyboard: the row takes focus (Tab), Enter or Space opens the same view
+      // a click, or from the keyboard: the row takes focus (Tab), Enter or Space opens the same view
+      const open = () => openDetail(jobId, r);
+      tr.onclick = open;
       tr.tabIndex = 0;
       tr.onkeydown = (e) => {
-        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); openDetail(jobId, r); }
+        if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); }
       };
     }
     tr.dataset.id = r.id;
