@@ -204,8 +204,11 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
     from pixelproof.cli import main
     from shared.settings import DEFAULT_CHECKPOINT
 
-    flat, named = tmp_path / "flat", tmp_path / "named"
+    flat, named, empty, split = tmp_path / "flat", tmp_path / "named", tmp_path / "empty", tmp_path / "split"
     flat.mkdir()
+    for folder in (empty / "real", empty / "fake", split / "train" / "real", split / "train" / "fake"):
+        folder.mkdir(parents=True)
+    (empty / "real" / ".DS_Store").write_bytes(b"\x00")  # hidden: no image
     for i, f in enumerate(sorted((mini_dir / "real").iterdir())[:4]):
         (flat / f.name).write_bytes(f.read_bytes())
         (named / ("cats" if i % 2 else "dogs")).mkdir(parents=True, exist_ok=True)
@@ -223,7 +226,13 @@ def test_a_folder_without_classes_or_a_file_that_is_no_checkpoint_is_one_line(mi
         (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain",
           str(tmp_path / "nowhere")], "--cross-domain " + str(tmp_path / "nowhere") + " is not a folder"),
         (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain", str(named)],
-         "holds no images under real/ or fake/"),
+         f"--cross-domain {named} has no labels (its sub-folders: cats, dogs): an image"),
+        (["train", "--data", str(empty), "--arch", "seed_cnn"],
+         f"{empty} has no labelled images: its class folders (fake, real) hold no files"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(split)],
+         f"{split} has no labelled images: its class folders (train/fake, train/real) hold no files"),
+        (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--cross-domain", str(empty)],
+         f"--cross-domain {empty} has no labelled images: its class folders (fake, real) hold no files"),
         (["calibrate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--own-photos", str(flat), "--out", str(tmp_path)],
          f"--out {tmp_path} is a folder; name the checkpoint file to write"),
         (["evaluate", "--checkpoint", str(DEFAULT_CHECKPOINT), "--data", str(mini_dir), "--out",

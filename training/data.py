@@ -192,9 +192,19 @@ def _split_folders(root: Path) -> dict[str, list[tuple[Path, int]]]:
     return splits
 
 
-def _no_labels(root: Path) -> DatasetUnavailable:
-    found = ", ".join(sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")))
-    return DatasetUnavailable(f"{root} has no labels{f' (its sub-folders: {found})' if found else ''}: {_LAYOUT}")
+def no_labelled_images(root: Path, flag: str = "") -> DatasetUnavailable:
+    """One message for a folder with no labelled image, wherever it is read (train, evaluate's --data and
+    --cross-domain): class folders that are there but empty are named as such, not reported as missing."""
+    where = f"{flag} {root}" if flag else str(root)
+    subs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [p for p in subs if p.name.lower() in REAL_NAMES | FAKE_NAMES]
+    classes += [c for p in subs if p.name.lower() in SPLIT_NAMES for c in sorted(p.iterdir())
+                if c.is_dir() and c.name.lower() in REAL_NAMES | FAKE_NAMES]
+    if classes:
+        named = ", ".join(str(c.relative_to(root)) for c in classes)
+        return DatasetUnavailable(f"{where} has no labelled images: its class folders ({named}) hold no files")
+    found = ", ".join(p.name for p in subs)
+    return DatasetUnavailable(f"{where} has no labels{f' (its sub-folders: {found})' if found else ''}: {_LAYOUT}")
 
 
 def _folder_dataset(root: Path):
@@ -206,7 +216,7 @@ def _folder_dataset(root: Path):
 
     splits = folder_splits(root)
     if not splits:
-        raise _no_labels(root)
+        raise no_labelled_images(root)
     features = Features({"image": HFImage(), "label": ClassLabel(names=["real", "fake"]), "filename": Value("string")})
     return DatasetDict({name: Dataset.from_dict(
         {"image": [str(f) for f, _ in items], "label": [lab for _, lab in items],
@@ -226,7 +236,7 @@ def labelled_files(source: str, split: str = "test", sources: tuple[str, ...] = 
         files = folder_files(path)  # class folders at the top: the whole folder
         if not files:
             if not (splits := _split_folders(path)):
-                raise _no_labels(path)  # the message train gives for the same folder
+                raise no_labelled_images(path)  # the message train gives for the same folder
             if split not in splits:
                 raise DatasetUnavailable(f"{source} has no split {split!r} (has: {', '.join(splits)})")
             files = splits[split]

@@ -29,6 +29,7 @@ from .data import (
     folder_files,
     is_image_folder,
     labelled_files,
+    no_labelled_images,
     source_of,
 )
 from .metrics import classification_report, label_shares, reliability_bins, roc_points
@@ -187,7 +188,7 @@ def _cross_domain_files(root: Path) -> list[tuple[Path, int]]:
         raise DatasetUnavailable(f"--cross-domain {root} is not a folder (an image folder with real/ and fake/)")
     items = folder_files(root)
     if not items:
-        raise DatasetUnavailable(f"--cross-domain {root} holds no images under real/ or fake/ (or their synonyms)")
+        raise no_labelled_images(root, "--cross-domain")
     return items
 
 
