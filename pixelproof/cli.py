@@ -39,21 +39,32 @@ def _check_out(path: Path, folder: bool, flag: str = "--out") -> None:
         raise _UnusableOut(f"{flag} {path}: {above} is not writable")
 
 
-def _user_errors_exit_2(out: str):
-    """train, evaluate, calibrate and make-aligned: a --data source that cannot be read, a checkpoint that is
-    missing or not one, an --out (a "folder" or a "file") that cannot be written, or arguments that contradict
-    the run folder, are the user's to fix: one line, exit 2."""
+def _training_errors() -> tuple[type[Exception], ...]:
+    from shared.modeling.checkpoint import CheckpointError
+    from training.data import DatasetUnavailable
+    from training.train import RunMismatch
+
+    return DatasetUnavailable, RunMismatch, CheckpointError
+
+
+def _review_errors() -> tuple[type[Exception], ...]:
+    from shared.reviews import UnknownJob  # no torch: export-reviews runs where the web runs
+
+    return (UnknownJob,)
+
+
+def _user_errors_exit_2(out: str, errors=_training_errors, flag: str = "--out"):
+    """train, evaluate, calibrate, make-aligned and export-reviews: a --data source that cannot be read, a
+    checkpoint that is missing or not one, an unknown job, an --out (a "folder" or a "file") that cannot be
+    written, or arguments that contradict the run folder, are the user's to fix: one line, exit 2. `errors`
+    names the command's own exceptions, imported only when it runs."""
 
     def wrap(command):
         def run(args: argparse.Namespace) -> int:
-            from shared.modeling.checkpoint import CheckpointError
-            from training.data import DatasetUnavailable
-            from training.train import RunMismatch
-
             try:
-                _check_out(Path(args.out), folder=out == "folder")
+                _check_out(Path(args.out), folder=out == "folder", flag=flag)
                 return command(args)
-            except (DatasetUnavailable, RunMismatch, CheckpointError, _UnusableOut) as exc:
+            except (*errors(), _UnusableOut) as exc:
                 print(f"error: {exc}", file=sys.stderr)
                 return 2
 
@@ -150,19 +161,15 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors_exit_2(out="folder", errors=_review_errors, flag="OUT")
 def _export_reviews(args: argparse.Namespace) -> int:
     from shared.db import Database
-    from shared.reviews import UnknownJob, export_reviews
+    from shared.reviews import export_reviews
     from shared.settings import load_settings
     from shared.storage import LocalStorage
 
     settings = load_settings()
-    try:
-        _check_out(Path(args.out), folder=True, flag="OUT")
-        counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
-    except (UnknownJob, _UnusableOut) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    counts = export_reviews(Database(settings.db_url), LocalStorage(settings.upload_dir), Path(args.out), args.job)
     print(f"exported {counts['real']} real and {counts['fake']} fake images to {args.out} "
           f"({counts['unsure']} unsure and {counts['missing']} with a missing upload left out)")
     return 0

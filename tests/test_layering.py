@@ -3,6 +3,7 @@ image decoders (it serves thumbnails the workers made)."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -77,3 +78,20 @@ def test_web_process_does_not_import_torch(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "LOADED []" in proc.stdout
+
+
+def test_export_reviews_refusing_its_out_does_not_import_torch(tmp_path):
+    """export-reviews runs where the web runs (no torch there); its error handling is the training commands'
+    wrapper, which must import only export-reviews' own exceptions to catch them (the parser's light
+    training.config is imported for every command)."""
+    (tmp_path / "a-file").write_text("not a folder")
+    code = (
+        "import sys; from pixelproof.cli import main;"
+        f"rc = main(['export-reviews', {str(tmp_path / 'a-file')!r}]);"
+        "bad = [m for m in ('torch', 'torchvision', 'training.train', 'training.data', 'shared.modeling') if m in sys.modules];"
+        "print('RC', rc, 'LOADED', bad)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PIXELPROOF_DATA_DIR": str(tmp_path / "data")})
+    assert "RC 2 LOADED []" in proc.stdout, proc.stdout + proc.stderr
+    assert "is a file; name a folder to write into" in proc.stderr
