@@ -98,6 +98,9 @@ def test_whole_worker_killed_then_sweeper_recovers(make_app, sqlite_url, redis_s
     finally:
         second.stop()
     assert "event=requeued_stale" in second.text()
+    # Celery's routine lines for a sweep every second are dropped (worker/routine_logs.py), a batch's are not
+    assert "pixelproof.sweep[" not in second.text() and "Sending due task sweep-stale-images" not in second.text()
+    assert "pixelproof.classify[" in second.text() and "] received" in second.text()
 
 
 def test_redis_restart_loses_nothing_and_web_says_503(make_app, sqlite_url, tmp_path, mini_dir):
