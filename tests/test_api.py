@@ -221,3 +221,12 @@ def test_database_down_is_503_not_a_stack_trace(make_app, stack_env, mini_dir):
     for resp in (post_files(client, "/api/jobs", jpeg_bytes(mini_dir)), client.get("/api/jobs/abc")):
         assert resp.status_code == 503 and "database" in resp.get_json()["error"] and resp.headers["Retry-After"]
     assert client.get("/healthz").get_json()["checks"]["database"].startswith("unreachable")
+
+
+def test_every_setting_is_in_the_readme():
+    """A setting read at start-up that the README does not name is one an operator cannot find."""
+    from shared.settings import REPO_ROOT, Settings, _env_name
+
+    readme = (REPO_ROOT / "README.md").read_text()
+    missing = [_env_name(name) for name in Settings.model_fields if f"`{_env_name(name)}`" not in readme]
+    assert not missing, missing
