@@ -28,9 +28,12 @@ from .embedded_redis import EmbeddedRedis
 
 def web_command(port: int, workers: int = 2, threads: int = 8, host: str = "127.0.0.1") -> list[str]:
     """How the web runs everywhere: `pixelproof up`, `pixelproof web`, the tests and the benchmark."""
-    # gthread: long-polling requests wait in threads without holding a whole worker process.
+    # gthread: long-polling requests wait in threads without holding a whole worker process. No control
+    # socket: gunicorn's default is one path per user (~/.gunicorn/gunicorn.ctl), which a second instance on
+    # the host takes over and either one's stop deletes; Pixelproof is run by its own commands and signals.
     return [sys.executable, "-m", "gunicorn", "web.wsgi:app", "--bind", f"{host}:{port}", "--workers", str(workers),
             "--worker-class", "gthread", "--threads", str(threads), "--timeout", "120", "--graceful-timeout", "20",
+            "--no-control-socket",
             "--access-logfile", "-", "--access-logformat", 'event=http method=%(m)s path="%(U)s" status=%(s)s ms=%(M)s']
 
 

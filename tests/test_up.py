@@ -29,7 +29,10 @@ def healthy(base: str) -> bool:
 
 def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
     port = free_port()
-    env = _up_env(tmp_path, port)
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {**_up_env(tmp_path, port), "HOME": str(home)}
+    env.pop("XDG_RUNTIME_DIR", None)
     log = open(tmp_path / "up.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "pixelproof.cli", "up"], cwd=REPO_ROOT, env=env,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -54,6 +57,7 @@ def test_up_serves_classifies_and_stops_on_ctrl_c(tmp_path, mini_dir):
         code = proc.wait(60)
     assert code == 0, (tmp_path / "up.log").read_text()[-3000:]
     assert "Pixelproof stopped." in (tmp_path / "up.log").read_text()
+    assert not list(home.iterdir())  # everything it keeps is under PIXELPROOF_DATA_DIR (no ~/.gunicorn/gunicorn.ctl)
     for kid in kids:  # nothing left running
         assert not kid.is_running() or kid.status() == psutil.STATUS_ZOMBIE, kid
 
