@@ -161,7 +161,7 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     urls = []
     page.on("request", lambda r: urls.append(r.url))
     page.goto(live_stack + "/")
-    page.locator("details summary").click()
+    page.locator("#drop details summary").click()
     page.fill("#token", TOKEN)
     page.dispatch_event("#token", "change")
     page.set_input_files("#folder-input", str(folder))
@@ -547,4 +547,27 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     assert f"Job {job_id} was deleted: 16 results" in page.locator("#error").inner_text()
     assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).status_code == 404
     assert page.locator("#results").is_hidden() and "job=" not in page.url
+    assert [p for p in page_problems(page) if "404" not in p] == []
+
+    # A bare page lists the jobs this browser made or opened, newest first, without the one it deleted; opening
+    # the list asks for each one's state, and a job deleted elsewhere says so; a click opens one.
+    assert requests.delete(f"{base}/api/jobs/{hooked['id']}", timeout=10).status_code == 200
+    page.goto(base + "/")
+    assert page.locator("#recent-count").inner_text() == "2" and page.locator("#progress").is_hidden()
+    page.click("#recent summary")
+    page.wait_for_function("() => [...document.querySelectorAll('#recent-list span')].every((s) => s.textContent)")
+    hrefs = page.locator("#recent-list a").evaluate_all("(links) => links.map((a) => a.getAttribute('href'))")
+    assert hrefs == [f"?job={hooked['id']}", f"?job={cancelled_id}"], hrefs
+    texts = page.locator("#recent-list li").all_inner_texts()
+    assert "not on this server now: deleted" in texts[0], texts
+    assert "cancelled · 4 files · real 0 · AI-generated 0 · uncertain 0" in texts[1], texts
+    page.locator("#recent-list a").nth(1).click()
+    wait_status(page, "cancelled")
+    assert page.url.endswith(f"?job={cancelled_id}") and "4 cancelled" in page.locator("#job-text").inner_text()
+    page.click("#recent summary")
+    page.click("#recent-forget")
+    assert page.locator("#recent").is_hidden()
+    page.reload()
+    wait_status(page, "cancelled")  # opened again, so listed again: the one job
+    assert page.locator("#recent-count").inner_text() == "1"
     assert [p for p in page_problems(page) if "404" not in p] == []

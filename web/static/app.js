@@ -251,6 +251,7 @@
     const queue = batches(entries);
     job = await sendBatch(queue.shift());
     history.replaceState(null, "", `?job=${job.id}`);
+    remember(job);
     render(job);
     async function lane() {
       while (queue.length && !failed) {
@@ -270,6 +271,77 @@
 
   const FINAL = ["done", "cancelled"];
   let currentJob = null;
+
+  // The jobs this browser made or opened, so that one can be found again without its address. Kept here, not
+  // asked of the server: with API tokens off a job's id is what grants access to it, so the server hands out
+  // no list of jobs.
+  const RECENT_KEY = "pixelproof-recent-jobs";
+  const RECENT_MAX = 20;
+  const JOB_ID = /^[A-Za-z0-9_-]{1,32}$/;
+
+  function recentJobs() {
+    try {
+      const list = JSON.parse(localStorage.getItem(RECENT_KEY) || "[]");
+      return Array.isArray(list) ? list.filter((j) => j && JOB_ID.test(j.id) && typeof j.created_at === "string") : [];
+    } catch (_) { return []; }  // written by hand or by something else: start again
+  }
+
+  function saveRecent(list) {
+    list.sort((a, b) => Date.parse(b.created_at) - Date.parse(a.created_at) || a.id.localeCompare(b.id));
+    localStorage.setItem(RECENT_KEY, JSON.stringify(list.slice(0, RECENT_MAX)));
+    showRecent();
+  }
+
+  function remember(job) {
+    if (recentJobs().some((j) => j.id === job.id)) return;
+    saveRecent([...recentJobs(), { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
+  }
+
+  function forget(id) {
+    saveRecent(recentJobs().filter((j) => j.id !== id));
+  }
+
+  function showRecent() {
+    const list = recentJobs();
+    $("recent").hidden = list.length === 0;
+    $("recent-count").textContent = String(list.length);
+    const ul = $("recent-list");
+    ul.textContent = "";
+    for (const j of list) {
+      const li = document.createElement("li");
+      const a = document.createElement("a");
+      a.href = `?job=${j.id}`;
+      a.textContent = new Date(j.created_at).toLocaleString();
+      const about = document.createElement("span");
+      about.className = "small";
+      about.dataset.job = j.id;
+      li.append(a, " ", about);
+      ul.appendChild(li);
+    }
+    if ($("recent").open) run(recentStatuses());
+  }
+
+  // Each job's state, asked for when the list is opened (one request a job, at most RECENT_MAX).
+  async function recentStatuses() {
+    await Promise.all(Array.from(document.querySelectorAll("#recent-list span[data-job]"), async (el) => {
+      try {
+        const job = await api(`/api/jobs/${el.dataset.job}`);
+        const c = job.counts;
+        el.textContent = `${job.status} · ${job.total} file${job.total === 1 ? "" : "s"} · real ${c.real}` +
+          ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` +
+          (job.errors ? ` · ${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "");
+      } catch (e) {
+        el.textContent = e.status === 404 ? "not on this server now: deleted, expired, or made with another API token"
+          : e.message;
+      }
+    }));
+  }
+
+  $("recent").addEventListener("toggle", () => { if ($("recent").open) run(recentStatuses()); });
+  $("recent-forget").addEventListener("click", () => {
+    localStorage.removeItem(RECENT_KEY);
+    showRecent();
+  });
 
   function render(job) {
     currentJob = job.id;
@@ -406,6 +478,7 @@
       }
     }
     $("progress").hidden = false;
+    remember(job);
     render(job);
     let done = job.done;
     let failures = 0;
@@ -616,6 +689,7 @@
     if (!confirm(`Delete job ${id} with its results and uploads? This cannot be undone.`)) return;
     stopFollowing = id;
     const gone = await api(`/api/jobs/${id}`, "DELETE");
+    forget(id);
     clearResults();
     $("progress").hidden = true;
     $("filters").hidden = true;
@@ -703,7 +777,8 @@
   // Only a job id (url-safe base64) is taken from the address bar, so ?job= can never point the page's
   // authorised requests at another API path.
   const configLoaded = loadConfig();
+  showRecent();
   const existing = new URLSearchParams(location.search).get("job");
-  if (existing && /^[A-Za-z0-9_-]{1,32}$/.test(existing)) run(follow(existing, null));
+  if (existing && JOB_ID.test(existing)) run(follow(existing, null));
   else if (existing) showError("the address names no valid job id");
 })();
