@@ -232,6 +232,41 @@ def test_the_page_keeps_two_uploads_in_flight_after_the_first(browser, live_stac
 
 
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
+def test_leaving_the_page_while_files_are_sent_asks_first(browser, live_stack, mini_dir, tmp_path):
+    """Leaving the page mid-upload (a reload, a recent job's link, closing the tab) would leave a job with part
+    of the folder: the browser asks first (beforeunload), staying lets the upload finish, and once every file
+    is sent nothing is asked."""
+    folder = ten_files(mini_dir / "real", tmp_path / "many")
+    page = watched_page(browser)
+    held, asked = [], []
+    page.route("**/api/jobs/*/files", lambda route: held.append(route))  # the first makes the job; the rest wait
+    page.on("dialog", lambda d: (asked.append(d.type), d.dismiss()))  # dismissed: stay on the page
+    page.goto(live_stack + "/")
+    page.click("h1")  # a user's gesture: Chromium asks before unloading only a page that had one
+    page.set_input_files("#folder-input", str(folder))
+    for _ in range(100):
+        if held:
+            break
+        page.wait_for_timeout(100)
+    assert held and "?job=" in page.url, "no request to add files was sent"
+    leave = "() => setTimeout(() => location.reload(), 0)"
+    page.evaluate(leave)
+    page.wait_for_timeout(800)
+    assert asked == ["beforeunload"]
+    for route in held:
+        route.continue_()
+    page.unroute("**/api/jobs/*/files")
+    page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
+    assert "10 / 10 files" in page.locator("#upload-text").inner_text()  # the same page: it stayed
+    page.click("h1")
+    with page.expect_navigation():
+        page.evaluate(leave)
+    wait_status(page, "done")
+    assert asked == ["beforeunload"] and page.locator("#upload-row").is_hidden()  # reloaded, not asked again
+    assert not page_problems(page)
+
+
+@pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
 def test_files_chosen_before_the_limits_arrive_are_split_by_them(browser, live_stack, mini_dir, tmp_path):
     """The server's limits come from /api/config after the page loads; files chosen before they arrive wait
     for them, so no request breaks a limit (ten files in one request would be refused whole)."""

@@ -249,25 +249,40 @@
       return answer;
     }
     const queue = batches(entries);
-    job = await sendBatch(queue.shift());
-    history.replaceState(null, "", `?job=${job.id}`);
-    remember(job);
-    render(job);
-    async function lane() {
-      while (queue.length && !failed) {
-        try {
-          const answer = await sendBatch(queue.shift());
-          if (answer.total >= job.total) job = answer;  // answers may come back out of order
-          render(job);
-        } catch (e) {
-          failed = true;  // the other lane sends nothing more; the error is shown once
-          throw e;
+    uploading += 1;
+    try {
+      job = await sendBatch(queue.shift());
+      history.replaceState(null, "", `?job=${job.id}`);
+      remember(job);
+      render(job);
+      async function lane() {
+        while (queue.length && !failed) {
+          try {
+            const answer = await sendBatch(queue.shift());
+            if (answer.total >= job.total) job = answer;  // answers may come back out of order
+            render(job);
+          } catch (e) {
+            failed = true;  // the other lane sends nothing more; the error is shown once
+            throw e;
+          }
         }
       }
+      await Promise.all(Array.from({ length: PARALLEL_UPLOADS }, lane));
+    } finally {
+      uploading -= 1;
     }
-    await Promise.all(Array.from({ length: PARALLEL_UPLOADS }, lane));
     await follow(job.id, job);
   }
+
+  // Leaving the page (a recent job's link, a reload, closing the tab) while files are still being sent would
+  // stop the upload half way, the job holding only part of the folder: the browser asks first.
+  let uploading = 0;
+  window.addEventListener("beforeunload", (e) => {
+    if (uploading) {
+      e.preventDefault();
+      e.returnValue = "";
+    }
+  });
 
   const FINAL = ["done", "cancelled"];
   let currentJob = null;
