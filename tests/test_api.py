@@ -230,3 +230,47 @@ def test_every_setting_is_in_the_readme():
     readme = (REPO_ROOT / "README.md").read_text()
     missing = [_env_name(name) for name in Settings.model_fields if f"`{_env_name(name)}`" not in readme]
     assert not missing, missing
+
+
+def test_a_token_lists_its_own_jobs_newest_first_page_by_page(make_app, stack_env, mini_dir):
+    """With tokens on, GET /api/jobs lists the caller's jobs (never another token's); with tokens off it is
+    refused, since a job's id is then what grants access to it."""
+    from sqlalchemy import select, update
+
+    from shared.db import Database
+    from shared.models import ImageItem
+
+    assert make_app(stack_env).test_client().get("/api/jobs").status_code == 403
+    client = make_app({**stack_env, "PIXELPROOF_API_TOKENS": "alpha,beta"}).test_client()
+    alpha, beta = {"Authorization": "Bearer alpha"}, {"Authorization": "Bearer beta"}
+    made = [post_files(client, "/api/jobs", jpeg_bytes(mini_dir, n), alpha).get_json()["id"] for n in (1, 2, 3, 4)]
+    theirs = post_files(client, "/api/jobs", jpeg_bytes(mini_dir), beta).get_json()["id"]
+    assert client.post(f"/api/jobs/{made[0]}/cancel", headers=alpha).status_code == 200
+    db = Database(stack_env["DATABASE_URL"])
+    with db.session() as s:  # the second job classified, as a worker leaves it: one real, one uncertain
+        ids = sorted(s.scalars(select(ImageItem.id).where(ImageItem.job_id == made[1])))
+        for image_id, label in zip(ids, ("real", "uncertain")):
+            s.execute(update(ImageItem).where(ImageItem.id == image_id).values(status="done", label=label, p_fake=0.3))
+        s.commit()
+    db.engine.dispose()
+
+    assert client.get("/api/jobs").status_code == 401
+    pages, cursor = [], ""
+    while cursor is not None:
+        resp = client.get(f"/api/jobs?limit=3&cursor={cursor}", headers=alpha)
+        assert resp.status_code == 200, resp.get_json()
+        pages.append(resp.get_json()["items"])
+        cursor = resp.get_json()["next_cursor"]
+    assert [len(p) for p in pages] == [3, 1]
+    listed = {j["id"]: j for p in pages for j in p}
+    assert [j["id"] for p in pages for j in p] == made[::-1]  # newest first, every one once, none of beta's
+    assert listed[made[1]]["status"] == "done" and listed[made[1]]["counts"] == {"real": 1, "fake": 0, "uncertain": 1}
+    assert listed[made[0]]["status"] == "cancelled" and listed[made[0]]["cancelled"] == 1
+    assert listed[made[3]]["status"] == "queued" and listed[made[3]]["total"] == 4
+    for job_id in made:  # each summary says what the job's own JSON says
+        full = client.get(f"/api/jobs/{job_id}", headers=alpha).get_json()
+        assert {k: full[k] for k in listed[job_id]} == listed[job_id]
+    assert [j["id"] for j in client.get("/api/jobs", headers=beta).get_json()["items"]] == [theirs]
+    for bad in ("nonsense", "W10", "WyJ4IiwgInkiXQ", "x" * 201):
+        resp = client.get(f"/api/jobs?cursor={bad}", headers=alpha)
+        assert resp.status_code == 400 and "next_cursor" in resp.get_json()["error"], (bad, resp.get_json())

@@ -189,6 +189,25 @@ def create_job():
     return _accept(job, parts, created=True, key=key)
 
 
+@api.get("/api/jobs")
+def list_jobs():
+    """The caller's jobs, newest first. Only with API tokens: without them a job's id is what grants access to
+    it, and a list would hand every job to whoever can reach the server."""
+    owner = current_owner()
+    if owner is None:
+        raise ApiError(403, "listing jobs needs API tokens (PIXELPROOF_API_TOKENS): without them a job's id is "
+                            "what grants access to it, so no list of jobs is given out")
+    limit = int(number_arg("limit", 50, 1, MAX_PAGE))
+    cursor = request.args.get("cursor") or ""
+    if len(cursor) > 200:
+        raise ApiError(400, "cursor must be the next_cursor value of the previous page")
+    try:
+        items, next_cursor = jobs.jobs_page(db_session(), owner, cursor, limit)
+    except jobs.BadCursor:
+        raise ApiError(400, "cursor must be the next_cursor value of the previous page") from None
+    return jsonify({"items": items, "next_cursor": next_cursor})
+
+
 @api.post("/api/jobs/<job_id>/files")
 def add_files(job_id: str):
     owner = current_owner()

@@ -139,6 +139,19 @@ OPENAPI = {
                 "model": {"$ref": "#/components/schemas/Model"},
                 "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             }},
+            "JobSummary": {"type": "object", "additionalProperties": False, "required": [
+                "id", "status", "total", "done", "errors", "cancelled", "counts", "created_at", "finished_at",
+                "cancelled_at"], "description": "a job as listed: the fields of Job that say how far it got",
+                "properties": {
+                    "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
+                    "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
+                    "cancelled": {"type": "integer"},
+                    "counts": {"type": "object", "additionalProperties": False, "required": ["real", "fake", "uncertain"],
+                               "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
+                                              "uncertain": {"type": "integer"}}},
+                    "created_at": {"type": "string", "format": "date-time"},
+                    "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                    "cancelled_at": {"type": ["string", "null"], "format": "date-time"}}},
             "Callback": {"type": ["object", "null"], "description": "the job's webhook (null without "
                          "callback_url): POSTed {event: job.finished, job: <this Job>} when the job finishes, signed "
                          "in the Pixelproof-Signature header (README, Webhooks)", "properties": {
@@ -220,7 +233,20 @@ OPENAPI = {
     },
     "security": [{}, {"bearer": []}],
     "paths": {
-        "/api/jobs": {"post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
+        "/api/jobs": {"get": {
+            "summary": "The caller's jobs, newest first, with their progress and counts; only with API tokens "
+                       "(403 without: a job's id is then what grants access to it, so no list is given out)",
+            "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
+                            "description": "jobs per page (default 50)"},
+                           {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200},
+                            "description": "the previous page's next_cursor (absent or empty: the newest jobs)"}],
+            "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["items", "next_cursor"], "properties": {
+                    "items": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
+                    "next_cursor": {"type": ["string", "null"]}}}}},
+                "links": {"GetJob": _link("getJob", "the page's newest job", **{"path.job_id": "$response.body#/items/0/id"})}},
+                          "400": _ERR, "401": _ERR, "403": _ERR}},
+                      "post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
                                "callbacks": {"jobFinished": _WEBHOOK},
                                "parameters": [_IDEMPOTENCY, {
                                    "name": "callback_url", "in": "query", "schema": {"type": "string"},
@@ -316,7 +342,7 @@ OPENAPI = {
 
 # Each operation's name: client generators name their methods after it, and links refer to it.
 _OPERATION_IDS = {
-    ("/api/jobs", "post"): "createJob", ("/api/jobs/{job_id}/files", "post"): "addFiles",
+    ("/api/jobs", "get"): "listJobs", ("/api/jobs", "post"): "createJob", ("/api/jobs/{job_id}/files", "post"): "addFiles",
     ("/api/jobs/{job_id}/cancel", "post"): "cancelJob",
     ("/api/jobs/{job_id}/images/{image_id}/review", "post"): "reviewImage",
     ("/api/jobs/{job_id}", "delete"): "deleteJob", ("/api/jobs/{job_id}", "get"): "getJob",
