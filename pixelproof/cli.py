@@ -202,30 +202,51 @@ def _worker(args: argparse.Namespace) -> int:
     return _exec(worker_command(concurrency=args.concurrency, beat_schedule=schedule, pool=args.pool))
 
 
+def _client_errors(command: str):
+    """submit and jobs: what keeps them from the server, or the server's refusal, in one line, exit 2."""
+
+    def wrap(run):
+        def guarded(args: argparse.Namespace) -> int:
+            import requests
+
+            from .submit import SubmitError
+
+            try:
+                return run(args)
+            except SubmitError as exc:
+                print(f"pixelproof {command}: {exc}", file=sys.stderr)
+            except requests.ConnectionError as exc:
+                reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+                print(f"pixelproof {command}: cannot reach the Pixelproof server at {args.server} ({reason}). Is it "
+                      "running? Start one with `make up`, or point --server (or PIXELPROOF_SERVER) at yours.",
+                      file=sys.stderr)
+            except requests.Timeout:
+                print(f"pixelproof {command}: the server at {args.server} did not answer in time; try again"
+                      + (", or send fewer files per request (--files-per-request)" if command == "submit" else ""),
+                      file=sys.stderr)
+            except OSError as exc:  # reading the folder or writing the results
+                print(f"pixelproof {command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+            return 2
+
+        return guarded
+
+    return wrap
+
+
+@_client_errors("submit")
 def _submit(args: argparse.Namespace) -> int:
-    import requests
+    from .submit import submit
 
-    from .submit import SubmitError, submit
+    return submit(Path(args.directory), args.server, args.token, args.wait,
+                  Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
+                  **({"parallel": args.parallel} if args.parallel else {}))
 
-    try:
-        return submit(Path(args.directory), args.server, args.token, args.wait,
-                      Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
-                      **({"parallel": args.parallel} if args.parallel else {}))
-    except SubmitError as exc:
-        print(f"pixelproof submit: {exc}", file=sys.stderr)
-        return 2
-    except requests.ConnectionError as exc:
-        reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-        print(f"pixelproof submit: cannot reach the Pixelproof server at {args.server} ({reason}). Is it running? "
-              "Start one with `make up`, or point --server (or PIXELPROOF_SERVER) at yours.", file=sys.stderr)
-        return 2
-    except requests.Timeout:
-        print(f"pixelproof submit: the server at {args.server} did not answer in time; try again, or send fewer "
-              "files per request (--files-per-request)", file=sys.stderr)
-        return 2
-    except OSError as exc:  # reading the folder or writing the results
-        print(f"pixelproof submit: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-        return 2
+
+@_client_errors("jobs")
+def _jobs(args: argparse.Namespace) -> int:
+    from .submit import list_jobs
+
+    return list_jobs(args.server, args.token, args.limit)
 
 
 SERVICE_ENV = """environment:
@@ -301,6 +322,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the server POSTs the job's summary here, signed, when it finishes (it must be under an "
                         "address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
     s.set_defaults(func=_submit)
+
+    j = _parser(sub, "jobs", "list this API token's jobs on a Pixelproof server, newest first: when each was made, "
+                "its state and counts, and its page (the server lists jobs only when it requires tokens)",
+                "exit status: 0 listed, 2 a problem the message names")
+    j.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
+                   help="address of the server's page (environment: PIXELPROOF_SERVER)")
+    j.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
+                   help="API token (environment: PIXELPROOF_TOKEN)")
+    j.add_argument("--limit", type=bounded(int, 1), default=20, help="how many jobs, newest first")
+    j.set_defaults(func=_jobs)
 
     x = _parser(sub, "export-reviews", "write the images people reviewed as real or fake into an image folder "
                 "(OUT/real, OUT/fake, and OUT/reviews.csv) that `pixelproof train --data OUT --init-from CHECKPOINT` "

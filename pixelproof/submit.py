@@ -171,6 +171,16 @@ class Client:
                 continue
             return self._check(resp)
 
+    def jobs(self, limit: int) -> list[dict]:
+        """This token's jobs, newest first, at most limit of them (the server lists them only with tokens on)."""
+        items, cursor = [], ""
+        while cursor is not None and len(items) < limit:
+            page = self._check(self.http.get(f"{self.server}/api/jobs", timeout=self.timeout,
+                                             params={"limit": min(1000, limit - len(items)), "cursor": cursor}))
+            items += page["items"]
+            cursor = page["next_cursor"]
+        return items
+
     def results(self, job_id: str) -> list[dict]:
         items, cursor = [], "0"
         while cursor is not None:
@@ -282,6 +292,23 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
     if out:
         write_results(items, out, fmt)
         print(f"results written to {out}")
+    return 0
+
+
+def list_jobs(server: str, token: str | None, limit: int) -> int:
+    """One line a job, newest first: when it was made (local time), its state and counts, and its page."""
+    from datetime import datetime
+
+    server = check_server(server)
+    items = Client(server, token).jobs(limit)
+    if not items:
+        print("no jobs")
+    for job in items:
+        made = datetime.fromisoformat(job["created_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
+        counts, errors = job["counts"], job["errors"]
+        print(f"{made}  {job['status']:<9}  {job['done']}/{job['total']} files, real {counts['real']}, "
+              f"AI-generated {counts['fake']}, uncertain {counts['uncertain']}"
+              + (f", {errors} error{'s' if errors != 1 else ''}" if errors else "") + f"  {server}/?job={job['id']}")
     return 0
 
 

@@ -215,3 +215,30 @@ def test_help_documents_every_argument_default_and_environment_variable():
         assert "(default: None)" not in text, name
         assert not re.search(r"default[^()]*\) \(default:", text), name
     assert "(default: 200, fewer when they are large)" in " ".join(submit_help.split())
+
+
+def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, folder, tmp_path):
+    """`pixelproof jobs` against a real web (no worker: the jobs stay queued), tokens on and off."""
+    base = start_web_only(sqlite_url, PIXELPROOF_API_TOKENS="alpha,beta")
+    made = []
+    for token, files in (("alpha", 1), ("beta", 1), ("alpha", 2)):  # the folder holds two
+        picked = tmp_path / f"{token}-{files}"
+        picked.mkdir()
+        for p in sorted(folder.iterdir())[:files]:
+            shutil.copy(p, picked / p.name)
+        proc = run_cli("submit", str(picked), "--server", base, "--token", token)
+        assert proc.returncode == 0, proc.stderr
+        made.append(proc.stdout.strip())
+    proc = run_cli("jobs", "--server", base, "--token", "alpha")
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert [line.rsplit("?job=", 1)[1] for line in lines] == [made[2], made[0]], lines  # newest first, alpha's only
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d  queued     0/2 files, real 0, AI-generated 0, uncertain 0  "
+                        rf"{re.escape(base)}/\?job={made[2]}", lines[0]), lines[0]
+    proc = run_cli("jobs", "--server", base, "--token", "beta", "--limit", "1")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(f"?job={made[1]}"), proc.stdout + proc.stderr
+    proc = run_cli("jobs", "--server", base)
+    assert proc.returncode == 2 and "an API token is required" in proc.stderr and "Traceback" not in proc.stderr
+    open_server = start_web_only(sqlite_url)
+    proc = run_cli("jobs", "--server", open_server)
+    assert proc.returncode == 2 and "listing jobs needs API tokens" in proc.stderr, proc.stderr
