@@ -179,6 +179,22 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     assert not [u for u in urls if TOKEN in u], urls
     assert not page_problems(page)
 
+    # Another browser, the same token: its recent jobs are the token's, as the server lists them (GET /api/jobs)
+    other = watched_page(browser)
+    other.goto(live_stack + "/")
+    assert other.locator("#recent").is_hidden()  # nothing made or opened here, no token yet
+    other.locator("#drop details summary").click()
+    other.fill("#token", TOKEN)
+    other.dispatch_event("#token", "change")
+    other.wait_for_selector("#recent:not([hidden])")
+    job_id = urlsplit(page.url).query.split("job=")[1]
+    assert other.locator("#recent-count").inner_text() == "1" and other.locator("#recent-forget").is_hidden()
+    other.click("#recent summary")
+    assert other.locator("#recent-list a").get_attribute("href") == f"?job={job_id}"
+    assert "done · 3 files" in other.locator("#recent-list li").inner_text()
+    assert "This API token's jobs" in other.locator("#recent-about").inner_text()
+    assert not page_problems(other)
+
 
 def ten_files(source: Path, folder: Path) -> Path:
     """A folder of ten of ``source``'s images: at three a request, the first request and three more."""

@@ -308,18 +308,46 @@
   }
 
   function remember(job) {
-    if (recentJobs().some((j) => j.id === job.id)) return;
-    saveRecent([...recentJobs(), { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
+    if (!recentJobs().some((j) => j.id === job.id)) {
+      saveRecent([...recentJobs(), { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
+    }
+    if (tokenJobs !== null && !tokenJobs.some((j) => j.id === job.id)) run(loadTokenJobs());
   }
 
   function forget(id) {
+    if (tokenJobs !== null) tokenJobs = tokenJobs.filter((j) => j.id !== id);
     saveRecent(recentJobs().filter((j) => j.id !== id));
   }
 
+  // With API tokens on, the server lists the token's jobs (GET /api/jobs), wherever they were made: that list
+  // is shown instead of this browser's own. null: no token, or a server that lists no jobs (tokens off).
+  let tokenJobs = null;
+
+  async function loadTokenJobs() {
+    let listed = null;
+    if (tokenInput.value.trim()) {
+      try {
+        listed = (await api(`/api/jobs?limit=${RECENT_MAX}`)).items;
+      } catch (_) { /* tokens off (403), a token it does not know, an older server: this browser's list */ }
+    }
+    tokenJobs = listed;
+    showRecent();
+  }
+
+  function jobLine(job) {
+    const c = job.counts;
+    return `${job.status} · ${job.total} file${job.total === 1 ? "" : "s"} · real ${c.real}` +
+      ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` +
+      (job.errors ? ` · ${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "");
+  }
+
   function showRecent() {
-    const list = recentJobs();
+    const list = tokenJobs || recentJobs();
     $("recent").hidden = list.length === 0;
     $("recent-count").textContent = String(list.length);
+    $("recent-about").textContent = tokenJobs ? "This API token's jobs, newest first, as the server lists them."
+      : "The jobs this browser made or opened, newest first, kept in this browser only (a job's address is what opens it).";
+    $("recent-forget").hidden = tokenJobs !== null;
     const ul = $("recent-list");
     ul.textContent = "";
     for (const j of list) {
@@ -330,21 +358,20 @@
       const about = document.createElement("span");
       about.className = "small";
       about.dataset.job = j.id;
+      if (j.counts) about.textContent = jobLine(j);  // the server's list carries each job's state
       li.append(a, " ", about);
       ul.appendChild(li);
     }
-    if ($("recent").open) run(recentStatuses());
+    if ($("recent").open && tokenJobs === null) run(recentStatuses());
   }
 
-  // Each job's state, asked for when the list is opened (one request a job, at most RECENT_MAX).
+  // Each job's state, asked for when the list is opened: the token's list again, or one request a job of this
+  // browser's (at most RECENT_MAX).
   async function recentStatuses() {
+    if (tokenJobs !== null) return loadTokenJobs();
     await Promise.all(Array.from(document.querySelectorAll("#recent-list span[data-job]"), async (el) => {
       try {
-        const job = await api(`/api/jobs/${el.dataset.job}`);
-        const c = job.counts;
-        el.textContent = `${job.status} · ${job.total} file${job.total === 1 ? "" : "s"} · real ${c.real}` +
-          ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` +
-          (job.errors ? ` · ${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "");
+        el.textContent = jobLine(await api(`/api/jobs/${el.dataset.job}`));
       } catch (e) {
         el.textContent = e.status === 404 ? "not on this server now: deleted, expired, or made with another API token"
           : e.message;
@@ -357,6 +384,7 @@
     localStorage.removeItem(RECENT_KEY);
     showRecent();
   });
+  tokenInput.addEventListener("change", () => run(loadTokenJobs()));
 
   function render(job) {
     currentJob = job.id;
@@ -793,6 +821,7 @@
   // authorised requests at another API path.
   const configLoaded = loadConfig();
   showRecent();
+  run(loadTokenJobs());
   const existing = new URLSearchParams(location.search).get("job");
   if (existing && JOB_ID.test(existing)) run(follow(existing, null));
   else if (existing) showError("the address names no valid job id");
