@@ -278,6 +278,14 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
         return super()._get_help_string(action)
 
 
+def _server_arguments(parser: argparse.ArgumentParser, token_help: str) -> None:
+    """submit and jobs: which server, and the token it may ask for."""
+    parser.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
+                        help="address of the server's page (environment: PIXELPROOF_SERVER)")
+    parser.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
+                        help=f"{token_help} (environment: PIXELPROOF_TOKEN)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.config import (  # light: no torch (the parser is built for every command)
         ALIGNED_MAX_SIDE,
@@ -306,10 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = _parser(sub, "submit", "upload a folder (or one file) to a Pixelproof server; with --wait, print a summary and "
                 "write the results", "exit status: 0 done, 2 a problem the message names")
     s.add_argument("directory", help="folder to upload, sub-folders included (their paths are kept in the names)")
-    s.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
-                   help="address of the server's page (environment: PIXELPROOF_SERVER)")
-    s.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
-                   help="API token, when the server requires one (environment: PIXELPROOF_TOKEN)")
+    _server_arguments(s, "API token, when the server requires one")
     s.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
     s.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
     s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
@@ -326,10 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     j = _parser(sub, "jobs", "list this API token's jobs on a Pixelproof server, newest first: when each was made, "
                 "its state and counts, and its page (the server lists jobs only when it requires tokens)",
                 "exit status: 0 listed, 2 a problem the message names")
-    j.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
-                   help="address of the server's page (environment: PIXELPROOF_SERVER)")
-    j.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
-                   help="API token (environment: PIXELPROOF_TOKEN)")
+    _server_arguments(j, "API token")
     j.add_argument("--limit", type=bounded(int, 1), default=20, help="how many jobs, newest first")
     j.set_defaults(func=_jobs)
 

@@ -120,8 +120,9 @@ def _progress(by_status: dict[str, int], cancelled: bool) -> tuple[str, int, int
 
 
 def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[list[dict], str | None]:
-    """A page of one owner's jobs, newest first, each summed up from three grouped queries for the whole page
-    (not a job_status of several queries each). Keyset pages on (created_at, id): a cursor is the last job's."""
+    """A page of one owner's jobs, newest first, each summed up from one grouped query over the whole page's
+    images (not a job_status of several queries each). Keyset pages on (created_at, id): a cursor is the last
+    job's."""
     query = select(Job).where(Job.owner == owner)
     if cursor:
         created, last_id = _decode_job_cursor(cursor)
@@ -130,16 +131,16 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
     more, page = len(page) > limit, page[:limit]
     ids = [j.id for j in page]
     by_status: dict[str, dict[str, int]] = {i: {} for i in ids}
-    for job_id, status, n in session.execute(select(ImageItem.job_id, ImageItem.status, func.count())
-                                             .where(ImageItem.job_id.in_(ids)).group_by(ImageItem.job_id, ImageItem.status)):
-        by_status[job_id][status] = n
-    labels: dict[str, dict[str, int]] = {i: {} for i in ids}
-    for job_id, label, n in session.execute(select(ImageItem.job_id, ImageItem.label, func.count())
-                                            .where(ImageItem.job_id.in_(ids), ImageItem.status == DONE)
-                                            .group_by(ImageItem.job_id, ImageItem.label)):
-        labels[job_id][label] = n
-    finished = dict(session.execute(select(ImageItem.job_id, func.max(ImageItem.finished_at))
-                                    .where(ImageItem.job_id.in_(ids)).group_by(ImageItem.job_id)).all())
+    labels: dict[str, dict[str, int]] = {i: {} for i in ids}  # of classified images only
+    finished: dict[str, object] = {}
+    for job_id, status, label, n, last in session.execute(
+            select(ImageItem.job_id, ImageItem.status, ImageItem.label, func.count(), func.max(ImageItem.finished_at))
+            .where(ImageItem.job_id.in_(ids)).group_by(ImageItem.job_id, ImageItem.status, ImageItem.label)):
+        by_status[job_id][status] = by_status[job_id].get(status, 0) + n
+        if status == DONE:
+            labels[job_id][label] = n
+        if last is not None and (finished.get(job_id) is None or last > finished[job_id]):
+            finished[job_id] = last
     items = []
     for job in page:
         status, total, done = _progress(by_status[job.id], job.cancelled_at is not None)
@@ -153,13 +154,13 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
     next_cursor = None
     if more:
         last = page[-1]
-        next_cursor = base64.urlsafe_b64encode(json.dumps([_iso(last.created_at), last.id]).encode()).decode().rstrip("=")
+        next_cursor = _pack(_iso(last.created_at), last.id)
     return items, next_cursor
 
 
 def _decode_job_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        created, job_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        created, job_id = _unpack(cursor)
         if not isinstance(created, str) or not isinstance(job_id, str):
             raise BadCursor(cursor)
         when = datetime.fromisoformat(created)
@@ -294,10 +295,21 @@ class BadCursor(ValueError):
     pass
 
 
+def _pack(value: object, row_id: object) -> str:
+    """A keyset cursor that is not a plain id: the last row's sort key and id, as unpadded url-safe base64 JSON."""
+    return base64.urlsafe_b64encode(json.dumps([value, row_id]).encode()).decode().rstrip("=")
+
+
+def _unpack(cursor: str) -> tuple[object, object]:
+    """_pack's two values; ValueError (or TypeError, binascii.Error, UnicodeDecodeError) for anything else."""
+    value, row_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    return value, row_id
+
+
 def _encode_cursor(sort: str, value: object, image_id: int) -> str:
     if sort == "id":
         return str(image_id)  # plain ids, as before sorting existed: old clients keep paging
-    return base64.urlsafe_b64encode(json.dumps([value, image_id]).encode()).decode().rstrip("=")
+    return _pack(value, image_id)
 
 
 def _decode_cursor(sort: str, cursor: str) -> tuple[object, int] | None:
@@ -306,7 +318,7 @@ def _decode_cursor(sort: str, cursor: str) -> tuple[object, int] | None:
     try:
         if sort == "id":
             return None, int(cursor)
-        value, image_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        value, image_id = _unpack(cursor)
         want = float if "p_fake" in sort else str
         if isinstance(value, int) and want is float:
             value = float(value)

@@ -14,6 +14,9 @@
 
   let limits = null;  // from /api/config: what the server will refuse, checked here before uploading
 
+  // "1 error", "3 errors"
+  const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
+
   function mib(n) {
     return n < 1048576 ? `${Math.ceil(n / 1024)} KiB` : `${(n / 1048576).toFixed(n < 10485760 ? 1 : 0)} MiB`;
   }
@@ -308,8 +311,9 @@
   }
 
   function remember(job) {
-    if (!recentJobs().some((j) => j.id === job.id)) {
-      saveRecent([...recentJobs(), { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
+    const list = recentJobs();
+    if (!list.some((j) => j.id === job.id)) {
+      saveRecent([...list, { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
     }
     if (tokenJobs !== null && !tokenJobs.some((j) => j.id === job.id)) run(loadTokenJobs());
   }
@@ -336,9 +340,8 @@
 
   function jobLine(job) {
     const c = job.counts;
-    return `${job.status} · ${job.total} file${job.total === 1 ? "" : "s"} · real ${c.real}` +
-      ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` +
-      (job.errors ? ` · ${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "");
+    return `${job.status} · ${count(job.total, "file")} · real ${c.real}` +
+      ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` + (job.errors ? ` · ${count(job.errors, "error")}` : "");
   }
 
   function showRecent() {
@@ -390,7 +393,7 @@
     currentJob = job.id;
     if (job.model) showScope(job.model);
     $("job-bar").value = job.total ? job.done / job.total : 0;
-    const notes = [job.errors ? `${job.errors} ${job.errors === 1 ? "error" : "errors"}` : "",
+    const notes = [job.errors ? count(job.errors, "error") : "",
                    job.cancelled ? `${job.cancelled} cancelled` : ""];
     $("job-text").textContent = `${job.done} / ${job.total}` + (notes.some(Boolean) ? ` (${notes.filter(Boolean).join(", ")})` : "");
     $("job-actions").hidden = false;
