@@ -109,10 +109,13 @@ FINAL_STATUSES = ("done", "cancelled")  # a job in one of these changes no more 
 
 def _progress(by_status: dict[str, int], cancelled: bool) -> tuple[str, int, int]:
     """(status, total, done) from a job's images counted by status; done counts every image that will not
-    change any more: classified, failed or cancelled."""
+    change any more: classified, failed or cancelled. Only a cancel makes an image `cancelled`, so one such
+    image says the job was cancelled even where the job row was read before that cancel committed and its
+    images after (a request that loaded the job just before: it had answered `done`, and a page that
+    long-polls stopped there)."""
     total = sum(by_status.values())
     done = by_status.get(DONE, 0) + by_status.get(ERROR, 0) + by_status.get(CANCELLED, 0)
-    if cancelled and done == total:
+    if (cancelled or by_status.get(CANCELLED)) and done == total:
         return "cancelled", total, done
     if total and done == total:
         return "done", total, done

@@ -272,6 +272,27 @@ def test_cancel_mid_job_stops_classifying_and_keeps_counts_true(make_app, sqlite
     assert all(i["p_fake"] is None for i in items if i["status"] == "cancelled")
 
 
+def test_a_read_that_loaded_the_job_before_a_cancel_and_its_images_after_says_cancelled(make_app, stack_env, mini_dir):
+    """A request that loads the job row, then a cancel commits, then the request counts the images: every image
+    is cancelled while its copy of the job is not. It had answered `done` (a page long-polling the job then
+    stopped, showing `done` with every image cancelled)."""
+    from shared import jobs
+
+    client = make_app(stack_env).test_client()
+    job_id = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 3)).get_json()["id"]
+    db = Database(stack_env["DATABASE_URL"])
+    try:
+        with db.session() as reader:
+            job = reader.get(Job, job_id)
+            assert job.cancelled_at is None
+            assert client.post(f"/api/jobs/{job_id}/cancel").get_json()["status"] == "cancelled"
+            status = jobs.job_status(reader, job)  # the job row as loaded, the images as they are now
+            assert job.cancelled_at is None and status["cancelled"] == 3  # the race, as it happens
+            assert status["status"] == "cancelled" and status["done"] == status["total"] == 3
+    finally:
+        db.engine.dispose()
+
+
 def test_delete_removes_rows_and_files_no_other_job_holds(make_app, stack_env, mini_dir, tmp_path):
     worker = start_worker(stack_env, tmp_path / "worker.log")
     try:
