@@ -543,6 +543,7 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
                                timeout=60_000)
         assert "(1 attempt, last: 200)" in page.locator("#status").inner_text() and len(rx.hits) == 1
         page.goto(base + "/")
+        page.wait_for_selector("#retention:not([hidden])")  # filled in when /api/config answers, after load
         assert "deletes jobs, their results and their uploads 30 days after" in page.locator("#retention").inner_text()
         page.set_input_files("#folder-input", str(mixed))
         page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
