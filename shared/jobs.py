@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import and_, case, func, or_, select, update
+from sqlalchemy import Select, and_, case, func, literal, or_, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from shared.model_version import name_of
@@ -126,11 +126,7 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
     """A page of one owner's jobs, newest first, each summed up from one grouped query over the whole page's
     images (not a job_status of several queries each). Keyset pages on (created_at, id): a cursor is the last
     job's."""
-    query = select(Job).where(Job.owner == owner)
-    if cursor:
-        created, last_id = _decode_job_cursor(cursor)
-        query = query.where(or_(Job.created_at < created, and_(Job.created_at == created, Job.id < last_id)))
-    page = session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)).all()
+    page = session.scalars(owner_jobs_query(owner, cursor, limit + 1)).all()
     more, page = len(page) > limit, page[:limit]
     ids = [j.id for j in page]
     by_status: dict[str, dict[str, int]] = {i: {} for i in ids}
@@ -159,6 +155,17 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
         last = page[-1]
         next_cursor = _pack(_iso(last.created_at), last.id)
     return items, next_cursor
+
+
+def owner_jobs_query(owner: str, cursor: str, limit: int) -> Select:
+    """One owner's jobs after the cursor, newest first: a range of ix_jobs_owner_created, read backwards."""
+    query = select(Job).where(Job.owner == owner)
+    if cursor:
+        created, last_id = _decode_job_cursor(cursor)
+        # a row comparison, which both databases turn into the start of the index range (an OR of the two
+        # columns would be read from the owner's newest job on and filtered: later pages would cost more)
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(literal(created, Job.created_at.type), literal(last_id, Job.id.type)))
+    return query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
 
 
 def _decode_job_cursor(cursor: str) -> tuple[datetime, str]:
