@@ -270,16 +270,19 @@ def result_row(item: ImageItem, details: dict | None = None, review: Review | No
 
 @dataclass(frozen=True)
 class ResultFilter:
-    """Which results a page lists, and in which order (API ?label=&status=&p_min=&p_max=&sort=)."""
+    """Which results a page lists, and in which order (API ?label=&status=&p_min=&p_max=&name=&sort=)."""
 
     labels: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
     p_min: float | None = None
     p_max: float | None = None
+    name: str = ""  # part of the file name or its folder path, in any case; % and _ are plain characters
     sort: str = "id"
 
     def where(self) -> list:
         out = []
+        if self.name:
+            out.append(ImageItem.filename.icontains(self.name, autoescape=True))
         if self.labels:
             out.append(ImageItem.label.in_(self.labels))
         if self.statuses:

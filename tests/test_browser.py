@@ -590,6 +590,16 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     rows = list(csv.DictReader(io.StringIO(csv_text)))
     assert rows[0]["filename"] == expected[0]["filename"] and rows[0]["review"] == "real"
     assert rows[0]["review_note"] == "our photographer took it" and len(rows) == len(expected)
+
+    # Part of a folder's name, typed in another case: that folder's rows only, as the API lists them.
+    page.fill("#f-pmin", "")
+    page.fill("#f-name", "FAKE/")
+    named = [r["filename"] for r in requests.get(f"{base}/api/jobs/{job_id}/results", params={
+        "sort": "-p_fake", "name": "FAKE/"}, timeout=10).json()["items"]]
+    assert len(named) == 8 and all("/fake/" in n for n in named), named  # 7 images and broken.jpg, none of real/
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '8 shown'")
+    assert page.locator("#results tbody tr td:nth-child(2)").all_inner_texts() == named
+    assert len(list(csv.DictReader(io.StringIO(download_text(page, "#dl-csv"))))) == 8  # the download follows it
     page.screenshot(path=str(tmp_path / "operations.png"), full_page=True)
 
     # Delete, after the browser's confirmation: gone from the server and from the page.

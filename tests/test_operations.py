@@ -596,6 +596,49 @@ def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
         assert resp.status_code == 400, (bad, resp.text)
 
 
+def test_results_are_found_by_part_of_their_name_in_any_case(start_web_only, db_url, mini_dir):
+    """?name= finds a file among thousands by part of its name or folder: letters in any case, typed as a Mac or
+    Windows writes them, and % and _ are the characters themselves, not wildcards. The text is written as stored
+    names are (clean_filename), so what matches is what the upload's name became."""
+    base = start_web_only(db_url)
+    names = ["Trip/Café/IMG_0001.JPG", "trip/img_0002.jpg", "trip/imgX0003.jpg", "100%_sure.png", "1000 sure.png",
+             "other/cafe.jpg"]
+    files = [b for b, _ in jpeg_bytes(mini_dir, len(names))]
+    job = requests.post(base + "/api/jobs", files=[("files", (n, b)) for n, b in zip(names, files)], timeout=60).json()
+    assert [r["filename"] for r in requests.get(f"{base}/api/jobs/{job['id']}/results", timeout=30).json()["items"]] == names
+    engine = create_engine(db_url)
+    with engine.begin() as conn:  # the first two classified fake, the rest real
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM images ORDER BY id"))]
+        for n, image_id in enumerate(ids):
+            conn.execute(text("UPDATE images SET status='done', label=:l, p_fake=:p WHERE id=:i"),
+                         {"l": "fake" if n < 2 else "real", "p": 0.9 - n / 10, "i": image_id})
+    engine.dispose()
+
+    def found(**params):
+        got, cursor = [], "0"
+        while cursor is not None:
+            page = requests.get(f"{base}/api/jobs/{job['id']}/results", params={**params, "limit": 1, "cursor": cursor},
+                                timeout=30)
+            assert page.status_code == 200, page.text
+            got += [r["filename"] for r in page.json()["items"]]
+            cursor = page.json()["next_cursor"]
+        return got
+
+    assert found(name="img_0") == names[:2]  # any case; _ is not "any character" (imgX0003)
+    assert found(name="100%") == ["100%_sure.png"]  # nor is % "anything" (1000 sure.png)
+    assert found(name="cafe\u0301") == ["Trip/Café/IMG_0001.JPG"]  # a decomposed é, as a Mac types it
+    assert found(name="TRIP\\") == names[:3]  # a Windows separator
+    assert found(name="café", sort="-filename") == ["Trip/Café/IMG_0001.JPG"]
+    assert found(name="trip", label="real") == ["trip/imgX0003.jpg"]
+    assert found(name="nowhere") == [] and found(name="") == names
+    csv_text = requests.get(f"{base}/api/jobs/{job['id']}/results",
+                            params={"format": "csv", "download": 1, "name": "SURE", "sort": "p_fake"}, timeout=30).text
+    assert [r["filename"] for r in csv.DictReader(io.StringIO(csv_text))] == ["1000 sure.png", "100%_sure.png"]
+    assert found(name="100\x00%\t") == ["100%_sure.png"]  # what a stored name cannot hold is left out, as it was there
+    resp = requests.get(f"{base}/api/jobs/{job['id']}/results", params={"name": "x" * 1025}, timeout=30)
+    assert resp.status_code == 400 and "at most 1024" in resp.json()["error"], resp.text
+
+
 def test_the_sweeper_finds_webhooks_never_claimed_or_whose_task_was_lost(sqlite_url):
     from worker.service import due_webhooks
 

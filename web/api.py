@@ -53,6 +53,7 @@ from .context import (
 )
 from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key, remembered_as
+from .names import MAX_NAME, search_text
 from .openapi import OPENAPI
 from .uploads import StoredPart, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting
@@ -298,8 +299,12 @@ def _result_filter() -> jobs.ResultFilter:
         raise ApiError(400, f"sort must be one of {', '.join(jobs.SORTS)}, got {sort[:40]!r}")
     p_min = number_arg("p_min", -1.0, 0, 1)
     p_max = number_arg("p_max", -1.0, 0, 1)
+    name = search_text(request.args.get("name", ""))
+    if len(name) > MAX_NAME:
+        raise ApiError(400, f"name must be at most {MAX_NAME} characters (a stored file name is no longer)")
     return jobs.ResultFilter(labels=_choices("label", LABELS), statuses=_choices("status", STATUSES),
-                             p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, sort=sort)
+                             p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, name=name,
+                             sort=sort)
 
 
 def _download(job_id: str, fmt: str, filt: jobs.ResultFilter) -> Response:

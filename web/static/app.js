@@ -643,11 +643,12 @@
     return out;
   }
 
-  // The filter bar: label, status, P range and order, as the API's query parameters.
+  // The filter bar: label, status, P range, part of the name and order, as the API's query parameters.
   function filterParams() {
     const q = new URLSearchParams();
     if ($("f-label").value) q.set("label", $("f-label").value);
     if ($("f-status").value) q.set("status", $("f-status").value);
+    if ($("f-name").value) q.set("name", $("f-name").value);
     for (const [id, name] of [["f-pmin", "p_min"], ["f-pmax", "p_max"]]) {
       const v = $(id).value.trim();
       if (v !== "" && Number(v) >= 0 && Number(v) <= 1) q.set(name, v);
