@@ -94,8 +94,8 @@ _FILTERS = [
     {"name": "p_max", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
      "description": "only p_fake <= p_max"},
     {"name": "name", "in": "query", "schema": {"type": "string", "maxLength": 1024},
-     "description": "only files whose name or folder path contains this text, letters in any case (A-Z always; "
-                    "other letters as the database folds them); % and _ are plain characters"},
+     "description": "only files whose name or folder path contains this text, letters in any case; % and _ "
+                    "are plain characters"},
     {"name": "sort", "in": "query", "schema": {"enum": ["id", "p_fake", "-p_fake", "filename", "-filename"]},
      "description": "order (a leading - for descending; ties by id); images without p_fake sort as -1. The cursor "
                     "of a page belongs to its sort"},
