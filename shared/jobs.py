@@ -44,6 +44,13 @@ def add_images(session: Session, job: Job, uploads: list[Upload]) -> list[int]:
     return [i.id for i in items]
 
 
+def uploads_of(session: Session, job_id: str) -> list[Upload]:
+    """A job's files as they were uploaded, in upload order: what a rerun of it classifies again."""
+    rows = session.execute(select(ImageItem.filename, ImageItem.sha256, ImageItem.size_bytes)
+                           .where(ImageItem.job_id == job_id).order_by(ImageItem.id))
+    return [Upload(filename=f, sha256=h, size_bytes=n) for f, h, n in rows]
+
+
 def count_images(session: Session, job_id: str) -> int:
     return session.scalar(select(func.count()).select_from(ImageItem).where(ImageItem.job_id == job_id)) or 0
 
@@ -98,6 +105,7 @@ def job_status(session: Session, job: Job) -> dict:
         "updated_at": _iso(job.updated_at),
         "finished_at": _iso(finished[0]) if status in FINAL_STATUSES else None,
         "cancelled_at": _iso(job.cancelled_at),
+        "rerun_of": job.rerun_of,
         "model": models[-1] if models else None,
         "models": models,
         "callback": _callback(session, job),

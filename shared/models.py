@@ -82,6 +82,9 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, onupdate=utcnow)
     cancelled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # The job whose files this one classifies again with the model of the day (no foreign key: that job may be
+    # deleted and this one kept).
+    rerun_of: Mapped[str | None] = mapped_column(String(32))
     # Webhook: POSTed the job summary once it finishes (shared.webhooks); status NULL until then.
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_status: Mapped[str | None] = mapped_column(String(16))

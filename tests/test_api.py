@@ -266,6 +266,64 @@ def test_a_later_page_of_a_tokens_jobs_starts_where_the_cursor_is_not_at_the_new
     engine.dispose()
 
 
+def test_a_rerun_is_a_new_job_of_the_same_files_for_its_token_only(make_app, stack_env, mini_dir):
+    """POST .../rerun makes a queued job of the earlier job's stored files, in their order, with the earlier one
+    untouched; it belongs to the same token, and another token's job is not there to rerun."""
+    import base64
+    import json
+
+    client = make_app({**stack_env, "PIXELPROOF_API_TOKENS": "alpha,beta"}).test_client()
+    alpha, beta = {"Authorization": "Bearer alpha"}, {"Authorization": "Bearer beta"}
+    first = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 3), alpha).get_json()
+    assert client.post(f"/api/jobs/{first['id']}/cancel", headers=alpha).status_code == 200
+    assert client.post(f"/api/jobs/{first['id']}/rerun").status_code == 401
+    assert client.post(f"/api/jobs/{first['id']}/rerun", headers=beta).status_code == 404
+    refused = client.post(f"/api/jobs/{first['id']}/rerun?callback_url=http://10.0.0.1/x", headers=alpha)
+    assert refused.status_code == 400 and "webhooks are off" in refused.get_json()["error"], refused.get_json()
+    queue = Redis.from_url(stack_env["REDIS_URL"])
+    queue.delete(QUEUE)
+    resp = client.post(f"/api/jobs/{first['id']}/rerun", headers=alpha)
+    again = resp.get_json()
+    assert resp.status_code == 202 and again["status"] == "queued" and again["queued"] == 3, again
+    assert again["rerun_of"] == first["id"] and again["cancelled_at"] is None  # a cancelled job's files, again
+    items = client.get(f"/api/jobs/{again['id']}/results", headers=alpha).get_json()["items"]
+    assert [r["filename"] for r in items] == [n for _, n in jpeg_bytes(mini_dir, 3)]
+    sent = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in queue.lrange(QUEUE, 0, -1)]
+    assert sorted(sum(sent, [])) == [r["id"] for r in items]  # its images' ids went to the queue, nothing else
+    assert client.get(f"/api/jobs/{first['id']}", headers=alpha).get_json()["status"] == "cancelled"
+    assert [j["id"] for j in client.get("/api/jobs", headers=alpha).get_json()["items"]] == [again["id"], first["id"]]
+    assert client.get("/api/jobs", headers=beta).get_json()["items"] == []
+    assert client.post("/api/jobs/nosuchjob/rerun", headers=alpha).status_code == 404
+
+
+def test_a_rerun_that_meets_a_delete_of_its_job_waits_for_it_and_finds_it_gone(make_app, stack_env, mini_dir):
+    """A delete removes a job's uploads once no job holds them; a rerun reading the job's files while the delete
+    is under way must not make a job of uploads about to be removed. It waits for the delete and answers 404."""
+    import threading
+
+    from sqlalchemy import create_engine, delete
+
+    from shared.models import ImageItem, Job
+
+    client = make_app(stack_env).test_client()
+    first = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2)).get_json()
+    engine = create_engine(stack_env["DATABASE_URL"])
+    conn = engine.connect()
+    deleting = conn.begin()  # the delete's transaction, as shared.deletion runs it: images, then the job
+    conn.execute(delete(ImageItem).where(ImageItem.job_id == first["id"]))
+    conn.execute(delete(Job).where(Job.id == first["id"]))
+    answer = {}
+    rerun = threading.Thread(target=lambda: answer.update(resp=client.post(f"/api/jobs/{first['id']}/rerun")))
+    rerun.start()
+    rerun.join(2)
+    still_waiting = rerun.is_alive()
+    deleting.commit()
+    conn.close()
+    engine.dispose()
+    rerun.join(60)
+    assert still_waiting and answer["resp"].status_code == 404, answer["resp"].get_json()
+
+
 def test_every_setting_is_in_the_readme():
     """A setting read at start-up that the README does not name is one an operator cannot find."""
     from shared.settings import REPO_ROOT, Settings, _env_name

@@ -633,3 +633,56 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     wait_status(page, "cancelled")  # opened again, so listed again: the one job
     assert page.locator("#recent-count").inner_text() == "1"
     assert [p for p in page_problems(page) if "404" not in p] == []
+
+
+def test_a_job_is_classified_again_when_the_served_model_changed(browser, start_web_only, sqlite_url, redis_server,
+                                                                 mini_dir, tmp_path):
+    """A job classified by an earlier model offers to classify its files again with the model served now; the
+    new job follows on the page and names the earlier one, which keeps its results."""
+    import requests
+
+    from shared.modeling.checkpoint import read_meta
+    from shared.settings import CIFAKE_CHECKPOINT, DEFAULT_CHECKPOINT
+
+    from .conftest import service_env
+    from .processes import start_worker
+
+    base = start_web_only(sqlite_url)
+    folder = tmp_path / "desk"
+    folder.mkdir()
+    for p in sorted((mini_dir / "fake").iterdir())[:3]:
+        shutil.copy(p, folder / p.name)
+    env = service_env(sqlite_url, redis_server.url, start_web_only.data_dir)
+    page = watched_page(browser)
+    worker = start_worker({**env, "PIXELPROOF_MODEL_PATH": str(CIFAKE_CHECKPOINT)}, tmp_path / "old.log", name="old")
+    try:
+        page.goto(base + "/")
+        page.set_input_files("#folder-input", str(folder))
+        wait_status(page, "done", timeout=60_000)
+    finally:
+        worker.stop()
+    first = page.url.split("job=")[1]
+    old, new = read_meta(CIFAKE_CHECKPOINT).version, read_meta(DEFAULT_CHECKPOINT).version
+    page.wait_for_selector(f"#rerun-job[data-served='{old}']", state="attached")  # /api/config has answered
+    assert not page.locator("#rerun-job").is_visible()  # classified by the model served now: nothing to offer
+    worker = start_worker(env, tmp_path / "new.log", name="new")
+    try:
+        page.reload()
+        wait_status(page, "done")
+        page.wait_for_selector("#rerun-job:visible")  # shown once /api/config names the model served now
+        assert new in page.locator("#rerun-job").get_attribute("title")
+        page.click("#rerun-job")
+        page.wait_for_function(f"() => !location.search.includes('{first}')")
+        wait_status(page, "done", timeout=60_000)
+    finally:
+        worker.stop()
+    second = page.url.split("job=")[1]
+    assert page.locator("#rerun-of-link").inner_text() == first and page.locator("#rerun-of").is_visible()
+    assert f"model {new}" in page.locator("#status").inner_text() and not page.locator("#rerun-job").is_visible()
+    page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 3")
+    assert requests.get(f"{base}/api/jobs/{second}", timeout=10).json()["rerun_of"] == first
+    assert requests.get(f"{base}/api/jobs/{first}", timeout=10).json()["model"]["version"] == old
+    page.click("#rerun-of-link")  # back to the earlier job, which still has its own results
+    wait_status(page, "done")
+    assert f"model {old}" in page.locator("#status").inner_text() and page.locator("#rerun-of").is_hidden()
+    assert page_problems(page) == []

@@ -176,3 +176,43 @@ def test_ten_thousand_tiny_files_in_one_job(make_app, sqlite_url, redis_server, 
     finally:
         worker.stop()
     assert job["total"] == job["done"] == 10_000 and job["errors"] == 0
+
+
+def test_a_job_is_classified_again_by_the_model_served_now(make_app, stack_env, mini_dir, tmp_path):
+    """After a model upgrade, a job's stored files go through the new model as a new job (nothing is sent again):
+    the earlier job keeps its results, and deleting it keeps the files the new job holds."""
+    broken = tmp_path / "notes.jpg"
+    broken.write_bytes(b"not an image")
+    files = [(p, f"shoot/{p.parent.name}-{p.name}") for d in ("fake", "real")
+             for p in sorted((mini_dir / d).iterdir())[:3]] + [(broken, "shoot/notes.jpg")]
+    client = make_app(stack_env).test_client()
+    worker = start_worker({**stack_env, "PIXELPROOF_MODEL_PATH": str(CIFAKE_CHECKPOINT)}, tmp_path / "old.log", name="old")
+    try:
+        first = wait_done(client, upload_all(client, files)["id"])
+    finally:
+        worker.stop()
+    before = all_results(client, first["id"])
+    worker = start_worker(stack_env, tmp_path / "new.log", name="new")
+    try:
+        resp = client.post(f"/api/jobs/{first['id']}/rerun", headers={"Idempotency-Key": "again-1"})
+        again = resp.get_json()
+        assert resp.status_code == 202 and resp.headers["Location"] == f"/api/jobs/{again['id']}", again
+        assert again["rerun_of"] == first["id"] and again["id"] != first["id"] and again["total"] == 7
+        replay = client.post(f"/api/jobs/{first['id']}/rerun", headers={"Idempotency-Key": "again-1"})
+        assert replay.headers["Idempotent-Replayed"] == "true" and replay.get_json()["id"] == again["id"]
+        again = wait_done(client, again["id"])
+    finally:
+        worker.stop()
+    after = all_results(client, again["id"])
+    old, new = read_meta(CIFAKE_CHECKPOINT).version, read_meta(DEFAULT_CHECKPOINT).version
+    assert [(r["filename"], r["sha256"]) for r in after] == [(r["filename"], r["sha256"]) for r in before]
+    assert {r["model_version"] for r in before if r["status"] == "done"} == {old} and first["model"]["version"] == old
+    assert {r["model_version"] for r in after if r["status"] == "done"} == {new} and again["model"]["version"] == new
+    assert again["errors"] == 1 and sum(again["counts"].values()) == 6  # the broken file fails again, alone
+    assert all_results(client, first["id"]) == before  # the earlier job keeps its verdicts
+    assert client.get(f"/api/jobs/{first['id']}").get_json()["rerun_of"] is None
+    gone = client.delete(f"/api/jobs/{first['id']}").get_json()
+    assert gone["files_kept"] == 7 and gone["files_removed"] == 0, gone
+    assert client.get(f"/api/jobs/{again['id']}/images/{after[0]['id']}/thumbnail").status_code == 200
+    assert client.get(f"/api/jobs/{again['id']}").get_json()["rerun_of"] == first["id"]  # still named, though gone
+    assert client.post(f"/api/jobs/{first['id']}/rerun").status_code == 404

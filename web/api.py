@@ -153,6 +153,11 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
         drop_spares(parts)
     record("submitted", len(ids))
     log.info(kv(event="files_accepted", job_id=job.id, files=len(ids), created=created))
+    return _queue(session, job, ids)
+
+
+def _queue(session, job: Job, ids: list[int]) -> Response:
+    """Enqueue committed images and answer 202 with their job; with Redis down, the sweeper sends them later."""
     try:
         enqueue_images(services().celery, ids, services().settings.batch_size)
     except (BrokerError, RedisError, OSError) as exc:
@@ -171,6 +176,15 @@ def _accept(job: Job, parts: list[StoredPart], created: bool, key: str | None = 
     return resp
 
 
+def _callback_url() -> str | None:
+    callback_url = request.args.get("callback_url") or None
+    if callback_url is not None:
+        problem = webhooks.url_problem(callback_url, services().settings.webhook_allowlist)
+        if problem:
+            raise ApiError(400, problem)
+    return callback_url
+
+
 @api.post("/api/jobs")
 def create_job():
     owner = current_owner()
@@ -178,11 +192,7 @@ def create_job():
     answered = earlier_answer(owner, key, "create")  # before reading the body: a retry is not stored twice
     if answered is not None:
         return answered
-    callback_url = request.args.get("callback_url") or None
-    if callback_url is not None:
-        problem = webhooks.url_problem(callback_url, services().settings.webhook_allowlist)
-        if problem:
-            raise ApiError(400, problem)
+    callback_url = _callback_url()
     _check_rate(owner)
     parts = _store_uploads(0)
     job = Job(owner=owner, callback_url=callback_url)
@@ -221,6 +231,41 @@ def add_files(job_id: str):
     _check_rate(owner)
     parts = _store_uploads(jobs.count_images(db_session(), job.id))
     return _accept(job, parts, created=False, key=key)
+
+
+@api.post("/api/jobs/<job_id>/rerun")
+def rerun_job(job_id: str):
+    """A new job of the same stored files, for the model the workers serve now; the earlier job is untouched."""
+    owner = current_owner()
+    key = idempotency_key()
+    what = f"rerun:{job_id[:32]}"  # a longer one is no job's id (404 below)
+    answered = earlier_answer(owner, key, what)
+    if answered is not None:
+        return answered
+    source = job_or_404(job_id, owner)
+    callback_url = _callback_url()
+    _check_rate(owner)
+    session = db_session()
+    # The earlier job's row lock (PostgreSQL) or the database's write lock (SQLite) before its files are read: a
+    # delete of it either waits until the new job holds them (so its uploads are kept) or has removed it (404).
+    if not session.execute(update(Job).where(Job.id == source.id).values(updated_at=Job.updated_at)).rowcount:
+        raise ApiError(404, f"no job with id {job_id!r}")
+    job = Job(owner=owner, callback_url=callback_url, rerun_of=source.id)
+    session.add(job)
+    try:
+        ids = jobs.add_images(session, job, jobs.uploads_of(session, source.id))
+        if key is not None:
+            session.add(IdempotencyKey(owner=owner or "", key=key, request=remembered_as(what), job_id=job.id))
+        session.commit()
+    except IntegrityError:  # the same Idempotency-Key committed by a concurrent twin of this request
+        session.rollback()
+        answered = earlier_answer(owner, key, what)
+        if answered is None:
+            raise
+        return answered
+    record("submitted", len(ids))
+    log.info(kv(event="job_rerun", job_id=job.id, rerun_of=source.id, files=len(ids)))
+    return _queue(session, job, ids)
 
 
 @api.get("/api/jobs/<job_id>")

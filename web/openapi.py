@@ -69,6 +69,9 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
                                "same key and the same files returns the same job instead of making a second one or "
                                "adding files twice (422 for the same key with another request or other files); "
                                "a key is remembered as long as its job exists"}
+_CALLBACK_URL = {"name": "callback_url", "in": "query", "schema": {"type": "string"},
+                 "description": "POST the job's summary here, signed, when it finishes; must be under an address in "
+                                "the server's PIXELPROOF_WEBHOOK_ALLOWLIST"}
 _LIMITS = ("max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job", "max_pixels")
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
@@ -118,7 +121,8 @@ OPENAPI = {
                       "required": ["error", "status"]},
             "Job": {"type": "object", "additionalProperties": False, "required": [
                 "id", "status", "total", "done", "errors", "cancelled", "queued", "running", "counts", "declared_ai",
-                "encodings", "created_at", "updated_at", "finished_at", "cancelled_at", "model", "models", "callback"],
+                "encodings", "created_at", "updated_at", "finished_at", "cancelled_at", "rerun_of", "model", "models",
+                "callback"],
                     "properties": {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
                 "total": {"type": "integer"},
@@ -139,6 +143,8 @@ OPENAPI = {
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": ["string", "null"], "format": "date-time"},
+                "rerun_of": {"type": ["string", "null"], "description": "the job whose files this one classifies "
+                             "again (POST /api/jobs/{job_id}/rerun); it may have been deleted since"},
                 "model": {"$ref": "#/components/schemas/Model"},
                 "models": {"type": "array", "items": {"$ref": "#/components/schemas/Model"}},
             }},
@@ -251,14 +257,21 @@ OPENAPI = {
                           "400": _ERR, "401": _ERR, "403": _ERR}},
                       "post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
                                "callbacks": {"jobFinished": _WEBHOOK},
-                               "parameters": [_IDEMPOTENCY, {
-                                   "name": "callback_url", "in": "query", "schema": {"type": "string"},
-                                   "description": "POST the job's summary here, signed, when it finishes; must be "
-                                                  "under an address in the server's PIXELPROOF_WEBHOOK_ALLOWLIST"}],
+                               "parameters": [_IDEMPOTENCY, _CALLBACK_URL],
                                "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR, "422": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
         "/api/jobs/{job_id}/files": {"post": {"summary": "Add files to a job (send a large folder in several requests)",
                                               "parameters": [_JOB_ID, _IDEMPOTENCY], "requestBody": _UPLOAD,
                                               "responses": {"202": _ACCEPTED, "400": _ERR, "403": _ERR, "404": _ERR, "409": {**_ERR, "description": "the job was cancelled"}, "413": _ERR, "422": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
+        "/api/jobs/{job_id}/rerun": {"post": {
+            "summary": "Classify a job's files again, with the model the workers serve now, as a new job: the stored "
+                       "uploads are used (nothing is sent again) and the earlier job keeps its results; the new "
+                       "job's rerun_of names it",
+            "callbacks": {"jobFinished": _WEBHOOK},
+            "parameters": [_JOB_ID, _IDEMPOTENCY, _CALLBACK_URL],
+            "responses": {"202": {**_ACCEPTED, "description": "the new job, queued; Location names it. A request "
+                                  "repeated with the same Idempotency-Key gets the job the first one made (with "
+                                  "Idempotent-Replayed: true)"},
+                          "400": _ERR, "401": _ERR, "403": _ERR, "404": _ERR, "422": _ERR, "429": _ERR, "503": _ERR}}},
         "/api/jobs/{job_id}/cancel": {"post": {
             "summary": "Cancel a job: its queued images are never classified (status cancelled), finished ones keep "
                        "their results; a cancelled job takes no more files",
@@ -346,7 +359,7 @@ OPENAPI = {
 # Each operation's name: client generators name their methods after it, and links refer to it.
 _OPERATION_IDS = {
     ("/api/jobs", "get"): "listJobs", ("/api/jobs", "post"): "createJob", ("/api/jobs/{job_id}/files", "post"): "addFiles",
-    ("/api/jobs/{job_id}/cancel", "post"): "cancelJob",
+    ("/api/jobs/{job_id}/rerun", "post"): "rerunJob", ("/api/jobs/{job_id}/cancel", "post"): "cancelJob",
     ("/api/jobs/{job_id}/images/{image_id}/review", "post"): "reviewImage",
     ("/api/jobs/{job_id}", "delete"): "deleteJob", ("/api/jobs/{job_id}", "get"): "getJob",
     ("/api/jobs/{job_id}/results", "get"): "getResults",

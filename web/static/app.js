@@ -13,6 +13,8 @@
   }
 
   let limits = null;  // from /api/config: what the server will refuse, checked here before uploading
+  let servedModel = null;  // from /api/config: the model the workers serve now (what a rerun would use)
+  let shownJob = null;  // the job the page shows, as last rendered
 
   // "1 error", "3 errors"
   const count = (n, word) => `${n} ${word}${n === 1 ? "" : "s"}`;
@@ -39,7 +41,9 @@
     try {
       const config = await api("/api/config");
       limits = config.limits;
+      servedModel = config.model;
       showScope(config.model);
+      if (shownJob) showRerun(shownJob);
       if (config.retention_days) {
         $("retention").textContent = `This server deletes jobs, their results and their uploads ` +
           `${config.retention_days} days after they are made.`;
@@ -398,6 +402,13 @@
     $("job-text").textContent = `${job.done} / ${job.total}` + (notes.some(Boolean) ? ` (${notes.filter(Boolean).join(", ")})` : "");
     $("job-actions").hidden = false;
     $("cancel-job").hidden = FINAL.includes(job.status);
+    shownJob = job;
+    showRerun(job);
+    $("rerun-of").hidden = !job.rerun_of;
+    if (job.rerun_of) {
+      $("rerun-of-link").textContent = job.rerun_of;
+      $("rerun-of-link").href = `?job=${job.rerun_of}`;
+    }
     const hook = job.callback;
     $("status").textContent = `Job ${job.id}: ${job.status}` + (job.model ? ` · model ${job.model.version}` : "") +
       (hook ? ` · webhook ${hook.status}` + (hook.attempts.length ? ` (${hook.attempts.length} attempt` +
@@ -416,6 +427,19 @@
           (share ? `about 1 in ${Math.round(1 / share)}` : "few") +
           ` real photos reached it), real when P < ${t.real_below.toFixed(3)}, and uncertain in between.`;
       $("legend").hidden = false;
+    }
+  }
+
+  // A finished job whose results came from another model than the one served now (or from none: cancelled
+  // early) can be classified again by it, as a new job of the same stored files.
+  function showRerun(job) {
+    const button = $("rerun-job");
+    const served = servedModel && servedModel.version;
+    button.dataset.served = served || "";
+    button.hidden = !(served && FINAL.includes(job.status) && (!job.model || job.model.version !== served));
+    if (!button.hidden) {
+      button.title = `A new job of the same files (nothing is sent again), classified by ${served}; ` +
+        "this job keeps its results.";
     }
   }
 
@@ -729,6 +753,20 @@
     const job = await api(`/api/jobs/${currentJob}/cancel`, "POST");
     render(job);
     await refreshResults(job.id);
+  })()));
+
+  $("rerun-job").addEventListener("click", () => run((async () => {
+    $("rerun-job").disabled = true;  // one click, one new job
+    let job;
+    try {
+      job = await api(`/api/jobs/${currentJob}/rerun`, "POST");
+    } finally {
+      $("rerun-job").disabled = false;
+    }
+    history.replaceState(null, "", `?job=${job.id}`);
+    $("upload-row").hidden = true;
+    clearResults();
+    await follow(job.id, job);
   })()));
 
   $("delete-job").addEventListener("click", () => run((async () => {
