@@ -203,7 +203,7 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _client_errors(command: str):
-    """submit and jobs: what keeps them from the server, or the server's refusal, in one line, exit 2."""
+    """submit, rerun and jobs: what keeps them from the server, or the server's refusal, in one line, exit 2."""
 
     def wrap(run):
         def guarded(args: argparse.Namespace) -> int:
@@ -240,6 +240,14 @@ def _submit(args: argparse.Namespace) -> int:
     return submit(Path(args.directory), args.server, args.token, args.wait,
                   Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
                   **({"parallel": args.parallel} if args.parallel else {}))
+
+
+@_client_errors("rerun")
+def _rerun(args: argparse.Namespace) -> int:
+    from .submit import rerun
+
+    return rerun(args.job, args.server, args.token, args.wait, Path(args.out) if args.out else None, args.format,
+                 args.callback_url)
 
 
 @_client_errors("jobs")
@@ -279,7 +287,7 @@ class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionH
 
 
 def _server_arguments(parser: argparse.ArgumentParser, token_help: str) -> None:
-    """submit and jobs: which server, and the token it may ask for."""
+    """submit, rerun and jobs: which server, and the token it may ask for."""
     parser.add_argument("--server", default=os.environ.get("PIXELPROOF_SERVER", "http://127.0.0.1:8000"),
                         help="address of the server's page (environment: PIXELPROOF_SERVER)")
     parser.add_argument("--token", default=os.environ.get("PIXELPROOF_TOKEN"),
@@ -327,6 +335,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the server POSTs the job's summary here, signed, when it finishes (it must be under an "
                         "address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
     s.set_defaults(func=_submit)
+
+    r = _parser(sub, "rerun", "classify an earlier job's files again with the model the server's workers serve now, "
+                "as a new job (nothing is uploaded again; the earlier job keeps its results); with --wait, print a "
+                "summary and write the results", "exit status: 0 done, 2 a problem the message names")
+    r.add_argument("job", help="the earlier job's id (the end of its page's address, ?job=...)")
+    _server_arguments(r, "API token, when the server requires one (the one the job was made with)")
+    r.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
+    r.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
+    r.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
+    r.add_argument("--callback-url", default=None,
+                   help="the server POSTs the new job's summary here, signed, when it finishes (it must be under "
+                        "an address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
+    r.set_defaults(func=_rerun)
 
     j = _parser(sub, "jobs", "list this API token's jobs on a Pixelproof server, newest first: when each was made, "
                 "its state and counts, and its page (the server lists jobs only when it requires tokens)",

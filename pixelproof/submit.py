@@ -161,6 +161,25 @@ class Client:
             return self.job(job)
         return self._check(resp)
 
+    def rerun(self, job_id: str, callback_url: str | None = None, tries: int = 3) -> dict:
+        """A new job of an earlier job's stored files, for the model served now; sent again with the same
+        Idempotency-Key when no answer came back, so a timeout never makes two."""
+        params = {"callback_url": callback_url} if callback_url else {}
+        headers = {"Idempotency-Key": str(uuid.uuid4())}
+        for attempt in range(1, tries + 1):
+            try:
+                resp = self.http.post(f"{self.server}/api/jobs/{job_id}/rerun", params=params, headers=headers,
+                                      timeout=self.timeout)
+                break
+            except (requests.Timeout, requests.ConnectionError) as exc:
+                if attempt == tries or (isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()):
+                    raise
+                print(f"warning: no answer to the rerun ({type(exc).__name__}); asking again", file=sys.stderr)
+        if resp.status_code == 503 and (job := _json(resp).get("job")):
+            print(f"warning: {_json(resp).get('error')}", file=sys.stderr)
+            return self.job(job)
+        return self._check(resp)
+
     def job(self, job_id: str, wait: float = 0, done: int | None = None) -> dict:
         params = {"wait": wait, "done": done} if wait else {}
         while True:
@@ -271,6 +290,37 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
         job = upload_all(lambda: Client(server, token), list(batches(files, files_per_request)), callback_url,
                          parallel, bar.update)
     print(f"uploaded {len(files)} files to job {job['id']}: {server}/?job={job['id']}", file=sys.stderr)
+    # the folder's order, whichever request came first
+    return finish(client, job, wait, out, fmt, {name: i for i, (_, name) in enumerate(files)})
+
+
+def rerun(job_id: str, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
+          callback_url: str | None = None) -> int:
+    """An earlier job's files through the model served now, as a new job; then as submit goes on."""
+    server = check_server(server)
+    check_out(out, wait)
+    job_id = job_id_of(job_id)
+    client = Client(server, token)
+    served = client.config().get("model") or {}
+    job = client.rerun(job_id, callback_url)
+    print(f"job {job_id} is classified again as job {job['id']}, by {served.get('version', 'the model served now')}: "
+          f"{server}/?job={job['id']}", file=sys.stderr)
+    return finish(client, job, wait, out, fmt)
+
+
+def job_id_of(text: str) -> str:
+    """A job's id, or the id in its page's address (?job=...), as a user may paste either."""
+    from urllib.parse import parse_qs
+
+    job_id = parse_qs(urlsplit(text).query).get("job", [text])[0] if "job=" in text else text
+    if not job_id or not all(c.isalnum() or c in "-_" for c in job_id):
+        raise SubmitError(f"{text!r} is not a job's id (the letters after ?job= in its page's address)")
+    return job_id
+
+
+def finish(client: Client, job: dict, wait: bool, out: Path | None, fmt: str, order: dict[str, int] | None = None) -> int:
+    """Without --wait, the job's id; with it, the job followed to its end, a summary, and --out written (in
+    `order` of file names, else in upload order)."""
     if not wait:
         print(job["id"])
         return 0
@@ -278,8 +328,9 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
         while job["status"] not in ("done", "cancelled"):
             job = client.job(job["id"], wait=20, done=job["done"])
             bar.update(job["done"] - bar.n)
-    order = {name: i for i, (_, name) in enumerate(files)}  # the folder's order, whichever request came first
-    items = sorted(client.results(job["id"]), key=lambda item: order.get(item["filename"], len(order)))
+    items = client.results(job["id"])
+    if order is not None:
+        items.sort(key=lambda item: order.get(item["filename"], len(order)))
     model = job["model"]["version"] if job.get("model") else "?"
     if job["status"] == "cancelled":
         print(f"the job was cancelled: {job['cancelled']} of {job['total']} images were not classified")

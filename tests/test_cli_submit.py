@@ -242,3 +242,27 @@ def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, fol
     open_server = start_web_only(sqlite_url)
     proc = run_cli("jobs", "--server", open_server)
     assert proc.returncode == 2 and "listing jobs needs API tokens" in proc.stderr, proc.stderr
+
+
+def test_rerun_classifies_a_jobs_files_again_and_writes_them(live_stack, folder, tmp_path):
+    """`pixelproof rerun JOB --wait --out` against the real stack: a new job of the same files, followed to its end,
+    its results in upload order; the earlier job is named, as an id or as its page's address."""
+    proc = run_cli("submit", str(folder), "--server", live_stack, "--wait")
+    assert proc.returncode == 0, proc.stderr
+    first = proc.stderr.rsplit("?job=", 1)[1].split()[0]
+    out = tmp_path / "again.csv"
+    proc = run_cli("rerun", f"{live_stack}/?job={first}", "--server", live_stack, "--wait", "--out", str(out),
+                   timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    again = proc.stderr.rsplit("?job=", 1)[1].split()[0]
+    assert again != first and f"job {first} is classified again as job {again}" in proc.stderr
+    assert "done: 2 images" in proc.stdout
+    client = submit.Client(live_stack)
+    assert client.job(again)["rerun_of"] == first
+    rows = list(csv.DictReader(out.open()))
+    assert [r["filename"] for r in rows] == [r["filename"] for r in client.results(first)]
+    assert all(r["status"] == "done" for r in rows)
+    proc = run_cli("rerun", "nosuchjob", "--server", live_stack)
+    assert proc.returncode == 2 and "the server refused: no job with id 'nosuchjob' (HTTP 404)" in proc.stderr
+    proc = run_cli("rerun", "../etc", "--server", live_stack)
+    assert proc.returncode == 2 and "is not a job's id" in proc.stderr and "Traceback" not in proc.stderr
