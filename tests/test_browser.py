@@ -639,6 +639,8 @@ def test_a_job_is_classified_again_when_the_served_model_changed(browser, start_
                                                                  mini_dir, tmp_path):
     """A job classified by an earlier model offers to classify its files again with the model served now; the
     new job follows on the page and names the earlier one, which keeps its results."""
+    import time
+
     import requests
 
     from shared.modeling.checkpoint import read_meta
@@ -667,10 +669,13 @@ def test_a_job_is_classified_again_when_the_served_model_changed(browser, start_
     assert not page.locator("#rerun-job").is_visible()  # classified by the model served now: nothing to offer
     worker = start_worker(env, tmp_path / "new.log", name="new")
     try:
+        # /api/config answers after the job here, as on a slow link: the scope shown stays the job's model's
+        page.route("**/api/config", lambda route: (time.sleep(1), route.continue_()))
         page.reload()
         wait_status(page, "done")
         page.wait_for_selector("#rerun-job:visible")  # shown once /api/config names the model served now
         assert new in page.locator("#rerun-job").get_attribute("title")
+        assert old in page.locator("#scope-model").inner_text()  # the job's verdicts came from that one
         page.click("#rerun-job")
         page.wait_for_function(f"() => !location.search.includes('{first}')")
         wait_status(page, "done", timeout=60_000)

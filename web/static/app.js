@@ -42,7 +42,8 @@
       const config = await api("/api/config");
       limits = config.limits;
       servedModel = config.model;
-      showScope(config.model);
+      // The shown job's model, when it has one, is what its verdicts came from: its scope stays.
+      showScope(shownJob && shownJob.model ? shownJob.model : config.model);
       if (shownJob) showRerun(shownJob);
       if (config.retention_days) {
         $("retention").textContent = `This server deletes jobs, their results and their uploads ` +
