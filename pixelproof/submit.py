@@ -359,7 +359,8 @@ def list_jobs(server: str, token: str | None, limit: int) -> int:
         counts, errors = job["counts"], job["errors"]
         print(f"{made}  {job['status']:<9}  {job['done']}/{job['total']} files, real {counts['real']}, "
               f"AI-generated {counts['fake']}, uncertain {counts['uncertain']}"
-              + (f", {errors} error{'s' if errors != 1 else ''}" if errors else "") + f"  {server}/?job={job['id']}")
+              + (f", {errors} error{'s' if errors != 1 else ''}" if errors else "")
+              + (f", again of {job['rerun_of']}" if job.get("rerun_of") else "") + f"  {server}/?job={job['id']}")
     return 0
 
 

@@ -157,7 +157,7 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
                       "counts": {k: counts.get(k, 0) for k in ("real", "fake", "uncertain")},
                       "created_at": _iso(job.created_at),
                       "finished_at": _iso(finished.get(job.id)) if status in FINAL_STATUSES else None,
-                      "cancelled_at": _iso(job.cancelled_at)})
+                      "cancelled_at": _iso(job.cancelled_at), "rerun_of": job.rerun_of})
     next_cursor = None
     if more:
         last = page[-1]

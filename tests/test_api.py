@@ -291,7 +291,8 @@ def test_a_rerun_is_a_new_job_of_the_same_files_for_its_token_only(make_app, sta
     sent = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in queue.lrange(QUEUE, 0, -1)]
     assert sorted(sum(sent, [])) == [r["id"] for r in items]  # its images' ids went to the queue, nothing else
     assert client.get(f"/api/jobs/{first['id']}", headers=alpha).get_json()["status"] == "cancelled"
-    assert [j["id"] for j in client.get("/api/jobs", headers=alpha).get_json()["items"]] == [again["id"], first["id"]]
+    listed = client.get("/api/jobs", headers=alpha).get_json()["items"]
+    assert [(j["id"], j["rerun_of"]) for j in listed] == [(again["id"], first["id"]), (first["id"], None)]
     assert client.get("/api/jobs", headers=beta).get_json()["items"] == []
     assert client.post("/api/jobs/nosuchjob/rerun", headers=alpha).status_code == 404
 

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import requests
 
 from pixelproof import submit
 
@@ -235,6 +236,10 @@ def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, fol
     assert [line.rsplit("?job=", 1)[1] for line in lines] == [made[2], made[0]], lines  # newest first, alpha's only
     assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d  queued     0/2 files, real 0, AI-generated 0, uncertain 0  "
                         rf"{re.escape(base)}/\?job={made[2]}", lines[0]), lines[0]
+    again = requests.post(f"{base}/api/jobs/{made[0]}/rerun", headers={"Authorization": "Bearer alpha"}, timeout=30)
+    proc = run_cli("jobs", "--server", base, "--token", "alpha", "--limit", "1")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(
+        f", again of {made[0]}  {base}/?job={again.json()['id']}"), proc.stdout + proc.stderr
     proc = run_cli("jobs", "--server", base, "--token", "beta", "--limit", "1")
     assert proc.returncode == 0 and proc.stdout.strip().endswith(f"?job={made[1]}"), proc.stdout + proc.stderr
     proc = run_cli("jobs", "--server", base)
@@ -262,6 +267,8 @@ def test_rerun_classifies_a_jobs_files_again_and_writes_them(live_stack, folder,
     rows = list(csv.DictReader(out.open()))
     assert [r["filename"] for r in rows] == [r["filename"] for r in client.results(first)]
     assert all(r["status"] == "done" for r in rows)
+    proc = run_cli("rerun", first, "--server", live_stack)  # without --wait: the new job's id alone
+    assert proc.returncode == 0 and client.job(proc.stdout.strip())["rerun_of"] == first, proc.stderr
     proc = run_cli("rerun", "nosuchjob", "--server", live_stack)
     assert proc.returncode == 2 and "the server refused: no job with id 'nosuchjob' (HTTP 404)" in proc.stderr
     proc = run_cli("rerun", "../etc", "--server", live_stack)

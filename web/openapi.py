@@ -150,7 +150,8 @@ OPENAPI = {
             }},
             "JobSummary": {"type": "object", "additionalProperties": False, "required": [
                 "id", "status", "total", "done", "errors", "cancelled", "counts", "created_at", "finished_at",
-                "cancelled_at"], "description": "a job as listed: the fields of Job that say how far it got",
+                "cancelled_at", "rerun_of"], "description": "a job as listed: the fields of Job that say how far it "
+                "got, and what it classifies again",
                 "properties": {
                     "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
                     "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
@@ -160,7 +161,8 @@ OPENAPI = {
                                               "uncertain": {"type": "integer"}}},
                     "created_at": {"type": "string", "format": "date-time"},
                     "finished_at": {"type": ["string", "null"], "format": "date-time"},
-                    "cancelled_at": {"type": ["string", "null"], "format": "date-time"}}},
+                    "cancelled_at": {"type": ["string", "null"], "format": "date-time"},
+                    "rerun_of": {"type": ["string", "null"]}}},
             "Callback": {"type": ["object", "null"], "description": "the job's webhook (null without "
                          "callback_url): POSTed {event: job.finished, job: <this Job>} when the job finishes, signed "
                          "in the Pixelproof-Signature header (README, Webhooks)", "properties": {
