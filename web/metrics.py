@@ -34,7 +34,10 @@ class _ScrapeCollector:
             at, count = self._workers
             if time.monotonic() - at > WORKERS_CACHE_S:
                 try:
-                    count = len(self.services.celery.control.ping(timeout=0.5) or [])
+                    # On a connection of its own, closed here: pooled, it would keep the unread answer to its
+                    # last wait for replies, which kombu reads again in any process forked later (and blocks).
+                    with self.services.celery.connection_for_read() as connection:
+                        count = len(self.services.celery.control.ping(timeout=0.5, connection=connection) or [])
                 except Exception:  # noqa: BLE001 - a broker that is down means no worker is reachable
                     count = 0
                 self._workers = (time.monotonic(), count)
