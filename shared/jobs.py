@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Select, and_, case, func, literal, or_, select, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, and_, case, func, literal, null, or_, select, tuple_, update
+from sqlalchemy.orm import Session, aliased
 
 from shared.model_version import name_of
 from shared.models import (
@@ -250,7 +250,8 @@ def _iso(dt) -> str | None:
     return dt.isoformat()
 
 
-def result_row(item: ImageItem, details: dict | None = None, review: Review | None = None) -> dict:
+def result_row(item: ImageItem, details: dict | None = None, review: Review | None = None,
+               earlier: ImageItem | None = None) -> dict:
     details = details or {}
     thresholds = details.get("thresholds") or {}
     return {
@@ -273,6 +274,9 @@ def result_row(item: ImageItem, details: dict | None = None, review: Review | No
         "evidence_note": details.get("evidence_note"),
         "review": review.verdict if review else None,
         "review_note": review.note if review else None,
+        # In a rerun: the same file (name and content) as the earlier job left it, to see what the new model changed.
+        "earlier": None if earlier is None else {"status": earlier.status, "label": earlier.label,
+                                                 "p_fake": earlier.p_fake, "model_version": earlier.model_version},
     }
 
 
@@ -285,6 +289,7 @@ class ResultFilter:
     p_min: float | None = None
     p_max: float | None = None
     name: str = ""  # part of the file name or its folder path, in any case; % and _ are plain characters
+    changed: bool = False  # a rerun's results whose label differs from the earlier job's (both classified)
     sort: str = "id"
 
     def where(self) -> list:
@@ -314,6 +319,10 @@ SORTS = {
 
 class BadCursor(ValueError):
     pass
+
+
+class NotARerun(ValueError):
+    """?changed= asked of a job that classifies no earlier job's files again."""
 
 
 def _pack(value: object, row_id: object) -> str:
@@ -355,12 +364,25 @@ def results_page(session: Session, job_id: str, cursor: str, limit: int,
     """A page of results with what the worker recorded about each prediction (crop scores, thresholds) and any
     person's review. Keyset pages: a cursor is the last row's sort key and id, so deep pages cost no more."""
     key, descending = SORTS[filt.sort]
+    rerun_of = session.scalar(select(Job.rerun_of).where(Job.id == job_id))
+    if filt.changed and rerun_of is None:
+        raise NotARerun(job_id)
+    earlier = aliased(ImageItem)
     query = (
-        select(ImageItem, Prediction.details, Review)
+        select(ImageItem, Prediction.details, Review, earlier if rerun_of else null())
         .outerjoin(Prediction, (Prediction.sha256 == ImageItem.sha256) & (Prediction.model_version == ImageItem.model_version))
         .outerjoin(Review, Review.image_id == ImageItem.id)
         .where(ImageItem.job_id == job_id, *filt.where())
     )
+    if rerun_of is not None:
+        # Each file of the earlier job once: its first image of that name and content (a folder may hold the
+        # same file twice), so a result is never listed twice.
+        first = (select(func.min(ImageItem.id).label("id"), ImageItem.filename, ImageItem.sha256)
+                 .where(ImageItem.job_id == rerun_of).group_by(ImageItem.filename, ImageItem.sha256).subquery())
+        query = (query.outerjoin(first, (first.c.filename == ImageItem.filename) & (first.c.sha256 == ImageItem.sha256))
+                 .outerjoin(earlier, earlier.id == first.c.id))
+        if filt.changed:
+            query = query.where(ImageItem.status == DONE, earlier.status == DONE, earlier.label != ImageItem.label)
     after = _decode_cursor(filt.sort, cursor)
     if filt.sort == "id":
         if after:
@@ -380,7 +402,7 @@ def results_page(session: Session, job_id: str, cursor: str, limit: int,
         last = rows[-1][0]
         value = {"p_fake": last.p_fake if last.p_fake is not None else -1.0, "filename": last.filename}
         next_cursor = _encode_cursor(filt.sort, value.get(filt.sort.lstrip("-")), last.id)
-    return [result_row(item, details, review) for item, details, review in rows], next_cursor
+    return [result_row(item, details, review, before) for item, details, review, before in rows], next_cursor
 
 
 def iter_results(session: Session, job_id: str, chunk: int = 1000,

@@ -32,10 +32,11 @@ WEBHOOK_PENDING, WEBHOOK_DELIVERED, WEBHOOK_FAILED = "pending", "delivered", "fa
 # The columns of a result as the API and the CLI export it (CSV header order). real_below and fake_from are the
 # thresholds the label was given by; regions are the crops the model scored (JSON: x, y, w, h, p_fake); evidence
 # is what the file says about itself (JSON: kind, says, strength, detail; shared.evidence); encoding is how the
-# file was encoded (JSON: format, JPEG quality and chroma; shared.encoding).
+# file was encoded (JSON: format, JPEG quality and chroma; shared.encoding); earlier is, in a rerun, the same file
+# as the earlier job left it (JSON: status, label, p_fake, model_version).
 RESULT_FIELDS = ("filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from", "error",
                  "model_version", "image_width", "image_height", "encoding", "regions", "evidence", "review",
-                 "review_note")
+                 "review_note", "earlier")
 
 
 # A cell starting with one of these is a formula to Excel, LibreOffice and Google Sheets (OWASP, CSV injection).

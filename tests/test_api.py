@@ -77,7 +77,7 @@ def test_results_download_csv_and_json(client, mini_dir):
     rows = list(csv.DictReader(io.StringIO(resp.get_data(as_text=True))))
     assert len(rows) == 2 and set(rows[0]) == {"filename", "sha256", "status", "label", "p_fake", "real_below", "fake_from",
                                                "error", "model_version", "image_width", "image_height", "encoding", "regions",
-                                               "evidence", "review", "review_note"}
+                                               "evidence", "review", "review_note", "earlier"}
     body = client.get(f"/api/jobs/{job['id']}/results?format=json&download=1").get_json()
     assert body["job_id"] == job["id"] and len(body["items"]) == 2
     assert body["next_cursor"] is None  # a page's shape, and the last page: a page reader reads it as one
@@ -274,7 +274,8 @@ def test_a_rerun_is_a_new_job_of_the_same_files_for_its_token_only(make_app, sta
 
     client = make_app({**stack_env, "PIXELPROOF_API_TOKENS": "alpha,beta"}).test_client()
     alpha, beta = {"Authorization": "Bearer alpha"}, {"Authorization": "Bearer beta"}
-    first = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 3), alpha).get_json()
+    files = jpeg_bytes(mini_dir, 3)
+    first = post_files(client, "/api/jobs", files + files[:1], alpha).get_json()  # one file twice, same name
     assert client.post(f"/api/jobs/{first['id']}/cancel", headers=alpha).status_code == 200
     assert client.post(f"/api/jobs/{first['id']}/rerun").status_code == 401
     assert client.post(f"/api/jobs/{first['id']}/rerun", headers=beta).status_code == 404
@@ -284,10 +285,11 @@ def test_a_rerun_is_a_new_job_of_the_same_files_for_its_token_only(make_app, sta
     queue.delete(QUEUE)
     resp = client.post(f"/api/jobs/{first['id']}/rerun", headers=alpha)
     again = resp.get_json()
-    assert resp.status_code == 202 and again["status"] == "queued" and again["queued"] == 3, again
+    assert resp.status_code == 202 and again["status"] == "queued" and again["queued"] == 4, again
     assert again["rerun_of"] == first["id"] and again["cancelled_at"] is None  # a cancelled job's files, again
     items = client.get(f"/api/jobs/{again['id']}/results", headers=alpha).get_json()["items"]
-    assert [r["filename"] for r in items] == [n for _, n in jpeg_bytes(mini_dir, 3)]
+    assert [r["filename"] for r in items] == [n for _, n in files + files[:1]]  # each once, the twice-sent twice
+    assert [r["earlier"]["status"] for r in items] == ["cancelled"] * 4
     sent = [json.loads(base64.b64decode(json.loads(m)["body"]))[0][0] for m in queue.lrange(QUEUE, 0, -1)]
     assert sorted(sum(sent, [])) == [r["id"] for r in items]  # its images' ids went to the queue, nothing else
     assert client.get(f"/api/jobs/{first['id']}", headers=alpha).get_json()["status"] == "cancelled"

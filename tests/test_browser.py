@@ -686,8 +686,19 @@ def test_a_job_is_classified_again_when_the_served_model_changed(browser, start_
     assert f"model {new}" in page.locator("#status").inner_text() and not page.locator("#rerun-job").is_visible()
     page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 3")
     assert requests.get(f"{base}/api/jobs/{second}", timeout=10).json()["rerun_of"] == first
+    # What the new model changed: a badge with the earlier verdict, and a filter for those rows only
+    changed = requests.get(f"{base}/api/jobs/{second}/results?changed=1", timeout=10).json()["items"]
+    assert changed  # the CIFAKE model never says uncertain; the default mostly does
+    assert page.locator("#results tbody .badge.earlier").count() == len(changed)
+    assert page.locator("#results tbody .badge.earlier").first.inner_text() == "was: " + {
+        "fake": "AI-generated", "real": "real"}[changed[0]["earlier"]["label"]]
+    page.check("#f-changed")
+    page.wait_for_function(f"() => document.querySelector('#f-count').textContent === '{len(changed)} shown'")
+    assert page.locator("#results tbody tr td:nth-child(2)").all_inner_texts() == [r["filename"] for r in changed]
+    page.uncheck("#f-changed")
     assert requests.get(f"{base}/api/jobs/{first}", timeout=10).json()["model"]["version"] == old
     page.click("#rerun-of-link")  # back to the earlier job, which still has its own results
     wait_status(page, "done")
     assert f"model {old}" in page.locator("#status").inner_text() and page.locator("#rerun-of").is_hidden()
+    assert page.locator("#f-changed-label").is_hidden()  # no earlier verdicts to compare with here
     assert page_problems(page) == []

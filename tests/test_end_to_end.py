@@ -210,9 +210,26 @@ def test_a_job_is_classified_again_by_the_model_served_now(make_app, stack_env, 
     assert {r["model_version"] for r in after if r["status"] == "done"} == {new} and again["model"]["version"] == new
     assert again["errors"] == 1 and sum(again["counts"].values()) == 6  # the broken file fails again, alone
     assert all_results(client, first["id"]) == before  # the earlier job keeps its verdicts
+    # each result of the rerun carries the same file's earlier result; ?changed=1 keeps the changed labels
+    by_name = {r["filename"]: r for r in before}
+    for r in after:
+        was = by_name[r["filename"]]
+        assert r["earlier"] == {k: was[k] for k in ("status", "label", "p_fake", "model_version")}, r
+    assert all(r["earlier"] is None for r in before)
+    changed = [r["filename"] for r in after if r["status"] == "done" and r["earlier"]["status"] == "done"
+               and r["earlier"]["label"] != r["label"]]
+    listed = client.get(f"/api/jobs/{again['id']}/results?changed=1").get_json()["items"]
+    assert [r["filename"] for r in listed] == changed and changed, after  # the two models disagree somewhere
+    csv_rows = list(csv.DictReader(io.StringIO(client.get(
+        f"/api/jobs/{again['id']}/results?changed=true&format=csv&download=1").get_data(as_text=True))))
+    assert [r["filename"] for r in csv_rows] == changed and json.loads(csv_rows[0]["earlier"])["model_version"] == old
+    refused = client.get(f"/api/jobs/{first['id']}/results?changed=1")
+    assert refused.status_code == 400 and "is no rerun" in refused.get_json()["error"]
     assert client.get(f"/api/jobs/{first['id']}").get_json()["rerun_of"] is None
     gone = client.delete(f"/api/jobs/{first['id']}").get_json()
     assert gone["files_kept"] == 7 and gone["files_removed"] == 0, gone
     assert client.get(f"/api/jobs/{again['id']}/images/{after[0]['id']}/thumbnail").status_code == 200
     assert client.get(f"/api/jobs/{again['id']}").get_json()["rerun_of"] == first["id"]  # still named, though gone
+    assert all(r["earlier"] is None for r in all_results(client, again["id"]))  # nothing left to compare with
+    assert client.get(f"/api/jobs/{again['id']}/results?changed=1").get_json()["items"] == []
     assert client.post(f"/api/jobs/{first['id']}/rerun").status_code == 404

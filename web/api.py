@@ -311,6 +311,9 @@ def get_results(job_id: str):
     if fmt not in ("json", "csv"):
         raise ApiError(400, "format must be 'json' or 'csv'")
     filt = _result_filter()
+    if filt.changed and job.rerun_of is None:
+        raise ApiError(400, f"changed compares a rerun's results with the earlier job's, and job {job.id} is no "
+                            "rerun (its rerun_of is null)")
     limit = int(number_arg("limit", 100, 1, MAX_PAGE))  # checked for a download too, which takes every page
     cursor = request.args.get("cursor") or "0"  # empty: the first page, as a null next_cursor sent back
     if len(cursor) > 2000 or (filt.sort == "id" and not (cursor.isascii() and cursor.isdigit() and int(cursor) <= MAX_ID)):
@@ -344,12 +347,13 @@ def _result_filter() -> jobs.ResultFilter:
         raise ApiError(400, f"sort must be one of {', '.join(jobs.SORTS)}, got {sort[:40]!r}")
     p_min = number_arg("p_min", -1.0, 0, 1)
     p_max = number_arg("p_max", -1.0, 0, 1)
-    name = search_text(request.args.get("name", ""))
-    if len(name) > MAX_NAME:
+    name = request.args.get("name", "")
+    if len(name) > MAX_NAME:  # as sent: what normalising takes out still counts
         raise ApiError(400, f"name must be at most {MAX_NAME} characters (a stored file name is no longer)")
+    name = search_text(name)
     return jobs.ResultFilter(labels=_choices("label", LABELS), statuses=_choices("status", STATUSES),
                              p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, name=name,
-                             sort=sort)
+                             changed=flag_arg("changed"), sort=sort)
 
 
 def _download(job_id: str, fmt: str, filt: jobs.ResultFilter) -> Response:

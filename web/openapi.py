@@ -99,6 +99,9 @@ _FILTERS = [
     {"name": "name", "in": "query", "schema": {"type": "string", "maxLength": 1024},
      "description": "only files whose name or folder path contains this text, letters in any case; % and _ "
                     "are plain characters"},
+    {"name": "changed", "in": "query", "schema": {"type": "boolean"},
+     "description": "in a rerun (rerun_of not null; 400 otherwise): only the files whose label differs from the "
+                    "earlier job's, both classified"},
     {"name": "sort", "in": "query", "schema": {"enum": ["id", "p_fake", "-p_fake", "filename", "-filename"]},
      "description": "order (a leading - for descending; ties by id); images without p_fake sort as -1. The cursor "
                     "of a page belongs to its sort"},
@@ -208,7 +211,7 @@ OPENAPI = {
             "Result": {"type": "object", "additionalProperties": False, "required": [
                 "id", "filename", "sha256", "size_bytes", "status", "label", "p_fake", "real_below", "fake_from", "error",
                 "model_version", "image_width", "image_height", "encoding", "regions", "evidence", "evidence_note",
-                "review", "review_note"], "properties": {
+                "review", "review_note", "earlier"], "properties": {
                 "id": {"type": "integer"}, "filename": {"type": "string"}, "sha256": {"type": "string"},
                 "size_bytes": {"type": "integer"},
                 "status": {"enum": ["queued", "running", "done", "error", "cancelled"]},
@@ -239,6 +242,14 @@ OPENAPI = {
                                   "description": "metadata that could not be read (the classification is unaffected)"},
                 "review": {"enum": ["real", "fake", "unsure", None], "description": "a person's verdict, if any"},
                 "review_note": {"type": ["string", "null"]},
+                "earlier": {"type": ["object", "null"], "description": "in a rerun: the same file (name and "
+                            "content) as the earlier job left it; null in other jobs, and where that job is gone. "
+                            "In CSV: compact JSON",
+                            "additionalProperties": False, "required": ["status", "label", "p_fake", "model_version"],
+                            "properties": {"status": {"enum": ["queued", "running", "done", "error", "cancelled"]},
+                                           "label": {"enum": ["real", "fake", "uncertain", None]},
+                                           "p_fake": {"type": ["number", "null"]},
+                                           "model_version": {"type": ["string", "null"]}}},
             }},
         },
     },

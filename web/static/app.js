@@ -406,6 +406,7 @@
     shownJob = job;
     showRerun(job);
     $("rerun-of").hidden = !job.rerun_of;
+    $("f-changed-label").hidden = !job.rerun_of;  // only a rerun has earlier verdicts to compare with
     if (job.rerun_of) {
       $("rerun-of-link").textContent = job.rerun_of;
       $("rerun-of-link").href = `?job=${job.rerun_of}`;
@@ -635,6 +636,15 @@
       b.title = r.review_note || "a person's verdict";
       labelCell.appendChild(b);
     }
+    // In a rerun, a verdict the new model changed says what the earlier job's was.
+    const before = r.earlier;
+    if (r.status === "done" && before && before.status === "done" && before.label !== r.label) {
+      const b = document.createElement("span");
+      b.className = "badge earlier";
+      b.textContent = `was: ${LABEL_TEXT[before.label] || before.label}`;
+      b.title = `P ${before.p_fake.toFixed(3)} by ${before.model_version}, in the earlier job`;
+      labelCell.appendChild(b);
+    }
     // A done row's note is its file's encoding, so that a folder's mix of formats shows at a glance.
     const note = r.error || encodingText(r.encoding);
     const cells = [img, r.filename, labelCell, r.p_fake == null ? "" : r.p_fake.toFixed(3), note];
@@ -674,6 +684,7 @@
     if ($("f-label").value) q.set("label", $("f-label").value);
     if ($("f-status").value) q.set("status", $("f-status").value);
     if ($("f-name").value) q.set("name", $("f-name").value);
+    if ($("f-changed").checked && !$("f-changed-label").hidden) q.set("changed", "1");
     for (const [id, name] of [["f-pmin", "p_min"], ["f-pmax", "p_max"]]) {
       const v = $(id).value.trim();
       if (v !== "" && Number(v) >= 0 && Number(v) <= 1) q.set(name, v);
