@@ -166,6 +166,20 @@ def test_the_web_reuses_one_redis_connection_for_health_notices_and_metrics(clie
     assert accepted() - before <= 2  # this check's own second client (a client per request made it 22)
 
 
+def test_a_process_forked_after_a_metrics_scrape_starts_and_ends(client):
+    """/metrics asks the workers for a ping. A broker connection left waiting for its replies is closed again by
+    kombu in every process forked later (a training DataLoader's workers), which then read the socket forever."""
+    import multiprocessing
+
+    assert client.get("/metrics").status_code == 200
+    child = multiprocessing.get_context("fork").Process(target=int)
+    child.start()
+    child.join(20)
+    if child.exitcode is None:
+        child.kill()
+    assert child.exitcode == 0
+
+
 def test_broker_down_is_503_with_reason_and_files_kept(make_app, stack_env, mini_dir):
     client = make_app({**stack_env, "REDIS_URL": "redis://127.0.0.1:1/0"}).test_client()
     resp = post_files(client, "/api/jobs", jpeg_bytes(mini_dir, 2))
