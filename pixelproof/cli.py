@@ -294,6 +294,19 @@ def _server_arguments(parser: argparse.ArgumentParser, token_help: str) -> None:
                         help=f"{token_help} (environment: PIXELPROOF_TOKEN)")
 
 
+def _result_arguments(parser: argparse.ArgumentParser) -> None:
+    """submit and rerun: whether to wait for the job, and where its results go."""
+    parser.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
+    parser.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
+    parser.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
+
+
+def _callback_argument(parser: argparse.ArgumentParser, job: str) -> None:
+    parser.add_argument("--callback-url", default=None,
+                        help=f"the server POSTs the {job}'s summary here, signed, when it finishes (it must be under "
+                             "an address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from training.config import (  # light: no torch (the parser is built for every command)
         ALIGNED_MAX_SIDE,
@@ -323,17 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
                 "write the results", "exit status: 0 done, 2 a problem the message names")
     s.add_argument("directory", help="folder to upload, sub-folders included (their paths are kept in the names)")
     _server_arguments(s, "API token, when the server requires one")
-    s.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
-    s.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
-    s.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
+    _result_arguments(s)
     s.add_argument("--files-per-request", type=bounded(int, 1), default=None,
                    help="files per upload request (default: 200, fewer when they are large)")
     s.add_argument("--parallel", type=bounded(int, 1), default=None,
                    help="upload requests in flight at once, after the first (default: 2; 1 sends one at a time). "
                         "--out lists the files in the folder's order either way")
-    s.add_argument("--callback-url", default=None,
-                   help="the server POSTs the job's summary here, signed, when it finishes (it must be under an "
-                        "address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
+    _callback_argument(s, "job")
     s.set_defaults(func=_submit)
 
     r = _parser(sub, "rerun", "classify an earlier job's files again with the model the server's workers serve now, "
@@ -341,12 +350,8 @@ def build_parser() -> argparse.ArgumentParser:
                 "summary and write the results", "exit status: 0 done, 2 a problem the message names")
     r.add_argument("job", help="the earlier job's id (the end of its page's address, ?job=...)")
     _server_arguments(r, "API token, when the server requires one (the one the job was made with)")
-    r.add_argument("--wait", action="store_true", help="wait until every image is classified, then print a summary")
-    r.add_argument("--out", help="with --wait: write the results to this file (its folder must exist)")
-    r.add_argument("--format", choices=["csv", "json"], default="csv", help="format of --out")
-    r.add_argument("--callback-url", default=None,
-                   help="the server POSTs the new job's summary here, signed, when it finishes (it must be under "
-                        "an address the server allows: PIXELPROOF_WEBHOOK_ALLOWLIST)")
+    _result_arguments(r)
+    _callback_argument(r, "new job")
     r.set_defaults(func=_rerun)
 
     j = _parser(sub, "jobs", "list this API token's jobs on a Pixelproof server, newest first: when each was made, "

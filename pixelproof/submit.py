@@ -140,42 +140,34 @@ class Client:
 
     def upload(self, batch: list[tuple[Path, str]], job_id: str | None, callback_url: str | None = None,
                tries: int = 3) -> dict:
-        """One request, sent again with the same Idempotency-Key when no answer came back: the server then
-        answers with the job the first one made, and no file is added twice."""
+        """One upload request (a new job, or files added to one); no file is ever added twice (_post_job)."""
         url = f"{self.server}/api/jobs" + (f"/{job_id}/files" if job_id else "")
         params = {"callback_url": callback_url} if callback_url and not job_id else {}
-        headers = {"Idempotency-Key": str(uuid.uuid4())}
-        for attempt in range(1, tries + 1):
-            try:
-                body = MultipartFiles(batch)
-                resp = self.http.post(url, data=body, params=params, timeout=self.timeout,
-                                      headers={**headers, "Content-Type": body.content_type})
-                break
-            except (requests.Timeout, requests.ConnectionError) as exc:
-                if attempt == tries or (isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()):
-                    raise
-                print(f"warning: no answer to an upload ({type(exc).__name__}); sending it again", file=sys.stderr)
-        if resp.status_code == 503 and (job := _json(resp).get("job")):
-            # The queue is down but the files are stored in the job; the server queues them when it is back.
-            print(f"warning: {_json(resp).get('error')}", file=sys.stderr)
-            return self.job(job)
-        return self._check(resp)
+        return self._post_job(url, params, "an upload", tries, lambda: MultipartFiles(batch))
 
     def rerun(self, job_id: str, callback_url: str | None = None, tries: int = 3) -> dict:
-        """A new job of an earlier job's stored files, for the model served now; sent again with the same
-        Idempotency-Key when no answer came back, so a timeout never makes two."""
+        """A new job of an earlier job's stored files, for the model served now; a timeout never makes two."""
         params = {"callback_url": callback_url} if callback_url else {}
+        return self._post_job(f"{self.server}/api/jobs/{job_id}/rerun", params, "the rerun", tries)
+
+    def _post_job(self, url: str, params: dict, what: str, tries: int,
+                  body: Callable[[], MultipartFiles] | None = None) -> dict:
+        """A request that makes or changes a job, sent again with the same Idempotency-Key when no answer came
+        back: the server then answers with the job the first one made, and nothing is done twice. `body` makes
+        the request's body again for each try (a stream is read once)."""
         headers = {"Idempotency-Key": str(uuid.uuid4())}
         for attempt in range(1, tries + 1):
             try:
-                resp = self.http.post(f"{self.server}/api/jobs/{job_id}/rerun", params=params, headers=headers,
-                                      timeout=self.timeout)
+                data = body() if body else None
+                resp = self.http.post(url, data=data, params=params, timeout=self.timeout,
+                                      headers={**headers, "Content-Type": data.content_type} if data is not None else headers)
                 break
             except (requests.Timeout, requests.ConnectionError) as exc:
                 if attempt == tries or (isinstance(exc, requests.ConnectionError) and "refused" in str(exc).lower()):
                     raise
-                print(f"warning: no answer to the rerun ({type(exc).__name__}); asking again", file=sys.stderr)
+                print(f"warning: no answer to {what} ({type(exc).__name__}); sending it again", file=sys.stderr)
         if resp.status_code == 503 and (job := _json(resp).get("job")):
+            # The queue is down but the job is stored; the server queues its images when it is back.
             print(f"warning: {_json(resp).get('error')}", file=sys.stderr)
             return self.job(job)
         return self._check(resp)
