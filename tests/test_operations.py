@@ -549,6 +549,18 @@ def test_a_review_round_trip_exports_a_folder_that_training_reads(start_web_only
     assert meta.training["n_train"] + meta.training["n_val"] == 12  # every exported image, none of the unsure
 
 
+def every_result(base: str, job_id: str, limit: int, **params) -> list[dict]:
+    """A job's results through the API, page by page at `limit` a page, each page answered 200."""
+    got, cursor = [], "0"
+    while cursor is not None:
+        page = requests.get(f"{base}/api/jobs/{job_id}/results", params={**params, "limit": limit, "cursor": cursor},
+                            timeout=30)
+        assert page.status_code == 200, page.text
+        got += page.json()["items"]
+        cursor = page.json()["next_cursor"]
+    return got
+
+
 def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
     base = start_web_only(db_url)
     files = jpeg_bytes(mini_dir, 12)
@@ -566,14 +578,7 @@ def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
     engine.dispose()
 
     def listing(**params):
-        got, cursor = [], "0"
-        while cursor is not None:
-            page = requests.get(f"{base}/api/jobs/{job['id']}/results", params={**params, "limit": 3, "cursor": cursor},
-                                timeout=30)
-            assert page.status_code == 200, page.text
-            got += page.json()["items"]
-            cursor = page.json()["next_cursor"]
-        return got
+        return every_result(base, job["id"], 3, **params)
 
     by_id = {i: p for i, p in zip(ids, ps)}
     fakes = listing(label="fake", sort="-p_fake")
@@ -615,14 +620,7 @@ def test_results_are_found_by_part_of_their_name_in_any_case(start_web_only, db_
     engine.dispose()
 
     def found(**params):
-        got, cursor = [], "0"
-        while cursor is not None:
-            page = requests.get(f"{base}/api/jobs/{job['id']}/results", params={**params, "limit": 1, "cursor": cursor},
-                                timeout=30)
-            assert page.status_code == 200, page.text
-            got += [r["filename"] for r in page.json()["items"]]
-            cursor = page.json()["next_cursor"]
-        return got
+        return [r["filename"] for r in every_result(base, job["id"], 1, **params)]
 
     assert found(name="img_0") == names[:2]  # any case; _ is not "any character" (imgX0003)
     assert found(name="100%") == ["100%_sure.png"]  # nor is % "anything" (1000 sure.png)
