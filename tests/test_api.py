@@ -120,6 +120,10 @@ def test_a_used_key_with_an_emptier_body_is_refused_whatever_the_boundary(client
     again = client.post("/api/jobs", data=body, headers={
         "Idempotency-Key": "k-1", "Content-Type": f"multipart/form-data; boundary={boundary}"})
     assert again.status_code == 422 and "another upload" in again.get_json()["error"]
+    # Found by it too: the same key with no body at all (no length to compare) had been answered with the job.
+    for url in ("/api/jobs", f"/api/jobs/{first.get_json()['id']}/files"):
+        bare = client.post(url, headers={"Idempotency-Key": "k-1"})
+        assert bare.status_code == 400 and "no files" in bare.get_json()["error"], (url, bare.get_json())
 
 
 def test_limits_answer_413_and_keep_nothing(make_app, stack_env, mini_dir):

@@ -55,7 +55,7 @@ from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key, remembered_as
 from .names import MAX_NAME, search_text
 from .openapi import OPENAPI
-from .uploads import StoredPart, discard, drop_spares, receive_files, settle
+from .uploads import StoredPart, boundary, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting
 
 log = logging.getLogger(__name__)
@@ -189,6 +189,7 @@ def _callback_url() -> str | None:
 def create_job():
     owner = current_owner()
     key = idempotency_key()
+    boundary(request.content_type)
     answered = earlier_answer(owner, key, "create")  # before reading the body: a retry is not stored twice
     if answered is not None:
         return answered
@@ -224,6 +225,7 @@ def add_files(job_id: str):
     owner = current_owner()
     key = idempotency_key()
     job = job_or_404(job_id, owner)
+    boundary(request.content_type)
     answered = earlier_answer(owner, key, f"files:{job.id}")
     if answered is not None:
         return answered

@@ -45,14 +45,20 @@ class _Decoder(MultipartDecoder):
         return super()._parse_headers(bytes(data).decode("utf-8", "replace").encode())
 
 
+def boundary(content_type: str | None) -> str:
+    """The multipart boundary of an upload; checked before anything else, a retry's stored answer included,
+    since a request with no files is no retry of one that had them."""
+    mimetype, options = parse_options_header(content_type or "")
+    if mimetype != "multipart/form-data" or not options.get("boundary"):
+        raise ApiError(400, "no files: send a multipart/form-data body with one or more fields named 'files'")
+    return options["boundary"]
+
+
 def receive_files(stream: BinaryIO, content_type: str | None, storage: LocalStorage, max_file_bytes: int,
                   max_files: int, too_many: Callable[[int], ApiError]) -> list[StoredPart]:
     """Store every `files` part of a multipart body. On any refusal, what this request stored is removed again
     (the caller removes it if it refuses later) and the ApiError says why."""
-    mimetype, options = parse_options_header(content_type or "")
-    if mimetype != "multipart/form-data" or not options.get("boundary"):
-        raise ApiError(400, "no files: send a multipart/form-data body with one or more fields named 'files'")
-    decoder = _Decoder(options["boundary"].encode(), MAX_HEADER_BYTES)
+    decoder = _Decoder(boundary(content_type).encode(), MAX_HEADER_BYTES)
     stored: list[StoredPart] = []
     writer: BlobWriter | None = None
     name = ""
