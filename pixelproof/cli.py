@@ -239,7 +239,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     return submit(Path(args.directory), args.server, args.token, args.wait,
                   Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
-                  **({"parallel": args.parallel} if args.parallel else {}))
+                  title=args.title, **({"parallel": args.parallel} if args.parallel else {}))
 
 
 @_client_errors("rerun")
@@ -247,7 +247,7 @@ def _rerun(args: argparse.Namespace) -> int:
     from .submit import rerun
 
     return rerun(args.job, args.server, args.token, args.wait, Path(args.out) if args.out else None, args.format,
-                 args.callback_url)
+                 args.callback_url, args.title)
 
 
 @_client_errors("jobs")
@@ -343,6 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload requests in flight at once, after the first (default: 2; 1 sends one at a time). "
                         "--out lists the files in the folder's order either way")
     _callback_argument(s, "job")
+    s.add_argument("--title", default=None,
+                   help="what to call the job, shown wherever jobs are listed (default: the folder's name; \"\" for none)")
     s.set_defaults(func=_submit)
 
     r = _parser(sub, "rerun", "classify an earlier job's files again with the model the server's workers serve now, "
@@ -352,6 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     _server_arguments(r, "API token, when the server requires one (the one the job was made with)")
     _result_arguments(r)
     _callback_argument(r, "new job")
+    r.add_argument("--title", default=None, help="what to call the new job (default: the earlier job's title; \"\" for none)")
     r.set_defaults(func=_rerun)
 
     j = _parser(sub, "jobs", "list this API token's jobs on a Pixelproof server, newest first: when each was made, "

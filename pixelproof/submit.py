@@ -10,6 +10,7 @@ import os
 import sys
 import threading
 import time
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +22,7 @@ from urllib3.fields import RequestField
 from tqdm import tqdm
 
 from shared.folders import visible_files
+from shared.limits import MAX_TITLE
 
 MAX_FILES_PER_REQUEST = 200
 MAX_BYTES_PER_REQUEST = 64 * 1024 * 1024
@@ -139,16 +141,16 @@ class Client:
         return self._check(resp)
 
     def upload(self, batch: list[tuple[Path, str]], job_id: str | None, callback_url: str | None = None,
-               tries: int = 3) -> dict:
+               tries: int = 3, title: str | None = None) -> dict:
         """One upload request (a new job, or files added to one); no file is ever added twice (_post_job)."""
         url = f"{self.server}/api/jobs" + (f"/{job_id}/files" if job_id else "")
-        params = {"callback_url": callback_url} if callback_url and not job_id else {}
+        params = _job_params(callback_url, title) if not job_id else {}
         return self._post_job(url, params, "an upload", tries, lambda: MultipartFiles(batch))
 
-    def rerun(self, job_id: str, callback_url: str | None = None, tries: int = 3) -> dict:
+    def rerun(self, job_id: str, callback_url: str | None = None, tries: int = 3, title: str | None = None) -> dict:
         """A new job of an earlier job's stored files, for the model served now; a timeout never makes two."""
-        params = {"callback_url": callback_url} if callback_url else {}
-        return self._post_job(f"{self.server}/api/jobs/{job_id}/rerun", params, "the rerun", tries)
+        return self._post_job(f"{self.server}/api/jobs/{job_id}/rerun", _job_params(callback_url, title), "the rerun",
+                              tries)
 
     def _post_job(self, url: str, params: dict, what: str, tries: int,
                   body: Callable[[], MultipartFiles] | None = None) -> dict:
@@ -202,6 +204,18 @@ class Client:
         return items
 
 
+def _job_params(callback_url: str | None, title: str | None) -> dict:
+    """A new job's query: its webhook, and its title ("" asks for none; None leaves the server's default)."""
+    params = {"callback_url": callback_url} if callback_url else {}
+    return params if title is None else {**params, "title": title}
+
+
+def folder_title(directory: Path) -> str:
+    """A job's default title: the name of the folder (or file) sent, as the page names a dropped folder's job; a
+    name longer than a title may be is cut, since nobody typed it as one."""
+    return unicodedata.normalize("NFC", directory.resolve().name)[:MAX_TITLE]
+
+
 def check_server(server: str) -> str:
     parts = urlsplit(server)
     if parts.scheme not in ("http", "https") or not parts.netloc:
@@ -240,7 +254,8 @@ PARALLEL_UPLOADS = 2
 
 
 def upload_all(new_client: Callable[[], Client], chunks: list[list[tuple[Path, str]]], callback_url: str | None = None,
-               parallel: int = PARALLEL_UPLOADS, progress: Callable[[int], object] = lambda n: None) -> dict:
+               parallel: int = PARALLEL_UPLOADS, progress: Callable[[int], object] = lambda n: None,
+               title: str | None = None) -> dict:
     """Every chunk into one job: the first request makes it, then ``parallel`` requests at a time add the rest.
 
     One request at a time left the server's cores idle twice a request, while the client read the next files
@@ -249,7 +264,7 @@ def upload_all(new_client: Callable[[], Client], chunks: list[list[tuple[Path, s
     Each thread has its own client (a requests Session is not shared between threads). Returns the job as
     the last request to finish left it."""
     first = new_client()
-    job = first.upload(chunks[0], None, callback_url)
+    job = first.upload(chunks[0], None, callback_url, title=title)
     progress(len(chunks[0]))
     local = threading.local()
 
@@ -267,7 +282,7 @@ def upload_all(new_client: Callable[[], Client], chunks: list[list[tuple[Path, s
 
 def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
            files_per_request: int | None = None, callback_url: str | None = None,
-           parallel: int = PARALLEL_UPLOADS) -> int:
+           parallel: int = PARALLEL_UPLOADS, title: str | None = None) -> int:
     server = check_server(server)
     check_out(out, wait)
     files = collect(directory)
@@ -280,24 +295,28 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
     # leave=False: a failure prints its message once, not after a second rendering of the bar
     with tqdm(total=len(files), unit="file", desc="upload", leave=False) as bar:
         job = upload_all(lambda: Client(server, token), list(batches(files, files_per_request)), callback_url,
-                         parallel, bar.update)
-    print(f"uploaded {len(files)} files to job {job['id']}: {server}/?job={job['id']}", file=sys.stderr)
+                         parallel, bar.update, folder_title(directory) if title is None else title)
+    print(f"uploaded {len(files)} files to job {job['id']}{_titled(job)}: {server}/?job={job['id']}", file=sys.stderr)
     # the folder's order, whichever request came first
     return finish(client, job, wait, out, fmt, {name: i for i, (_, name) in enumerate(files)})
 
 
 def rerun(job_id: str, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
-          callback_url: str | None = None) -> int:
+          callback_url: str | None = None, title: str | None = None) -> int:
     """An earlier job's files through the model served now, as a new job; then as submit goes on."""
     server = check_server(server)
     check_out(out, wait)
     job_id = job_id_of(job_id)
     client = Client(server, token)
     served = client.config().get("model") or {}
-    job = client.rerun(job_id, callback_url)
-    print(f"job {job_id} is classified again as job {job['id']}, by {served.get('version', 'the model served now')}: "
+    job = client.rerun(job_id, callback_url, title=title)
+    print(f"job {job_id} is classified again as job {job['id']}{_titled(job)}, by {served.get('version', 'the model served now')}: "
           f"{server}/?job={job['id']}", file=sys.stderr)
     return finish(client, job, wait, out, fmt)
+
+
+def _titled(job: dict) -> str:
+    return f" ({job['title']})" if job.get("title") else ""
 
 
 def job_id_of(text: str) -> str:
@@ -349,7 +368,8 @@ def list_jobs(server: str, token: str | None, limit: int) -> int:
     for job in items:
         made = datetime.fromisoformat(job["created_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
         counts, errors = job["counts"], job["errors"]
-        print(f"{made}  {job['status']:<9}  {job['done']}/{job['total']} files, real {counts['real']}, "
+        print(f"{made}  {job['status']:<9}  " + (f"{job['title']}: " if job.get("title") else "")
+              + f"{job['done']}/{job['total']} files, real {counts['real']}, "
               f"AI-generated {counts['fake']}, uncertain {counts['uncertain']}"
               + (f", {errors} error{'s' if errors != 1 else ''}" if errors else "")
               + (f", again of {job['rerun_of']}" if job.get("rerun_of") else "") + f"  {server}/?job={job['id']}")

@@ -90,6 +90,7 @@ def job_status(session: Session, job: Job) -> dict:
     status, total, done = _progress(by_status, job.cancelled_at is not None)
     return {
         "id": job.id,
+        "title": job.title,
         "status": status,
         "total": total,
         "done": done,
@@ -152,7 +153,7 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
     for job in page:
         status, total, done = _progress(by_status[job.id], job.cancelled_at is not None)
         counts = labels[job.id]
-        items.append({"id": job.id, "status": status, "total": total, "done": done,
+        items.append({"id": job.id, "title": job.title, "status": status, "total": total, "done": done,
                       "errors": by_status[job.id].get(ERROR, 0), "cancelled": by_status[job.id].get(CANCELLED, 0),
                       "counts": {k: counts.get(k, 0) for k in ("real", "fake", "uncertain")},
                       "created_at": _iso(job.created_at),

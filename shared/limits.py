@@ -8,3 +8,4 @@ MAX_PIXELS = 40_000_000  # per image, checked from the header before decoding
 MIN_SIDE = 16
 MAX_JPEG_SCANS = 100  # passes of a progressive JPEG: encoders write about 10; thousands are a decoding trap
 BATCH_SIZE = 128  # images per task, about this many crops per forward pass
+MAX_TITLE = 200  # characters of a job's title: the column's width, the API's check, the CLI's default cut

@@ -19,6 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from shared.limits import MAX_TITLE
 from shared.scoring import LABELS  # noqa: F401 - the label names, owned by the rule that gives them
 
 QUEUED, RUNNING, DONE, ERROR, CANCELLED = "queued", "running", "done", "error", "cancelled"
@@ -86,6 +87,9 @@ class Job(Base):
     # The job whose files this one classifies again with the model of the day (no foreign key: that job may be
     # deleted and this one kept).
     rerun_of: Mapped[str | None] = mapped_column(String(32))
+    # What its owner calls it ("Election night, desk 2"; the page and `pixelproof submit` start from the folder's
+    # name): ids are 128 random bits, which nobody tells apart in a list of jobs.
+    title: Mapped[str | None] = mapped_column(String(MAX_TITLE))
     # Webhook: POSTed the job summary once it finishes (shared.webhooks); status NULL until then.
     callback_url: Mapped[str | None] = mapped_column(String(2048))
     webhook_status: Mapped[str | None] = mapped_column(String(16))

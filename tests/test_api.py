@@ -317,6 +317,54 @@ def test_a_rerun_is_a_new_job_of_the_same_files_for_its_token_only(make_app, sta
     assert client.post("/api/jobs/nosuchjob/rerun", headers=alpha).status_code == 404
 
 
+def test_a_job_has_the_title_its_owner_gives_it_listed_kept_by_a_rerun_and_changed_later(make_app, stack_env,
+                                                                                          mini_dir):
+    """?title= names a job when it is made (white space tidied, nothing else changed); PATCH renames it or removes
+    the name; a rerun keeps the earlier job's unless told otherwise; the token's list shows it. Another token's
+    job cannot be renamed, and a title too long or a body of another shape is refused with nothing changed."""
+    from urllib.parse import quote
+
+    client = make_app({**stack_env, "PIXELPROOF_API_TOKENS": "alpha,beta"}).test_client()
+    alpha, beta = {"Authorization": "Bearer alpha"}, {"Authorization": "Bearer beta"}
+    files = jpeg_bytes(mini_dir, 2)
+    sent = " Election night,\n\tdesk 2 \u00a0\x07 Ame\u0301lie "  # a pasted line break, a bell, a decomposed accent
+    job = post_files(client, f"/api/jobs?title={quote(sent)}", files, alpha).get_json()
+    assert job["title"] == "Election night, desk 2 Am\u00e9lie", job["title"]
+    assert client.get(f"/api/jobs/{job['id']}", headers=alpha).get_json()["title"] == job["title"]
+    untitled = post_files(client, "/api/jobs?title=%20%0A", files, alpha).get_json()
+    assert untitled["title"] is None
+    long = post_files(client, f"/api/jobs?title={'x' * 201}", files, alpha)
+    assert long.status_code == 400 and "at most 200 characters" in long.get_json()["error"], long.get_json()
+    keyed = {**alpha, "Idempotency-Key": "t-1"}  # refused before a stored answer is looked up (the contract test)
+    assert post_files(client, "/api/jobs?title=first", files, keyed).status_code == 202
+    assert post_files(client, f"/api/jobs?title={'x' * 201}", files, keyed).status_code == 400
+    assert client.post(f"/api/jobs/{job['id']}/rerun?title={'x' * 201}", headers=keyed).status_code == 400
+    assert post_files(client, f"/api/jobs?title={'x' * 200}", files, alpha).get_json()["title"] == "x" * 200
+
+    url = f"/api/jobs/{job['id']}"
+    assert client.patch(url, json={"title": "Desk 3"}).status_code == 401
+    assert client.patch(url, json={"title": "Desk 3"}, headers=beta).status_code == 404
+    for bad in ({"title": 3}, {"name": "Desk 3"}, {"title": "Desk 3", "other": 1}, ["Desk 3"], {"title": "y" * 201}):
+        resp = client.patch(url, json=bad, headers=alpha)
+        assert resp.status_code == 400, (bad, resp.get_json())
+    assert client.patch(url, data="Desk 3", headers=alpha).status_code == 400
+    assert client.get(url, headers=alpha).get_json()["title"] == job["title"]  # nothing refused changed it
+    renamed = client.patch(url, json={"title": "Desk 3"}, headers=alpha)
+    assert renamed.status_code == 200 and renamed.get_json()["title"] == "Desk 3"
+    assert renamed.get_json()["total"] == 2 and renamed.get_json()["status"] == "queued"
+
+    kept = client.post(f"{url}/rerun", headers=alpha).get_json()
+    other = client.post(f"{url}/rerun?title=Desk%203%2C%20new%20model", headers=alpha).get_json()
+    cleared = client.post(f"{url}/rerun?title=", headers=alpha).get_json()
+    assert (kept["title"], other["title"], cleared["title"]) == ("Desk 3", "Desk 3, new model", None)
+    listed = {j["id"]: j["title"] for j in client.get("/api/jobs", headers=alpha).get_json()["items"]}
+    assert listed[job["id"]] == "Desk 3" and listed[other["id"]] == "Desk 3, new model" and listed[untitled["id"]] is None
+    for removal in (None, "", "  "):
+        assert client.patch(url, json={"title": "again"}, headers=alpha).get_json()["title"] == "again"
+        assert client.patch(url, json={"title": removal}, headers=alpha).get_json()["title"] is None
+    assert client.patch("/api/jobs/nosuchjob", json={"title": "x"}, headers=alpha).status_code == 404
+
+
 def test_a_rerun_that_meets_a_delete_of_its_job_waits_for_it_and_finds_it_gone(make_app, stack_env, mini_dir):
     """A delete removes a job's uploads once no job holds them; a rerun reading the job's files while the delete
     is under way must not make a job of uploads about to be removed. It waits for the delete and answers 404."""

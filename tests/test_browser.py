@@ -448,6 +448,64 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
     assert [p for p in page_problems(page) if "404" not in p] == []  # the unknown job's 404 is expected
 
 
+def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, start_web_only, sqlite_url,
+                                                                      redis_server, mini_dir, tmp_path):
+    """A chosen folder's job carries the folder's name as its title: shown above the job, in the window's title
+    and in the recent list. Rename changes it on the server (Escape leaves it); an empty title removes it; loose
+    files make an untitled job."""
+    import requests
+
+    base = start_web_only(sqlite_url)
+    folder = tmp_path / "Election night, desk 2"
+    folder.mkdir()
+    for p in sorted((mini_dir / "real").iterdir())[:2]:
+        shutil.copy(p, folder / p.name)
+    page = watched_page(browser)
+    page.goto(base + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_function("() => document.getElementById('job-title').textContent === 'Election night, desk 2'")
+    job_id = page.url.rsplit("?job=", 1)[1]
+    assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["title"] == "Election night, desk 2"
+    assert page.title() == "Election night, desk 2 · Pixelproof"
+    page.click("#recent summary")
+    assert page.locator("#recent-list li").first.locator(".title").inner_text() == "Election night, desk 2"
+
+    page.click("#rename-job")
+    assert page.locator("#title-input").input_value() == "Election night, desk 2"
+    page.fill("#title-input", "never saved")
+    page.keyboard.press("Escape")
+    assert page.locator("#title-form").is_hidden() and page.locator("#rename-job").is_visible()
+    page.click("#rename-job")
+    page.fill("#title-input", "  Desk 3:\tthe count  ")
+    page.keyboard.press("Enter")
+    page.wait_for_function("() => document.getElementById('job-title').textContent === 'Desk 3: the count'")
+    assert page.locator("#title-form").is_hidden()
+    assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["title"] == "Desk 3: the count"
+    assert page.locator("#recent-list li").first.locator(".title").inner_text() == "Desk 3: the count"
+    page.goto(f"{base}/?job={job_id}")  # as saved: the server's title, and the recent list kept it
+    page.wait_for_function("() => document.getElementById('job-title').textContent === 'Desk 3: the count'")
+    page.click("#recent summary")
+    assert page.locator("#recent-list li").first.locator(".title").inner_text() == "Desk 3: the count"
+
+    page.click("#rename-job")
+    page.fill("#title-input", "")
+    page.click("#title-save")
+    page.wait_for_function(f"() => document.getElementById('job-title').textContent === 'Untitled job {job_id}'")
+    assert "untitled" in page.locator("#job-title").get_attribute("class")
+    assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["title"] is None
+    assert page.title() == "Pixelproof: real photo or AI-generated?"
+    assert page.locator("#recent-list li").first.locator(".title").count() == 0
+
+    page.goto(base + "/")
+    page.set_input_files("#files-input", [str(p) for p in sorted(folder.iterdir())])  # loose files: no folder
+    page.wait_for_function("() => /^Untitled job /.test(document.getElementById('job-title').textContent)")
+    loose = page.url.rsplit("?job=", 1)[1]
+    assert loose != job_id and requests.get(f"{base}/api/jobs/{loose}", timeout=10).json()["title"] is None
+    # with no worker the jobs stay queued, and the long-polls of the pages left behind keep their places a while:
+    # a 429 the page waits out (Retry-After) is expected here
+    assert [p for p in page_problems(page) if "(TOO MANY REQUESTS)" not in p] == []
+
+
 def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
     from .corpus import heic
     from .provenance import (
@@ -520,7 +578,7 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     (mixed / "fake" / "broken.jpg").write_bytes(b"not an image at all")
     page = watched_page(browser)
     keys = []
-    page.on("request", lambda r: r.method == "POST" and r.url.endswith(("/api/jobs", "/files"))
+    page.on("request", lambda r: r.method == "POST" and urlsplit(r.url).path.endswith(("/api/jobs", "/files"))
             and keys.append(r.headers.get("idempotency-key")))
     page.goto(base + "/")
     # Cancel: no worker yet, so the job waits; after the click nothing of it is ever classified.

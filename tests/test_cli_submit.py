@@ -61,9 +61,9 @@ def test_uploads_after_the_first_go_two_at_a_time_into_its_job():
     barrier, calls, lock = threading.Barrier(2, timeout=10), [], threading.Lock()
 
     class Recorder:
-        def upload(self, chunk, job_id, callback_url=None):
+        def upload(self, chunk, job_id, callback_url=None, title=None):
             with lock:
-                calls.append((chunk[0][1], job_id, callback_url))
+                calls.append((chunk[0][1], job_id, callback_url, title))
             if job_id is None:
                 return {"id": "job-1", "total": len(chunk)}
             barrier.wait()
@@ -71,11 +71,11 @@ def test_uploads_after_the_first_go_two_at_a_time_into_its_job():
 
     chunks = [[(Path(f"{i}.jpg"), f"{i}.jpg")] for i in range(5)]
     seen: list[int] = []
-    job = submit.upload_all(Recorder, chunks, "https://hooks.example/x", parallel=2, progress=seen.append)
+    job = submit.upload_all(Recorder, chunks, "https://hooks.example/x", parallel=2, progress=seen.append, title="t")
     assert job["id"] == "job-1" and seen == [1] * 5
-    assert calls[0] == ("0.jpg", None, "https://hooks.example/x")  # only the first makes the job
+    assert calls[0] == ("0.jpg", None, "https://hooks.example/x", "t")  # only the first makes the job
     assert sorted(c[0] for c in calls[1:]) == ["1.jpg", "2.jpg", "3.jpg", "4.jpg"]
-    assert all(c[1] == "job-1" and c[2] is None for c in calls[1:])
+    assert all(c[1] == "job-1" and c[2] is None and c[3] is None for c in calls[1:])
 
 
 def test_the_streamed_body_is_the_one_urllib3_would_build_in_memory(tmp_path):
@@ -219,29 +219,31 @@ def test_help_documents_every_argument_default_and_environment_variable():
 
 
 def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, folder, tmp_path):
-    """`pixelproof jobs` against a real web (no worker: the jobs stay queued), tokens on and off."""
+    """`pixelproof jobs` against a real web (no worker: the jobs stay queued), tokens on and off. Each job is
+    titled by its folder's name unless --title says otherwise ("" for none), and the list shows it."""
     base = start_web_only(sqlite_url, PIXELPROOF_API_TOKENS="alpha,beta")
     made = []
-    for token, files in (("alpha", 1), ("beta", 1), ("alpha", 2)):  # the folder holds two
-        picked = tmp_path / f"{token}-{files}"
+    for token, files, title in (("alpha", 1, []), ("beta", 1, ["--title", ""]), ("alpha", 2, [])):  # the folder holds two
+        picked = tmp_path / f"{token} photos, {files}"
         picked.mkdir()
         for p in sorted(folder.iterdir())[:files]:
             shutil.copy(p, picked / p.name)
-        proc = run_cli("submit", str(picked), "--server", base, "--token", token)
+        proc = run_cli("submit", str(picked), "--server", base, "--token", token, *title)
         assert proc.returncode == 0, proc.stderr
         made.append(proc.stdout.strip())
     proc = run_cli("jobs", "--server", base, "--token", "alpha")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert [line.rsplit("?job=", 1)[1] for line in lines] == [made[2], made[0]], lines  # newest first, alpha's only
-    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d  queued     0/2 files, real 0, AI-generated 0, uncertain 0  "
-                        rf"{re.escape(base)}/\?job={made[2]}", lines[0]), lines[0]
+    assert re.fullmatch(rf"\d{{4}}-\d\d-\d\d \d\d:\d\d  queued     alpha photos, 2: 0/2 files, real 0, AI-generated 0, "
+                        rf"uncertain 0  {re.escape(base)}/\?job={made[2]}", lines[0]), lines[0]
     again = requests.post(f"{base}/api/jobs/{made[0]}/rerun", headers={"Authorization": "Bearer alpha"}, timeout=30)
     proc = run_cli("jobs", "--server", base, "--token", "alpha", "--limit", "1")
-    assert proc.returncode == 0 and proc.stdout.strip().endswith(
-        f", again of {made[0]}  {base}/?job={again.json()['id']}"), proc.stdout + proc.stderr
+    assert proc.returncode == 0 and "  queued     alpha photos, 1: 0/1 files" in proc.stdout, proc.stdout
+    assert proc.stdout.strip().endswith(f", again of {made[0]}  {base}/?job={again.json()['id']}"), proc.stdout
     proc = run_cli("jobs", "--server", base, "--token", "beta", "--limit", "1")
     assert proc.returncode == 0 and proc.stdout.strip().endswith(f"?job={made[1]}"), proc.stdout + proc.stderr
+    assert "  queued     0/1 files" in proc.stdout, proc.stdout  # --title "": untitled
     proc = run_cli("jobs", "--server", base)
     assert proc.returncode == 2 and "an API token is required" in proc.stderr and "Traceback" not in proc.stderr
     open_server = start_web_only(sqlite_url)
@@ -260,15 +262,16 @@ def test_rerun_classifies_a_jobs_files_again_and_writes_them(live_stack, folder,
                    timeout=300)
     assert proc.returncode == 0, proc.stderr
     again = proc.stderr.rsplit("?job=", 1)[1].split()[0]
-    assert again != first and f"job {first} is classified again as job {again}" in proc.stderr
+    assert again != first and f"job {first} is classified again as job {again} ({folder.name})" in proc.stderr
     assert "done: 2 images" in proc.stdout
     client = submit.Client(live_stack)
-    assert client.job(again)["rerun_of"] == first
+    assert client.job(again)["rerun_of"] == first and client.job(again)["title"] == folder.name
     rows = list(csv.DictReader(out.open()))
     assert [r["filename"] for r in rows] == [r["filename"] for r in client.results(first)]
     assert all(r["status"] == "done" for r in rows)
-    proc = run_cli("rerun", first, "--server", live_stack)  # without --wait: the new job's id alone
+    proc = run_cli("rerun", first, "--server", live_stack, "--title", "new model")  # no --wait: the new job's id alone
     assert proc.returncode == 0 and client.job(proc.stdout.strip())["rerun_of"] == first, proc.stderr
+    assert client.job(proc.stdout.strip())["title"] == "new model"
     proc = run_cli("rerun", "nosuchjob", "--server", live_stack)
     assert proc.returncode == 2 and "the server refused: no job with id 'nosuchjob' (HTTP 404)" in proc.stderr
     proc = run_cli("rerun", "../etc", "--server", live_stack)

@@ -1,4 +1,4 @@
-"""What a job's owner does to it after uploading: cancel it, delete it, review its results."""
+"""What a job's owner does to it after uploading: rename, cancel or delete it, review its results."""
 from __future__ import annotations
 
 import logging
@@ -18,10 +18,29 @@ from shared.queue import WEBHOOK_TASK
 from .auth import current_owner
 from .context import db_session, image_or_404, job_or_404, lock_job, notify, services
 from .errors import ApiError
+from .names import job_title
 
 log = logging.getLogger(__name__)
 actions = Blueprint("actions", __name__)
 MAX_NOTE = 2000
+
+
+@actions.patch("/api/jobs/<job_id>")
+def rename_job(job_id: str):
+    """Give a job a title, or another one (null or "" removes it); its files and results are untouched."""
+    owner = current_owner()
+    session = db_session()
+    job = job_or_404(job_id, owner)
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or set(body) != {"title"} or not isinstance(body["title"], (str, type(None))):
+        raise ApiError(400, 'send JSON: {"title": "..."} (null or "" removes the title)')
+    try:
+        job.title = job_title(body["title"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    session.commit()
+    log.info(kv(event="job_renamed", job_id=job.id, titled=job.title is not None))
+    return jsonify(jobs.job_status(session, job))
 
 
 @actions.post("/api/jobs/<job_id>/cancel")

@@ -53,7 +53,7 @@ from .context import (
 )
 from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key, remembered_as
-from .names import MAX_NAME, search_text
+from .names import MAX_NAME, job_title, search_text
 from .openapi import OPENAPI
 from .uploads import StoredPart, boundary, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting
@@ -185,18 +185,30 @@ def _callback_url() -> str | None:
     return callback_url
 
 
+KEEP = object()  # no ?title=: the new job keeps the earlier job's
+
+
+def _title(default: object = None) -> object:
+    if "title" not in request.args:
+        return default
+    try:
+        return job_title(request.args["title"])
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
 @api.post("/api/jobs")
 def create_job():
     owner = current_owner()
     key = idempotency_key()
     boundary(request.content_type)
+    callback_url, title = _callback_url(), _title()  # a request refused for them has no stored answer either
     answered = earlier_answer(owner, key, "create")  # before reading the body: a retry is not stored twice
     if answered is not None:
         return answered
-    callback_url = _callback_url()
     _check_rate(owner)
     parts = _store_uploads(0)
-    job = Job(owner=owner, callback_url=callback_url)
+    job = Job(owner=owner, callback_url=callback_url, title=title)
     db_session().add(job)
     return _accept(job, parts, created=True, key=key)
 
@@ -241,18 +253,19 @@ def rerun_job(job_id: str):
     owner = current_owner()
     key = idempotency_key()
     what = f"rerun:{job_id[:32]}"  # a longer one is no job's id (404 below)
+    callback_url, title = _callback_url(), _title(default=KEEP)
     answered = earlier_answer(owner, key, what)
     if answered is not None:
         return answered
     source = job_or_404(job_id, owner)
-    callback_url = _callback_url()
+    title = source.title if title is KEEP else title
     _check_rate(owner)
     session = db_session()
     # The earlier job's row lock (PostgreSQL) or the database's write lock (SQLite) before its files are read: a
     # delete of it either waits until the new job holds them (so its uploads are kept) or has removed it (404).
     if not session.execute(update(Job).where(Job.id == source.id).values(updated_at=Job.updated_at)).rowcount:
         raise ApiError(404, f"no job with id {job_id!r}")
-    job = Job(owner=owner, callback_url=callback_url, rerun_of=source.id)
+    job = Job(owner=owner, callback_url=callback_url, rerun_of=source.id, title=title)
     session.add(job)
     try:
         ids = jobs.add_images(session, job, jobs.uploads_of(session, source.id))

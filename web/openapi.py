@@ -1,6 +1,7 @@
 """The OpenAPI 3.1 description served at /api/openapi.json; the API tests check each path is listed here."""
 from __future__ import annotations
 
+from shared.limits import MAX_TITLE
 from shared.models import STATUSES
 from shared.scoring import LABELS
 
@@ -30,6 +31,7 @@ _JOB_LINKS = {
     "AddFiles": _link("addFiles", "more files for the job", **_JOB),
     "CancelJob": _link("cancelJob", "stop the job", **_JOB),
     "DeleteJob": _link("deleteJob", "delete the job", **_JOB),
+    "RenameJob": _link("renameJob", "give the job another title", **_JOB),
 }
 _IMAGE = {"path.job_id": "$response.body#/job_id", "path.image_id": "$response.body#/items/0/id"}
 _RESULT_LINKS = {
@@ -72,6 +74,10 @@ _IDEMPOTENCY = {"name": "Idempotency-Key", "in": "header",
 _CALLBACK_URL = {"name": "callback_url", "in": "query", "schema": {"type": "string"},
                  "description": "POST the job's summary here, signed, when it finishes; must be under an address in "
                                 "the server's PIXELPROOF_WEBHOOK_ALLOWLIST"}
+_TITLE = {"type": "string", "maxLength": MAX_TITLE, "description": "what the job is called, shown wherever jobs "
+          "are listed (the page and `pixelproof submit` use the folder's name); runs of white space become one "
+          "space, other unprintable characters are dropped, and an empty title is none"}
+_TITLE_ARG = {"name": "title", "in": "query", "schema": _TITLE}
 _LIMITS = ("max_file_bytes", "max_request_bytes", "max_files_per_request", "max_files_per_job", "max_pixels")
 _IMAGE_ID = {"name": "image_id", "in": "path", "required": True, "schema": {"type": "integer"}}
 _JOB_RESPONSE = {"description": "the job", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Job"}}},
@@ -125,9 +131,11 @@ OPENAPI = {
             "Job": {"type": "object", "additionalProperties": False, "required": [
                 "id", "status", "total", "done", "errors", "cancelled", "queued", "running", "counts", "declared_ai",
                 "encodings", "created_at", "updated_at", "finished_at", "cancelled_at", "rerun_of", "model", "models",
-                "callback"],
+                "callback", "title"],
                     "properties": {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
+                "title": {"type": ["string", "null"], "maxLength": MAX_TITLE, "description": "what its owner calls "
+                          "it (null: untitled); set when it is made (?title=) or later (PATCH)"},
                 "total": {"type": "integer"},
                 "done": {"type": "integer", "description": "images that will not change any more: classified, "
                          "failed (errors) or cancelled; total = done + queued + running"},
@@ -153,10 +161,11 @@ OPENAPI = {
             }},
             "JobSummary": {"type": "object", "additionalProperties": False, "required": [
                 "id", "status", "total", "done", "errors", "cancelled", "counts", "created_at", "finished_at",
-                "cancelled_at", "rerun_of"], "description": "a job as listed: the fields of Job that say how far it "
-                "got, and what it classifies again",
+                "cancelled_at", "rerun_of", "title"], "description": "a job as listed: the fields of Job that say how "
+                "far it got, what it classifies again, and what it is called",
                 "properties": {
-                    "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
+                    "id": {"type": "string"}, "title": {"type": ["string", "null"], "maxLength": MAX_TITLE},
+                    "status": {"enum": ["queued", "running", "done", "cancelled"]},
                     "total": {"type": "integer"}, "done": {"type": "integer"}, "errors": {"type": "integer"},
                     "cancelled": {"type": "integer"},
                     "counts": {"type": "object", "additionalProperties": False, "required": ["real", "fake", "uncertain"],
@@ -270,7 +279,7 @@ OPENAPI = {
                           "400": _ERR, "401": _ERR, "403": _ERR}},
                       "post": {"summary": "Create a job from uploaded files", "requestBody": _UPLOAD,
                                "callbacks": {"jobFinished": _WEBHOOK},
-                               "parameters": [_IDEMPOTENCY, _CALLBACK_URL],
+                               "parameters": [_IDEMPOTENCY, _CALLBACK_URL, _TITLE_ARG],
                                "responses": {"202": _ACCEPTED, "400": _ERR, "401": _ERR, "403": _ERR, "413": _ERR, "422": _ERR, "429": _ERR, "503": _ERR, "507": _ERR}}},
         "/api/jobs/{job_id}/files": {"post": {"summary": "Add files to a job (send a large folder in several requests)",
                                               "parameters": [_JOB_ID, _IDEMPOTENCY], "requestBody": _UPLOAD,
@@ -280,7 +289,8 @@ OPENAPI = {
                        "uploads are used (nothing is sent again) and the earlier job keeps its results; the new "
                        "job's rerun_of names it",
             "callbacks": {"jobFinished": _WEBHOOK},
-            "parameters": [_JOB_ID, _IDEMPOTENCY, _CALLBACK_URL],
+            "parameters": [_JOB_ID, _IDEMPOTENCY, _CALLBACK_URL,
+                           {**_TITLE_ARG, "description": "the new job's title (absent: the earlier job's)"}],
             "responses": {"202": {**_ACCEPTED, "description": "the new job, queued; Location names it. A request "
                                   "repeated with the same Idempotency-Key gets the job the first one made (with "
                                   "Idempotent-Replayed: true)"},
@@ -298,6 +308,13 @@ OPENAPI = {
             "responses": {"200": {"description": "the result with its review", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/Result"}}}}, "400": _ERR, "404": _ERR}}},
         "/api/jobs/{job_id}": {
+          "patch": {
+            "summary": "Give a job a title, or another one (null or \"\" removes it); nothing else changes",
+            "parameters": [_JOB_ID],
+            "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "additionalProperties": False, "required": ["title"],
+                "properties": {"title": {**_TITLE, "type": ["string", "null"]}}}}}},
+            "responses": {"200": _JOB_RESPONSE, "400": _ERR, "404": _ERR}},
           "delete": {
             "summary": "Delete a job for good: its rows, and the stored uploads, thumbnails and cached verdicts that "
                        "no other job refers to",
@@ -374,7 +391,7 @@ _OPERATION_IDS = {
     ("/api/jobs", "get"): "listJobs", ("/api/jobs", "post"): "createJob", ("/api/jobs/{job_id}/files", "post"): "addFiles",
     ("/api/jobs/{job_id}/rerun", "post"): "rerunJob", ("/api/jobs/{job_id}/cancel", "post"): "cancelJob",
     ("/api/jobs/{job_id}/images/{image_id}/review", "post"): "reviewImage",
-    ("/api/jobs/{job_id}", "delete"): "deleteJob", ("/api/jobs/{job_id}", "get"): "getJob",
+    ("/api/jobs/{job_id}", "delete"): "deleteJob", ("/api/jobs/{job_id}", "patch"): "renameJob", ("/api/jobs/{job_id}", "get"): "getJob",
     ("/api/jobs/{job_id}/results", "get"): "getResults",
     ("/api/jobs/{job_id}/images/{image_id}/thumbnail", "get"): "getThumbnail", ("/api/config", "get"): "getConfig",
     ("/healthz", "get"): "health", ("/api/openapi.json", "get"): "getOpenAPI", ("/metrics", "get"): "metrics",

@@ -200,6 +200,12 @@
     return out;
   }
 
+  // A job made from one folder is titled by its name, as `pixelproof submit` titles it; loose files are untitled.
+  function folderName(entries) {
+    const top = entries[0].path.includes("/") ? entries[0].path.split("/")[0] : "";
+    return top && entries.every((e) => e.path.startsWith(top + "/")) ? top.slice(0, 200) : null;
+  }
+
   // After the first request, which makes the job, this many go up at once: the workers classify one request's
   // images while the web receives the next (`pixelproof submit` does the same; benchmarks/RESULTS.md).
   const PARALLEL_UPLOADS = 2;
@@ -235,8 +241,9 @@
       $("upload-text").textContent = `${files} / ${entries.length} files`;
     }
     let job = null, failed = false;
-    async function sendBatch(batch) {
-      const url = job ? `/api/jobs/${job.id}/files` : "/api/jobs";
+    async function sendBatch(batch, title = null) {
+      const url = job ? `/api/jobs/${job.id}/files`
+        : "/api/jobs" + (title ? `?title=${encodeURIComponent(title)}` : "");
       const ends = [];
       batch.reduce((n, e) => { ends.push(n + e.file.size); return n + e.file.size; }, 0);
       const r = { loaded: 0, ends };
@@ -257,9 +264,10 @@
       return answer;
     }
     const queue = batches(entries);
+    const title = folderName(entries);
     uploading += 1;
     try {
-      job = await sendBatch(queue.shift());
+      job = await sendBatch(queue.shift(), title);
       history.replaceState(null, "", `?job=${job.id}`);
       remember(job);
       render(job);
@@ -317,10 +325,19 @@
 
   function remember(job) {
     const list = recentJobs();
-    if (!list.some((j) => j.id === job.id)) {
-      saveRecent([...list, { id: job.id, created_at: job.created_at || new Date().toISOString() }]);
+    const known = list.find((j) => j.id === job.id);
+    if (!known) {
+      saveRecent([...list, { id: job.id, created_at: job.created_at || new Date().toISOString(), title: job.title || null }]);
+    } else if ((known.title || null) !== (job.title || null)) {  // renamed, here or elsewhere
+      known.title = job.title || null;
+      saveRecent(list);
     }
-    if (tokenJobs !== null && !tokenJobs.some((j) => j.id === job.id)) run(loadTokenJobs());
+    const listed = tokenJobs && tokenJobs.find((j) => j.id === job.id);
+    if (tokenJobs !== null && !listed) run(loadTokenJobs());
+    else if (listed && (listed.title || null) !== (job.title || null)) {
+      listed.title = job.title || null;
+      showRecent();
+    }
   }
 
   function forget(id) {
@@ -362,7 +379,15 @@
       const li = document.createElement("li");
       const a = document.createElement("a");
       a.href = `?job=${j.id}`;
-      a.textContent = new Date(j.created_at).toLocaleString();
+      const made = new Date(j.created_at).toLocaleString();
+      if (typeof j.title === "string" && j.title) {
+        const title = document.createElement("span");
+        title.className = "title";
+        title.textContent = j.title;
+        a.append(title, ` · ${made}`);
+      } else {
+        a.textContent = made;
+      }
       const about = document.createElement("span");
       about.className = "small";
       about.dataset.job = j.id;
@@ -396,6 +421,7 @@
 
   function render(job) {
     currentJob = job.id;
+    showTitle(job);
     if (job.model) showScope(job.model);
     $("job-bar").value = job.total ? job.done / job.total : 0;
     const notes = [job.errors ? count(job.errors, "error") : "",
@@ -431,6 +457,19 @@
       $("legend").hidden = false;
     }
   }
+
+  function showTitle(job) {
+    $("job-head").hidden = false;
+    $("job-title").textContent = job.title || `Untitled job ${job.id}`;
+    $("job-title").classList.toggle("untitled", !job.title);
+    document.title = job.title ? `${job.title} · Pixelproof` : PAGE_TITLE;
+    if (job.title !== shownTitle) {
+      shownTitle = job.title;
+      remember(job);
+    }
+  }
+  let shownTitle;
+  const PAGE_TITLE = document.title;
 
   // A finished job whose results came from another model than the one served now (or from none: cancelled
   // early) can be classified again by it, as a new job of the same stored files.
@@ -781,6 +820,31 @@
     await follow(job.id, job);
   })()));
 
+  $("rename-job").addEventListener("click", () => {
+    $("title-input").value = shownTitle || "";
+    $("title-form").hidden = false;
+    $("rename-job").hidden = true;
+    $("title-input").focus();
+  });
+  function closeTitleForm() {
+    $("title-form").hidden = true;
+    $("rename-job").hidden = false;
+  }
+  $("title-cancel").addEventListener("click", closeTitleForm);
+  $("title-form").addEventListener("keydown", (e) => { if (e.key === "Escape") closeTitleForm(); });
+  $("title-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    run((async () => {
+      $("title-save").disabled = true;
+      try {
+        render(await api(`/api/jobs/${currentJob}`, "PATCH", { title: $("title-input").value }));
+        closeTitleForm();
+      } finally {
+        $("title-save").disabled = false;
+      }
+    })());
+  });
+
   $("delete-job").addEventListener("click", () => run((async () => {
     const id = currentJob;
     if (!confirm(`Delete job ${id} with its results and uploads? This cannot be undone.`)) return;
@@ -791,6 +855,7 @@
     $("progress").hidden = true;
     $("filters").hidden = true;
     history.replaceState(null, "", location.pathname);
+    document.title = PAGE_TITLE;
     $("status").textContent = "";
     const el = $("error");
     el.textContent = `Job ${gone.deleted} was deleted: ${gone.images} results, ${gone.files_removed} stored files removed.`;
