@@ -486,6 +486,11 @@ def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, st
     page.wait_for_function("() => document.getElementById('job-title').textContent === 'Desk 3: the count'")
     page.click("#recent summary")
     assert page.locator("#recent-list li").first.locator(".title").inner_text() == "Desk 3: the count"
+    page.click("#cancel-job")  # a final job offers its downloads, saved under its title
+    page.wait_for_selector("#downloads:not([hidden])")
+    with page.expect_download() as info:
+        page.click("#dl-csv")
+    assert info.value.suggested_filename == "Desk 3_ the count.csv"
 
     page.click("#rename-job")
     page.fill("#title-input", "")
@@ -495,6 +500,9 @@ def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, st
     assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["title"] is None
     assert page.title() == "Pixelproof: real photo or AI-generated?"
     assert page.locator("#recent-list li").first.locator(".title").count() == 0
+    with page.expect_download() as info:
+        page.click("#dl-json")
+    assert info.value.suggested_filename == f"pixelproof-{job_id}.json"
 
     page.goto(base + "/")
     page.set_input_files("#files-input", [str(p) for p in sorted(folder.iterdir())])  # loose files: no folder

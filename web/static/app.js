@@ -778,6 +778,12 @@
     $("results").hidden = rows.size === 0;
   }
 
+  // A titled job's results save under its title (characters no file system takes become "_"), others by id.
+  function downloadName(jobId) {
+    const title = jobId === currentJob && shownTitle ? shownTitle.replace(/[\\/:*?"<>|]/g, "_").replace(/^[.\s]+|[.\s]+$/g, "") : "";
+    return title || `pixelproof-${jobId}`;
+  }
+
   function showDownloads(jobId) {
     for (const fmt of ["csv", "json"]) {
       $(`dl-${fmt}`).onclick = (e) => {
@@ -785,7 +791,7 @@
         const params = filterParams();
         params.set("format", fmt);
         params.set("download", "1");
-        run(download(`/api/jobs/${jobId}/results?${params}`, `pixelproof-${jobId}.${fmt}`));
+        run(download(`/api/jobs/${jobId}/results?${params}`, `${downloadName(jobId)}.${fmt}`));
       };
     }
     $("downloads").hidden = false;
