@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
-from sqlalchemy import Select, and_, case, func, literal, null, or_, select, tuple_, update
+from sqlalchemy import Select, and_, case, false, func, literal, null, or_, select, tuple_, update
 from sqlalchemy.orm import Session, aliased
 
 from shared.model_version import name_of
@@ -18,6 +18,7 @@ from shared.models import (
     DONE,
     ERROR,
     QUEUED,
+    REVIEW_VERDICTS,
     RUNNING,
     UNFINISHED,
     ImageItem,
@@ -283,10 +284,11 @@ def result_row(item: ImageItem, details: dict | None = None, review: Review | No
 
 @dataclass(frozen=True)
 class ResultFilter:
-    """Which results a page lists, and in which order (API ?label=&status=&p_min=&p_max=&name=&sort=)."""
+    """Which results a page lists, and in which order (API ?label=&status=&review=&p_min=&p_max=&name=&sort=)."""
 
     labels: tuple[str, ...] = ()
     statuses: tuple[str, ...] = ()
+    reviews: tuple[str, ...] = ()  # a person's verdict (REVIEW_FILTERS): "none" is a result nobody reviewed yet
     p_min: float | None = None
     p_max: float | None = None
     name: str = ""  # part of the file name or its folder path, in any case; % and _ are plain characters
@@ -301,11 +303,19 @@ class ResultFilter:
             out.append(ImageItem.label.in_(self.labels))
         if self.statuses:
             out.append(ImageItem.status.in_(self.statuses))
+        if self.reviews:  # results_page joins each result's review, if any
+            verdicts = [v for v in self.reviews if v != NOT_REVIEWED]
+            out.append(or_(Review.verdict.in_(verdicts),
+                           Review.image_id.is_(None) if NOT_REVIEWED in self.reviews else false()))
         if self.p_min is not None:
             out.append(ImageItem.p_fake >= self.p_min)
         if self.p_max is not None:
             out.append(ImageItem.p_fake <= self.p_max)
         return out
+
+
+NOT_REVIEWED = "none"
+REVIEW_FILTERS = (*REVIEW_VERDICTS, NOT_REVIEWED)  # what ?review= takes
 
 
 # sort name -> (key, descending). Images without a P (queued, failed) sort as -1: first going up, last going down.

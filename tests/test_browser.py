@@ -666,6 +666,26 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     page.wait_for_function("() => document.querySelector('#f-count').textContent === '8 shown'")
     assert page.locator("#results tbody tr td:nth-child(2)").all_inner_texts() == named
     assert len(list(csv.DictReader(io.StringIO(download_text(page, "#dl-csv"))))) == 8  # the download follows it
+
+    # A desk's queue: the results nobody gave a verdict yet. One reviewed leaves it once its view is closed.
+    page.fill("#f-name", "")
+    page.select_option("#f-review", "none")
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '15 shown'")
+    queue_first = page.locator("#results tbody tr:not(.error)").first
+    reviewed_name = queue_first.locator("td:nth-child(2)").inner_text()
+    queue_first.click()
+    page.locator("#detail").wait_for(state="visible")
+    page.check("#review input[value=fake]")
+    page.click("#review-save")
+    page.wait_for_function("() => document.querySelector('#review-status').textContent === 'saved'")
+    assert page.locator("#results tbody tr").count() == 15  # not under the open view
+    page.click("#detail .close")
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '14 shown'")
+    assert reviewed_name not in page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    page.select_option("#f-review", "real,fake,unsure")
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '2 shown'")
+    assert reviewed_name in page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    page.select_option("#f-review", "")
     page.screenshot(path=str(tmp_path / "operations.png"), full_page=True)
 
     # Delete, after the browser's confirmation: gone from the server and from the page.

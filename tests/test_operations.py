@@ -601,6 +601,45 @@ def test_results_filter_and_sort_page_by_page(start_web_only, db_url, mini_dir):
         assert resp.status_code == 400, (bad, resp.text)
 
 
+def test_results_are_found_by_a_persons_verdict_or_the_lack_of_one(start_web_only, db_url, mini_dir):
+    """?review= lists what a moderation desk still has to look at (none) or what it decided (real, fake, unsure),
+    beside the other filters and in any order; a verdict changed later moves its result, and CSV follows."""
+    base = start_web_only(db_url)
+    files = jpeg_bytes(mini_dir, 7)
+    job = requests.post(base + "/api/jobs", files=[("files", (f"{i}.jpg", b)) for i, (b, _) in enumerate(files)],
+                        timeout=60).json()
+    engine = create_engine(db_url)
+    with engine.begin() as conn:
+        ids = [r[0] for r in conn.execute(text("SELECT id FROM images ORDER BY id"))]
+        for n, image_id in enumerate(ids):
+            conn.execute(text("UPDATE images SET status='done', label=:l, p_fake=:p WHERE id=:i"),
+                         {"l": "fake" if n % 2 else "uncertain", "p": 0.3 + n / 10, "i": image_id})
+    engine.dispose()
+
+    def review(n: int, verdict: str) -> None:
+        resp = requests.post(f"{base}/api/jobs/{job['id']}/images/{ids[n]}/review", json={"verdict": verdict}, timeout=30)
+        assert resp.status_code == 200, resp.text
+
+    def found(**params):
+        return [r["filename"] for r in every_result(base, job["id"], 2, **params)]
+
+    assert found(review="none") == [f"{n}.jpg" for n in range(7)]
+    for n, verdict in ((0, "real"), (1, "fake"), (2, "unsure"), (3, "fake")):
+        review(n, verdict)
+    assert found(review="none") == ["4.jpg", "5.jpg", "6.jpg"]
+    assert found(review="fake") == ["1.jpg", "3.jpg"]
+    assert found(review="real,unsure") == ["0.jpg", "2.jpg"] == found(review=["real", "unsure"])
+    assert found(review="none,fake", label="fake", sort="-p_fake") == ["5.jpg", "3.jpg", "1.jpg"]
+    assert found(review="real,fake,unsure,none") == found() and len(found()) == 7
+    review(3, "real")  # a person changes their mind
+    assert found(review="fake") == ["1.jpg"] and found(review="real") == ["0.jpg", "3.jpg"]
+    csv_text = requests.get(f"{base}/api/jobs/{job['id']}/results",
+                            params={"format": "csv", "download": 1, "review": "none"}, timeout=30).text
+    assert [r["filename"] for r in csv.DictReader(io.StringIO(csv_text))] == ["4.jpg", "5.jpg", "6.jpg"]
+    resp = requests.get(f"{base}/api/jobs/{job['id']}/results", params={"review": "maybe"}, timeout=30)
+    assert resp.status_code == 400 and "review must be one or more of real, fake, unsure, none" in resp.text
+
+
 def test_results_are_found_by_part_of_their_name_in_any_case(start_web_only, db_url, mini_dir):
     """?name= finds a file among thousands by part of its name or folder: letters in any case, typed as a Mac or
     Windows writes them, and % and _ are the characters themselves, not wildcards. The text is written as stored

@@ -367,6 +367,7 @@ def _result_filter() -> jobs.ResultFilter:
         raise ApiError(400, f"name must be at most {MAX_NAME} characters (a stored file name is no longer)")
     name = search_text(name)
     return jobs.ResultFilter(labels=_choices("label", LABELS), statuses=_choices("status", STATUSES),
+                             reviews=_choices("review", jobs.REVIEW_FILTERS),
                              p_min=None if p_min < 0 else p_min, p_max=None if p_max < 0 else p_max, name=name,
                              changed=flag_arg("changed"), sort=sort)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from shared.limits import MAX_TITLE
+from shared.jobs import REVIEW_FILTERS
 from shared.models import STATUSES
 from shared.scoring import LABELS
 
@@ -98,6 +99,9 @@ _FILTERS = [
      "schema": {"type": "string", "pattern": _one_or_more(*STATUSES)},
      "description": "only these statuses: queued, "
      "running, done, error, cancelled (comma-separated)"},
+    {"name": "review", "in": "query", "schema": {"type": "string", "pattern": _one_or_more(*REVIEW_FILTERS)},
+     "description": "only results a person gave one of these verdicts (real, fake, unsure), or none: not "
+                    "reviewed yet (comma-separated)"},
     {"name": "p_min", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},
      "description": "only p_fake >= p_min"},
     {"name": "p_max", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 1},

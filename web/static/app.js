@@ -722,6 +722,7 @@
     const q = new URLSearchParams();
     if ($("f-label").value) q.set("label", $("f-label").value);
     if ($("f-status").value) q.set("status", $("f-status").value);
+    if ($("f-review").value) q.set("review", $("f-review").value);
     if ($("f-name").value) q.set("name", $("f-name").value);
     if ($("f-changed").checked && !$("f-changed-label").hidden) q.set("changed", "1");
     for (const [id, name] of [["f-pmin", "p_min"], ["f-pmax", "p_max"]]) {
@@ -893,7 +894,16 @@
       $("review-status").textContent = "saved";
       const tr = rows.get(item.id);
       if (tr) fillRow(tr, jobId, item);
+      reviewSaved = true;
     })());
+  });
+
+  // Listed by verdict ("not given yet": a desk's queue), a result just reviewed may no longer belong: the list
+  // is read again once its view is closed, not under it.
+  let reviewSaved = false;
+  $("detail").addEventListener("close", () => {
+    if (reviewSaved && $("f-review").value && currentJob) run(refreshResults(currentJob));
+    reviewSaved = false;
   });
 
   // Hidden files inside a folder (.DS_Store, a Mac's ._ companions of each photo, .git) are nobody's images:
