@@ -671,20 +671,29 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     page.fill("#f-name", "")
     page.select_option("#f-review", "none")
     page.wait_for_function("() => document.querySelector('#f-count').textContent === '15 shown'")
-    queue_first = page.locator("#results tbody tr:not(.error)").first
-    reviewed_name = queue_first.locator("td:nth-child(2)").inner_text()
-    queue_first.click()
+    queue = page.locator("#results tbody tr:not(.error) td:nth-child(2)").all_inner_texts()
+    page.locator("#results tbody tr:not(.error)").first.click()
     page.locator("#detail").wait_for(state="visible")
     page.check("#review input[value=fake]")
+    page.click("#review-next")  # saved, and the next result of the list in the same view, its form cleared
+    page.wait_for_function(f"() => document.querySelector('#detail-name').textContent === {queue[1]!r}")
+    assert page.locator("#review input[name=verdict]:checked").count() == 0
+    page.check("#review input[value=unsure]")
     page.click("#review-save")
     page.wait_for_function("() => document.querySelector('#review-status').textContent === 'saved'")
     assert page.locator("#results tbody tr").count() == 15  # not under the open view
     page.click("#detail .close")
-    page.wait_for_function("() => document.querySelector('#f-count').textContent === '14 shown'")
-    assert reviewed_name not in page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '13 shown'")
+    left = page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    assert queue[0] not in left and queue[1] not in left and queue[2] in left
+    page.locator("#results tbody tr:not(.error)").last.click()  # the last of the list has no next
+    page.check("#review input[value=real]")
+    page.click("#review-next")
+    page.wait_for_function("() => document.querySelector('#review-status').textContent.includes('the last result')")
+    page.click("#detail .close")
     page.select_option("#f-review", "real,fake,unsure")
-    page.wait_for_function("() => document.querySelector('#f-count').textContent === '2 shown'")
-    assert reviewed_name in page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
+    page.wait_for_function("() => document.querySelector('#f-count').textContent === '4 shown'")
+    assert set(queue[:2]) <= set(page.locator("#results tbody tr td:nth-child(2)").all_inner_texts())
     page.select_option("#f-review", "")
     page.screenshot(path=str(tmp_path / "operations.png"), full_page=True)
 

@@ -572,7 +572,7 @@
     showReview(jobId, r);
     $("detail-img").removeAttribute("src");
     showImage($("detail-img"), `/api/jobs/${jobId}/images/${r.id}/thumbnail?size=512`);
-    $("detail").showModal();
+    if (!$("detail").open) $("detail").showModal();  // "Save and next" opens the next result in the same view
   }
 
   // Long-poll: the server answers as soon as `done` moves, so a one-image job shows up without delay. Results
@@ -880,8 +880,16 @@
     $("review-status").textContent = r.review ? "saved" : "";
   }
 
+  // The next classified result in the list as shown (filtered and sorted), for going through a desk's queue.
+  function nextResult(id) {
+    let tr = rows.get(id);
+    do tr = tr && tr.nextElementSibling; while (tr && tr.tabIndex < 0);
+    return tr;
+  }
+
   $("review").addEventListener("submit", (e) => {
     e.preventDefault();
+    const andNext = e.submitter && e.submitter.id === "review-next";
     const chosen = document.querySelector("#review input[name=verdict]:checked");
     if (!chosen || !reviewing) {
       $("review-status").textContent = "choose real, AI-generated or unsure first";
@@ -895,6 +903,12 @@
       const tr = rows.get(item.id);
       if (tr) fillRow(tr, jobId, item);
       reviewSaved = true;
+      if (!andNext) return;
+      const next = nextResult(item.id);
+      if (next) {
+        next.click();
+        next.scrollIntoView({ block: "nearest" });
+      } else $("review-status").textContent = "saved; that was the last result in the list";
     })());
   });
 
