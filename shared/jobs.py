@@ -83,6 +83,8 @@ def job_status(session: Session, job: Job) -> dict:
         declared += n_declared or 0
         if is_classified and encoding is not None:
             encodings[encoding] = n
+    reviews = dict(session.execute(select(Review.verdict, func.count()).join(ImageItem, ImageItem.id == Review.image_id)
+                                   .where(ImageItem.job_id == job.id).group_by(Review.verdict)).all())
     used = [v for v in session.scalars(select(ImageItem.model_version).where(ImageItem.job_id == job.id).distinct()) if v]
     # One query for their records; _model then finds each in the session. Oldest to newest by when a worker
     # last loaded them (then by name): "model" is the newest, not the alphabetically last.
@@ -100,6 +102,7 @@ def job_status(session: Session, job: Job) -> dict:
         "queued": by_status.get(QUEUED, 0),
         "running": by_status.get(RUNNING, 0),
         "counts": {"real": labels.get("real", 0), "fake": labels.get("fake", 0), "uncertain": labels.get("uncertain", 0)},
+        "reviews": {v: reviews.get(v, 0) for v in REVIEW_VERDICTS},  # people's verdicts given so far
         "declared_ai": declared,  # files whose own metadata or Content Credentials say they are AI-generated
         # classified files by encoding (shared.encoding.group): more than one, and verdicts may follow compression
         "encodings": dict(sorted(encodings.items(), key=lambda kv: (-kv[1], kv[0]))),

@@ -684,6 +684,8 @@ def test_cancel_filter_review_and_delete_in_the_page(browser, start_web_only, sq
     assert page.locator("#results tbody tr").count() == 15  # not under the open view
     page.click("#detail .close")
     page.wait_for_function("() => document.querySelector('#f-count').textContent === '13 shown'")
+    page.wait_for_function("() => document.querySelector('#reviews').textContent === "
+                           "'Your verdicts: 3 of 16 (real 1 · AI-generated 1 · unsure 1)'")  # asked again after each
     left = page.locator("#results tbody tr td:nth-child(2)").all_inner_texts()
     assert queue[0] not in left and queue[1] not in left and queue[2] in left
     page.locator("#results tbody tr:not(.error)").last.click()  # the last of the list has no next

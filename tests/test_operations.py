@@ -631,8 +631,11 @@ def test_results_are_found_by_a_persons_verdict_or_the_lack_of_one(start_web_onl
     assert found(review="real,unsure") == ["0.jpg", "2.jpg"] == found(review=["real", "unsure"])
     assert found(review="none,fake", label="fake", sort="-p_fake") == ["5.jpg", "3.jpg", "1.jpg"]
     assert found(review="real,fake,unsure,none") == found() and len(found()) == 7
+    given = requests.get(f"{base}/api/jobs/{job['id']}", timeout=30).json()["reviews"]
+    assert given == {"real": 1, "fake": 2, "unsure": 1}  # the job counts them, as far as they got
     review(3, "real")  # a person changes their mind
     assert found(review="fake") == ["1.jpg"] and found(review="real") == ["0.jpg", "3.jpg"]
+    assert requests.get(f"{base}/api/jobs/{job['id']}", timeout=30).json()["reviews"] == {"real": 2, "fake": 1, "unsure": 1}
     csv_text = requests.get(f"{base}/api/jobs/{job['id']}/results",
                             params={"format": "csv", "download": 1, "review": "none"}, timeout=30).text
     assert [r["filename"] for r in csv.DictReader(io.StringIO(csv_text))] == ["4.jpg", "5.jpg", "6.jpg"]

@@ -135,7 +135,7 @@ OPENAPI = {
             "Job": {"type": "object", "additionalProperties": False, "required": [
                 "id", "status", "total", "done", "errors", "cancelled", "queued", "running", "counts", "declared_ai",
                 "encodings", "created_at", "updated_at", "finished_at", "cancelled_at", "rerun_of", "model", "models",
-                "callback", "title"],
+                "callback", "title", "reviews"],
                     "properties": {
                 "id": {"type": "string"}, "status": {"enum": ["queued", "running", "done", "cancelled"]},
                 "title": {"type": ["string", "null"], "maxLength": MAX_TITLE, "description": "what its owner calls "
@@ -155,6 +155,10 @@ OPENAPI = {
                 "counts": {"type": "object", "additionalProperties": False, "required": ["real", "fake", "uncertain"],
                            "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
                                           "uncertain": {"type": "integer"}}},
+                "reviews": {"type": "object", "additionalProperties": False, "required": ["real", "fake", "unsure"],
+                            "properties": {"real": {"type": "integer"}, "fake": {"type": "integer"},
+                                           "unsure": {"type": "integer"}},
+                            "description": "results a person gave each verdict so far (?review=none lists the rest)"},
                 "created_at": {"type": "string", "format": "date-time"},
                 "updated_at": {"type": "string", "format": "date-time"},
                 "finished_at": {"type": ["string", "null"], "format": "date-time"},

@@ -445,6 +445,10 @@
     $("counts").textContent = `real: ${job.counts.real} · AI-generated: ${job.counts.fake}` +
       ` · uncertain: ${job.counts.uncertain || 0}` +
       (job.declared_ai ? ` · ${job.declared_ai} declare themselves AI-generated (their own metadata)` : "");
+    const given = job.reviews ? job.reviews.real + job.reviews.fake + job.reviews.unsure : 0;
+    $("reviews").textContent = given ? `Your verdicts: ${given} of ${job.total} (real ${job.reviews.real}` +
+      ` · AI-generated ${job.reviews.fake} · unsure ${job.reviews.unsure})` : "";
+    $("reviews").hidden = !given;
     showEncodings(job.encodings);
     const t = job.model && job.model.thresholds;
     const share = job.model && job.model.max_false_fake;
@@ -903,6 +907,7 @@
       const tr = rows.get(item.id);
       if (tr) fillRow(tr, jobId, item);
       reviewSaved = true;
+      run((async () => { const job = await api(`/api/jobs/${jobId}`); if (currentJob === job.id) render(job); })());
       if (!andNext) return;
       const next = nextResult(item.id);
       if (next) {
