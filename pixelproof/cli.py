@@ -203,34 +203,45 @@ def _worker(args: argparse.Namespace) -> int:
 
 
 def _client_errors(command: str):
-    """submit, rerun and jobs: what keeps them from the server, or the server's refusal, in one line, exit 2."""
+    """submit, rerun and jobs: what keeps them from the server, or the server's refusal, in one line, exit 2,
+    followed by any note the failure carries (what was done before it, and how to go on)."""
 
     def wrap(run):
         def guarded(args: argparse.Namespace) -> int:
-            import requests
-
-            from .submit import SubmitError
-
             try:
                 return run(args)
-            except SubmitError as exc:
-                print(f"pixelproof {command}: {exc}", file=sys.stderr)
-            except requests.ConnectionError as exc:
-                reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
-                print(f"pixelproof {command}: cannot reach the Pixelproof server at {args.server} ({reason}). Is it "
-                      "running? Start one with `make up`, or point --server (or PIXELPROOF_SERVER) at yours.",
-                      file=sys.stderr)
-            except requests.Timeout:
-                print(f"pixelproof {command}: the server at {args.server} did not answer in time; try again"
-                      + (", or send fewer files per request (--files-per-request)" if command == "submit" else ""),
-                      file=sys.stderr)
-            except OSError as exc:  # reading the folder or writing the results
-                print(f"pixelproof {command}: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
-            return 2
+            except Exception as exc:
+                line = _client_error(command, args, exc)
+                if line is None:
+                    raise
+                print(f"pixelproof {command}: {line}", file=sys.stderr)
+                for note in getattr(exc, "__notes__", ()):
+                    print(f"pixelproof {command}: {note}", file=sys.stderr)
+                return 2
 
         return guarded
 
     return wrap
+
+
+def _client_error(command: str, args: argparse.Namespace, exc: Exception) -> str | None:
+    """What kept submit, rerun or jobs from their work, in words; None for anything else (a bug: its traceback)."""
+    import requests
+
+    from .submit import SubmitError
+
+    if isinstance(exc, SubmitError):
+        return str(exc)
+    if isinstance(exc, requests.ConnectionError):
+        reason = "connection refused" if "refused" in str(exc).lower() else type(exc).__name__
+        return (f"cannot reach the Pixelproof server at {args.server} ({reason}). Is it running? Start one with "
+                "`make up`, or point --server (or PIXELPROOF_SERVER) at yours.")
+    if isinstance(exc, requests.Timeout):
+        return (f"the server at {args.server} did not answer in time; try again"
+                + (", or send fewer files per request (--files-per-request)" if command == "submit" else ""))
+    if isinstance(exc, OSError):  # reading the folder or writing the results
+        return f"{exc.strerror or exc}: {exc.filename or ''}".rstrip(": ")
+    return None
 
 
 @_client_errors("submit")
@@ -239,7 +250,7 @@ def _submit(args: argparse.Namespace) -> int:
 
     return submit(Path(args.directory), args.server, args.token, args.wait,
                   Path(args.out) if args.out else None, args.format, args.files_per_request, args.callback_url,
-                  title=args.title, **({"parallel": args.parallel} if args.parallel else {}))
+                  title=args.title, into=args.job, **({"parallel": args.parallel} if args.parallel else {}))
 
 
 @_client_errors("rerun")
@@ -343,6 +354,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="upload requests in flight at once, after the first (default: 2; 1 sends one at a time). "
                         "--out lists the files in the folder's order either way")
     _callback_argument(s, "job")
+    s.add_argument("--job", default=None,
+                   help="add to this job (its id or page address) the files of the folder it does not hold yet, by "
+                        "name: finishes an upload that stopped part way, from here or from the page")
     s.add_argument("--title", default=None,
                    help="what to call the job, shown wherever jobs are listed (default: the folder's name; \"\" for none)")
     s.set_defaults(func=_submit)

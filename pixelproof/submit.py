@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import threading
 import time
@@ -23,6 +24,7 @@ from tqdm import tqdm
 
 from shared.folders import visible_files
 from shared.limits import MAX_TITLE
+from shared.names import clean_filename as stored_name
 
 MAX_FILES_PER_REQUEST = 200
 MAX_BYTES_PER_REQUEST = 64 * 1024 * 1024
@@ -255,17 +257,19 @@ PARALLEL_UPLOADS = 2
 
 def upload_all(new_client: Callable[[], Client], chunks: list[list[tuple[Path, str]]], callback_url: str | None = None,
                parallel: int = PARALLEL_UPLOADS, progress: Callable[[int], object] = lambda n: None,
-               title: str | None = None) -> dict:
+               title: str | None = None, job: dict | None = None) -> dict:
     """Every chunk into one job: the first request makes it, then ``parallel`` requests at a time add the rest.
 
     One request at a time left the server's cores idle twice a request, while the client read the next files
     and while the web stored and committed them; with two in flight the workers always have a request's
     images queued (200 twelve-megapixel photos on 2 cores: 16.1 -> 18.8 photos/s, benchmarks/RESULTS.md).
-    Each thread has its own client (a requests Session is not shared between threads). Returns the job as
-    the last request to finish left it."""
-    first = new_client()
-    job = first.upload(chunks[0], None, callback_url, title=title)
-    progress(len(chunks[0]))
+    Each thread has its own client (a requests Session is not shared between threads). Given a `job`, every
+    chunk goes into it. Returns the job as the last request to finish left it; an error after the job was made
+    names the job it stopped in (job_id)."""
+    if job is None:
+        job = new_client().upload(chunks[0], None, callback_url, title=title)
+        progress(len(chunks[0]))
+        chunks = chunks[1:]
     local = threading.local()
 
     def add(chunk: list[tuple[Path, str]]) -> dict:
@@ -273,18 +277,26 @@ def upload_all(new_client: Callable[[], Client], chunks: list[list[tuple[Path, s
             local.client = new_client()
         return local.client.upload(chunk, job["id"])
 
-    with ThreadPoolExecutor(max(1, parallel)) as pool:
-        for chunk, answer in zip(chunks[1:], pool.map(add, chunks[1:])):
-            job = answer
-            progress(len(chunk))
+    try:
+        with ThreadPoolExecutor(max(1, parallel)) as pool:
+            for chunk, answer in zip(chunks, pool.map(add, chunks)):
+                job = answer
+                progress(len(chunk))
+    except Exception as exc:
+        exc.job_id = job["id"]  # the job holds what was sent before: submit says how to send the rest
+        raise
     return job
 
 
 def submit(directory: Path, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,
            files_per_request: int | None = None, callback_url: str | None = None,
-           parallel: int = PARALLEL_UPLOADS, title: str | None = None) -> int:
+           parallel: int = PARALLEL_UPLOADS, title: str | None = None, into: str | None = None) -> int:
+    """Upload a folder as a new job, or (`into`, a job's id or page address) the files of it that job does not
+    hold yet, named as the folder names them: an upload cut off part way is finished without sending twice."""
     server = check_server(server)
     check_out(out, wait)
+    if into is not None and (title is not None or callback_url):
+        raise SubmitError("--title and --callback-url are for a new job; --job adds files to one that has its own")
     files = collect(directory)
     if not files:
         raise SubmitError(f"no files under {directory}")
@@ -292,13 +304,30 @@ def submit(directory: Path, server: str, token: str | None, wait: bool, out: Pat
     files = skip_refused(files, client.config()["limits"])
     if not files:
         raise SubmitError("nothing to upload: every file is over the limit")
-    # leave=False: a failure prints its message once, not after a second rendering of the bar
-    with tqdm(total=len(files), unit="file", desc="upload", leave=False) as bar:
-        job = upload_all(lambda: Client(server, token), list(batches(files, files_per_request)), callback_url,
-                         parallel, bar.update, folder_title(directory) if title is None else title)
-    print(f"uploaded {len(files)} files to job {job['id']}{_titled(job)}: {server}/?job={job['id']}", file=sys.stderr)
-    # the folder's order, whichever request came first
-    return finish(client, job, wait, out, fmt, {name: i for i, (_, name) in enumerate(files)})
+    order = {stored_name(name): i for i, (_, name) in enumerate(files)}  # the folder's order, whichever came first
+    job, sending = None, files
+    if into is not None:
+        job = client.job(job_id_of(into))
+        if job.get("cancelled_at"):
+            raise SubmitError(f"job {job['id']} was cancelled, and takes no more files: send the folder as a new job")
+        held = {item["filename"] for item in client.results(job["id"])}
+        sending = [(path, name) for path, name in files if stored_name(name) not in held]
+        print(f"job {job['id']}{_titled(job)} holds {len(files) - len(sending)} of these {len(files)} files; "
+              f"sending the other {len(sending)}", file=sys.stderr)
+    if sending:
+        # leave=False: a failure prints its message once, not after a second rendering of the bar
+        with tqdm(total=len(sending), unit="file", desc="upload", leave=False) as bar:
+            try:
+                job = upload_all(lambda: Client(server, token), list(batches(sending, files_per_request)),
+                                 callback_url, parallel, bar.update, folder_title(directory) if title is None else title,
+                                 job)
+            except Exception as exc:
+                if stopped_in := getattr(exc, "job_id", None):
+                    exc.add_note(f"job {stopped_in} holds the files sent before this; `pixelproof submit "
+                                 f"{shlex.quote(str(directory))} --job {stopped_in}` sends the ones it does not hold yet")
+                raise
+    print(f"uploaded {len(sending)} files to job {job['id']}{_titled(job)}: {server}/?job={job['id']}", file=sys.stderr)
+    return finish(client, job, wait, out, fmt, order)
 
 
 def rerun(job_id: str, server: str, token: str | None, wait: bool, out: Path | None, fmt: str,

@@ -251,6 +251,44 @@ def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, fol
     assert proc.returncode == 2 and "listing jobs needs API tokens" in proc.stderr, proc.stderr
 
 
+def test_an_upload_that_stops_part_way_says_how_to_finish_it_and_job_sends_only_the_rest(start_web_only, sqlite_url,
+                                                                                           mini_dir, tmp_path):
+    """A refusal after the job was made names the job and the command that finishes it; `submit DIR --job ID`
+    then sends only the files the job does not hold (by name, as the folder names them), and again nothing."""
+    folder = tmp_path / "desk photos"
+    (folder / "day 2").mkdir(parents=True)
+    picks = sorted((mini_dir / "real").iterdir())[:5]
+    for p in picks[:3]:
+        shutil.copy(p, folder / p.name)
+    for p in picks[3:]:
+        shutil.copy(p, folder / "day 2" / p.name)
+    full = start_web_only(sqlite_url, PIXELPROOF_MAX_FILES_PER_JOB="2")
+    proc = run_cli("submit", str(folder), "--server", full, "--files-per-request", "1", "--parallel", "1")
+    assert proc.returncode == 2 and "a job holds at most 2 files" in proc.stderr, proc.stderr
+    job_id = re.search(r"job (\S+) holds the files sent before this", proc.stderr).group(1)
+    assert f"`pixelproof submit '{folder}' --job {job_id}` sends the ones it does not hold yet" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+    base = start_web_only(sqlite_url)  # the same database, without the limit
+    proc = run_cli("submit", str(folder), "--server", base, "--job", f"{base}/?job={job_id}", "--parallel", "1",
+                   "--files-per-request", "2")
+    assert proc.returncode == 0, proc.stderr
+    assert f"job {job_id} (desk photos) holds 2 of these 5 files; sending the other 3" in proc.stderr
+    assert proc.stdout.strip() == job_id
+    names = [r["filename"] for r in submit.Client(base).results(job_id)]
+    assert sorted(names) == sorted(name for _, name in submit.collect(folder)) and len(names) == 5
+    proc = run_cli("submit", str(folder), "--server", base, "--job", job_id)
+    assert proc.returncode == 0 and "holds 5 of these 5 files; sending the other 0" in proc.stderr, proc.stderr
+    assert len(submit.Client(base).results(job_id)) == 5
+    for extra, said in ((["--title", "x"], "--title and --callback-url are for a new job"),
+                        ([], "no job with id 'nosuchjob'")):
+        proc = run_cli("submit", str(folder), "--server", base, "--job", "nosuchjob" if not extra else job_id, *extra)
+        assert proc.returncode == 2 and said in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    requests.post(f"{base}/api/jobs/{job_id}/cancel", timeout=30)
+    proc = run_cli("submit", str(folder), "--server", base, "--job", job_id)
+    assert proc.returncode == 2 and "was cancelled, and takes no more files" in proc.stderr, proc.stderr
+
+
 def test_rerun_classifies_a_jobs_files_again_and_writes_them(live_stack, folder, tmp_path):
     """`pixelproof rerun JOB --wait --out` against the real stack: a new job of the same files, followed to its end,
     its results in upload order; the earlier job is named, as an id or as its page's address."""

@@ -13,12 +13,12 @@ from shared.deletion import delete_jobs
 from shared.logs import kv
 from shared.metrics import record
 from shared.models import REVIEW_VERDICTS
+from shared.names import job_title
 from shared.queue import WEBHOOK_TASK
 
 from .auth import current_owner
 from .context import db_session, image_or_404, job_or_404, lock_job, notify, services
 from .errors import ApiError
-from .names import job_title
 
 log = logging.getLogger(__name__)
 actions = Blueprint("actions", __name__)

@@ -35,6 +35,7 @@ from shared.models import (
     Job,
     csv_cells,
 )
+from shared.names import MAX_NAME, job_title, search_text
 from shared.queue import enqueue_images
 from shared.thumbnails import rendition
 
@@ -53,7 +54,6 @@ from .context import (
 )
 from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key, remembered_as
-from .names import MAX_NAME, job_title, search_text
 from .openapi import OPENAPI
 from .uploads import StoredPart, boundary, discard, drop_spares, receive_files, settle
 from .watch import RECHECK_S, TooManyWaiting

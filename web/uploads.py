@@ -20,10 +20,10 @@ from werkzeug.sansio.multipart import (
     NeedData,
 )
 
+from shared.names import clean_filename
 from shared.storage import BlobWriter, LocalStorage, StorageFull, TooLarge
 
 from .errors import ApiError
-from .names import clean_filename
 
 CHUNK = 256 * 1024
 MAX_HEADER_BYTES = 1024 * 1024  # what the decoder may buffer while looking for a part's headers
