@@ -46,6 +46,15 @@ def wait_status(page, status: str, timeout: float = 30_000) -> None:
         raise AssertionError(f"the page never showed {status}: {shown}, problems {page_problems(page)}") from None
 
 
+def folder_of(tmp_path: Path, name: str, files: list[Path]) -> Path:
+    """A folder to pick in the page: copies of `files` under tmp_path/name."""
+    folder = tmp_path / name
+    folder.mkdir()
+    for p in files:
+        shutil.copy(p, folder / p.name)
+    return folder
+
+
 def download_text(page, selector: str) -> str:
     with page.expect_download() as info:
         page.click(selector)
@@ -153,10 +162,7 @@ TOKEN = "s3cret-token-for-the-browser-test"
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_API_TOKENS": TOKEN}])
 def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_path):
     """Thumbnails, the per-image view and downloads are fetched with the header; no URL holds the token."""
-    folder = tmp_path / "pics"
-    folder.mkdir()
-    for p in sorted((mini_dir / "fake").iterdir())[:3]:
-        shutil.copy(p, folder / p.name)
+    folder = folder_of(tmp_path, "pics", sorted((mini_dir / "fake").iterdir())[:3])
     page = watched_page(browser)
     urls = []
     page.on("request", lambda r: urls.append(r.url))
@@ -198,10 +204,7 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
 
 def ten_files(source: Path, folder: Path) -> Path:
     """A folder of ten of ``source``'s images: at three a request, the first request and three more."""
-    folder.mkdir()
-    for p in sorted(source.iterdir())[:10]:
-        shutil.copy(p, folder / p.name)
-    return folder
+    return folder_of(folder.parent, folder.name, sorted(source.iterdir())[:10])
 
 
 def recorded_posts(page) -> list[str]:
@@ -280,6 +283,60 @@ def test_leaving_the_page_while_files_are_sent_asks_first(browser, live_stack, m
     wait_status(page, "done")
     assert asked == ["beforeunload"] and page.locator("#upload-row").is_hidden()  # reloaded, not asked again
     assert not page_problems(page)
+
+
+def test_an_upload_that_stops_part_way_sends_the_rest_into_its_job(browser, start_web_only, sqlite_url, redis_server,
+                                                                   mini_dir, tmp_path):
+    """After the job is made, requests that fail on the way (tried 3 times each) stop the upload with an error and
+    a button that sends what is left into the same job. Each batch goes again with its first Idempotency-Key, so
+    a request the server had stored after all (its answer lost) is answered with the job, not added twice."""
+    import re
+
+    import requests
+
+    base = start_web_only(sqlite_url, PIXELPROOF_MAX_FILES_PER_REQUEST="2")
+    folder = folder_of(tmp_path, "flaky", sorted((mini_dir / "real").iterdir())[:6])
+    page = watched_page(browser)
+    tried = {}  # Idempotency-Key -> the files of that request, each time it was tried
+
+    def cut_off(route):
+        names = re.findall(rb'filename="([^"]+)"', route.request.post_data_buffer or b"")
+        tried.setdefault(route.request.headers["idempotency-key"], []).append([n.decode() for n in names])
+        route.abort("connectionreset")
+
+    page.route("**/api/jobs/*/files", cut_off)
+    page.goto(base + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#upload-rest:not([hidden])", timeout=60_000)
+    assert page.locator("#upload-rest").inner_text() == "Send the 4 files not sent yet"
+    assert "could not be reached" in page.locator("#error").inner_text()
+    assert len(tried) == 2 and all(len(t) == 3 and t[0] == t[1] == t[2] for t in tried.values())  # its key, 3 times
+    job_id = page.url.rsplit("?job=", 1)[1]
+    assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["total"] == 2
+    # One of them reached the server after all, as a request whose answer was lost does: the same body (sent from
+    # the page, as the browser builds it) stored under its key.
+    key, names = next(iter(tried.items()))
+    page.unroute("**/api/jobs/*/files")
+    total = page.evaluate("""async ([url, key, names]) => {
+        const form = new FormData();
+        const files = Array.from(document.getElementById('folder-input').files);
+        for (const name of names) form.append('files', files.find((f) => f.webkitRelativePath === name), name);
+        const resp = await fetch(url, {method: 'POST', body: form, headers: {'Idempotency-Key': key}});
+        return (await resp.json()).total;
+    }""", [f"/api/jobs/{job_id}/files", key, names[0]])
+    assert total == 4
+
+    resent = []
+    page.on("request", lambda r: r.method == "POST" and "/files" in r.url
+            and resent.append(r.headers["idempotency-key"]))
+    page.click("#upload-rest")
+    page.wait_for_function("() => document.getElementById('upload-text').textContent === '6 / 6 files'")
+    page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 6")
+    assert sorted(resent) == sorted(tried) and page.locator("#upload-rest").is_hidden()
+    assert page.locator("#error").is_hidden()
+    names = [r["filename"] for r in requests.get(f"{base}/api/jobs/{job_id}/results", timeout=10).json()["items"]]
+    assert sorted(names) == sorted(f"flaky/{p.name}" for p in folder.iterdir())  # each once
+    assert [p for p in page_problems(page) if "ERR_CONNECTION_RESET" not in p and "TOO MANY" not in p] == []
 
 
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
@@ -376,10 +433,7 @@ def test_a_page_on_another_origin_cannot_create_jobs(browser, live_stack, sqlite
 
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILE_BYTES": "30000"}])
 def test_first_hour_scope_oversized_file_and_a_phone(browser, live_stack, mini_dir, tmp_path):
-    folder = tmp_path / "shoot"
-    folder.mkdir()
-    for p in sorted((mini_dir / "real").iterdir())[:4]:
-        shutil.copy(p, folder / p.name)
+    folder = folder_of(tmp_path, "shoot", sorted((mini_dir / "real").iterdir())[:4])
     (folder / "huge.jpg").write_bytes(b"\xff\xd8" + b"x" * 40000)  # over the 30,000-byte limit
     (folder / "a_rather_long_name_from_an_archive_export_2026-12-07.jpg").write_bytes(b"\xff\xd8\xff\xe0garbage")
     page = watched_page(browser)
@@ -419,10 +473,7 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
     from .processes import start_worker
 
     base = start_web_only(sqlite_url)
-    folder = tmp_path / "later"
-    folder.mkdir()
-    for p in sorted((mini_dir / "fake").iterdir())[:3]:
-        shutil.copy(p, folder / p.name)
+    folder = folder_of(tmp_path, "later", sorted((mini_dir / "fake").iterdir())[:3])
     page = watched_page(browser)
     page.goto(base + "/")
     page.set_input_files("#folder-input", str(folder))
@@ -456,10 +507,7 @@ def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, st
     import requests
 
     base = start_web_only(sqlite_url)
-    folder = tmp_path / "Election night, desk 2"
-    folder.mkdir()
-    for p in sorted((mini_dir / "real").iterdir())[:2]:
-        shutil.copy(p, folder / p.name)
+    folder = folder_of(tmp_path, "Election night, desk 2", sorted((mini_dir / "real").iterdir())[:2])
     page = watched_page(browser)
     page.goto(base + "/")
     page.set_input_files("#folder-input", str(folder))
@@ -747,10 +795,7 @@ def test_a_job_is_classified_again_when_the_served_model_changed(browser, start_
     from .processes import start_worker
 
     base = start_web_only(sqlite_url)
-    folder = tmp_path / "desk"
-    folder.mkdir()
-    for p in sorted((mini_dir / "fake").iterdir())[:3]:
-        shutil.copy(p, folder / p.name)
+    folder = folder_of(tmp_path, "desk", sorted((mini_dir / "fake").iterdir())[:3])
     env = service_env(sqlite_url, redis_server.url, start_web_only.data_dir)
     page = watched_page(browser)
     worker = start_worker({**env, "PIXELPROOF_MODEL_PATH": str(CIFAKE_CHECKPOINT)}, tmp_path / "old.log", name="old")

@@ -119,7 +119,7 @@
   }
 
   async function send(url, batch, onProgress) {
-    const key = newKey();
+    const key = batch.key || newKey();
     for (let attempt = 1; ; attempt++) {
       try {
         return await sendOnce(url, batch, onProgress, key);
@@ -227,22 +227,32 @@
     $("progress").hidden = false;
     $("upload-row").hidden = false;
     clearResults();
-    const totalBytes = entries.reduce((n, e) => n + e.file.size, 0) || 1;
-    let sentBytes = 0, sentFiles = 0;
+    const queue = batches(entries);
+    for (const batch of queue) batch.key = newKey();  // kept if the batch is sent again ("Send the rest")
+    const u = { queue, job: null, files: entries.length, sentBytes: 0, sentFiles: 0,
+                totalBytes: entries.reduce((n, e) => n + e.file.size, 0) || 1 };
+    await sendAll(u, folderName(entries));
+  }
+
+  // Every batch of u.queue into one job: the first request makes it (unless u.job is there), then
+  // PARALLEL_UPLOADS at a time. A batch that fails goes back to the queue, and once every request in flight has
+  // ended, the page offers to send what is left into the same job, each batch with its first Idempotency-Key:
+  // one the server had stored after all is answered with the job, not added twice.
+  async function sendAll(u, title = null) {
     const sending = new Set();  // the requests in flight: their bytes sent so far and each file's end
     // A file counts as sent once all of its bytes are: the counter and the bar tell the same story.
     function showSent() {
-      let bytes = sentBytes, files = sentFiles;
+      let bytes = u.sentBytes, files = u.sentFiles;
       for (const r of sending) {
         bytes += r.loaded;
         files += r.ends.filter((end) => end <= r.loaded).length;
       }
-      $("upload-bar").value = Math.min(bytes, totalBytes) / totalBytes;
-      $("upload-text").textContent = `${files} / ${entries.length} files`;
+      $("upload-bar").value = Math.min(bytes, u.totalBytes) / u.totalBytes;
+      $("upload-text").textContent = `${files} / ${u.files} files`;
     }
-    let job = null, failed = false;
-    async function sendBatch(batch, title = null) {
-      const url = job ? `/api/jobs/${job.id}/files`
+    let failed = null;
+    async function sendBatch(batch) {
+      const url = u.job ? `/api/jobs/${u.job.id}/files`
         : "/api/jobs" + (title ? `?title=${encodeURIComponent(title)}` : "");
       const ends = [];
       batch.reduce((n, e) => { ends.push(n + e.file.size); return n + e.file.size; }, 0);
@@ -251,11 +261,16 @@
       let answer;
       try {
         answer = await send(url, batch, (loaded) => { r.loaded = loaded; showSent(); });
+      } catch (e) {
+        u.queue.unshift(batch);  // not sent, as far as this page knows
+        failed = failed || e;  // the other lane sends nothing more; the error is shown once
+        throw e;
       } finally {
         sending.delete(r);
+        showSent();
       }
-      sentBytes += ends[ends.length - 1];
-      sentFiles += batch.length;
+      u.sentBytes += ends[ends.length - 1];
+      u.sentFiles += batch.length;
       showSent();
       if (answer.warning) {
         showError(`${answer.warning} The page keeps watching the job.`);
@@ -263,38 +278,51 @@
       }
       return answer;
     }
-    const queue = batches(entries);
-    const title = folderName(entries);
+    $("upload-rest").hidden = true;
     uploading += 1;
     try {
-      job = await sendBatch(queue.shift(), title);
-      history.replaceState(null, "", `?job=${job.id}`);
-      remember(job);
-      render(job);
+      if (!u.job) {
+        u.job = await sendBatch(u.queue.shift());
+        history.replaceState(null, "", `?job=${u.job.id}`);
+        remember(u.job);
+        render(u.job);
+      }
       async function lane() {
-        while (queue.length && !failed) {
-          try {
-            const answer = await sendBatch(queue.shift());
-            if (answer.total >= job.total) job = answer;  // answers may come back out of order
-            render(job);
-          } catch (e) {
-            failed = true;  // the other lane sends nothing more; the error is shown once
-            throw e;
-          }
+        while (u.queue.length && !failed) {
+          const answer = await sendBatch(u.queue.shift());
+          if (answer.total >= u.job.total) u.job = answer;  // answers may come back out of order
+          render(u.job);
         }
       }
-      await Promise.all(Array.from({ length: PARALLEL_UPLOADS }, lane));
+      await Promise.allSettled(Array.from({ length: PARALLEL_UPLOADS }, lane));
+      if (failed) throw failed;
+    } catch (e) {
+      if (u.job && u.queue.length) offerRest(u);
+      throw e;
     } finally {
       uploading -= 1;
     }
-    await follow(job.id, job);
+    unsent = 0;
+    await follow(u.job.id, u.job);
+  }
+
+  function offerRest(u) {
+    unsent = u.queue.reduce((n, batch) => n + batch.length, 0);
+    const button = $("upload-rest");
+    button.textContent = `Send the ${count(unsent, "file")} not sent yet`;
+    button.title = `Into job ${u.job.id}, which holds the files sent before`;
+    button.hidden = false;
+    button.onclick = () => {
+      $("error").hidden = true;
+      run(sendAll(u));
+    };
   }
 
   // Leaving the page (a recent job's link, a reload, closing the tab) while files are still being sent would
   // stop the upload half way, the job holding only part of the folder: the browser asks first.
-  let uploading = 0;
+  let uploading = 0, unsent = 0;  // requests in flight; files a stopped upload left behind ("Send the rest")
   window.addEventListener("beforeunload", (e) => {
-    if (uploading) {
+    if (uploading || unsent) {
       e.preventDefault();
       e.returnValue = "";
     }
