@@ -279,6 +279,7 @@
       return answer;
     }
     $("upload-rest").hidden = true;
+    unsent = 0;
     uploading += 1;
     try {
       if (!u.job) {
@@ -302,7 +303,6 @@
     } finally {
       uploading -= 1;
     }
-    unsent = 0;
     await follow(u.job.id, u.job);
   }
 
@@ -895,6 +895,7 @@
     $("filters").hidden = true;
     history.replaceState(null, "", location.pathname);
     document.title = PAGE_TITLE;
+    unsent = 0;  // a deleted job takes nothing more
     $("status").textContent = "";
     const el = $("error");
     el.textContent = `Job ${gone.deleted} was deleted: ${gone.images} results, ${gone.files_removed} stored files removed.`;
