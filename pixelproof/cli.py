@@ -265,7 +265,7 @@ def _rerun(args: argparse.Namespace) -> int:
 def _jobs(args: argparse.Namespace) -> int:
     from .submit import list_jobs
 
-    return list_jobs(args.server, args.token, args.limit)
+    return list_jobs(args.server, args.token, args.limit, args.title or "")
 
 
 SERVICE_ENV = """environment:
@@ -376,6 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "exit status: 0 listed, 2 a problem the message names")
     _server_arguments(j, "API token")
     j.add_argument("--limit", type=bounded(int, 1), default=20, help="how many jobs, newest first")
+    j.add_argument("--title", default=None, help="only jobs whose title contains this text (letters in any case)")
     j.set_defaults(func=_jobs)
 
     x = _parser(sub, "export-reviews", "write the images people reviewed as real or fake into an image folder "

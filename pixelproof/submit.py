@@ -186,12 +186,13 @@ class Client:
                 continue
             return self._check(resp)
 
-    def jobs(self, limit: int) -> list[dict]:
-        """This token's jobs, newest first, at most limit of them (the server lists them only with tokens on)."""
+    def jobs(self, limit: int, title: str = "") -> list[dict]:
+        """This token's jobs, newest first, at most limit of them (the server lists them only with tokens on);
+        with `title`, those whose title contains it."""
         items, cursor = [], ""
         while cursor is not None and len(items) < limit:
-            page = self._check(self.http.get(f"{self.server}/api/jobs", timeout=self.timeout,
-                                             params={"limit": min(1000, limit - len(items)), "cursor": cursor}))
+            params = {"limit": min(1000, limit - len(items)), "cursor": cursor, **({"title": title} if title else {})}
+            page = self._check(self.http.get(f"{self.server}/api/jobs", timeout=self.timeout, params=params))
             items += page["items"]
             cursor = page["next_cursor"]
         return items
@@ -386,14 +387,14 @@ def finish(client: Client, job: dict, wait: bool, out: Path | None, fmt: str, or
     return 0
 
 
-def list_jobs(server: str, token: str | None, limit: int) -> int:
+def list_jobs(server: str, token: str | None, limit: int, title: str = "") -> int:
     """One line a job, newest first: when it was made (local time), its state and counts, and its page."""
     from datetime import datetime
 
     server = check_server(server)
-    items = Client(server, token).jobs(limit)
+    items = Client(server, token).jobs(limit, title)
     if not items:
-        print("no jobs")
+        print(f"no jobs titled with {title!r}" if title else "no jobs")
     for job in items:
         made = datetime.fromisoformat(job["created_at"]).astimezone().strftime("%Y-%m-%d %H:%M")
         counts, errors = job["counts"], job["errors"]

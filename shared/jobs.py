@@ -135,11 +135,11 @@ def _progress(by_status: dict[str, int], cancelled: bool) -> tuple[str, int, int
     return ("running" if by_status.get(RUNNING) or done else "queued"), total, done
 
 
-def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[list[dict], str | None]:
+def jobs_page(session: Session, owner: str, cursor: str, limit: int, title: str = "") -> tuple[list[dict], str | None]:
     """A page of one owner's jobs, newest first, each summed up from one grouped query over the whole page's
     images (not a job_status of several queries each). Keyset pages on (created_at, id): a cursor is the last
     job's."""
-    page = session.scalars(owner_jobs_query(owner, cursor, limit + 1)).all()
+    page = session.scalars(owner_jobs_query(owner, cursor, limit + 1, title)).all()
     more, page = len(page) > limit, page[:limit]
     ids = [j.id for j in page]
     by_status: dict[str, dict[str, int]] = {i: {} for i in ids}
@@ -170,9 +170,12 @@ def jobs_page(session: Session, owner: str, cursor: str, limit: int) -> tuple[li
     return items, next_cursor
 
 
-def owner_jobs_query(owner: str, cursor: str, limit: int) -> Select:
-    """One owner's jobs after the cursor, newest first: a range of ix_jobs_owner_created, read backwards."""
+def owner_jobs_query(owner: str, cursor: str, limit: int, title: str = "") -> Select:
+    """One owner's jobs after the cursor, newest first: a range of ix_jobs_owner_created, read backwards; with
+    `title`, those whose title contains it in any case (% and _ plain characters), filtered along that range."""
     query = select(Job).where(Job.owner == owner)
+    if title:
+        query = query.where(Job.title.icontains(title, autoescape=True))
     if cursor:
         created, last_id = _decode_job_cursor(cursor)
         # a row comparison, which both databases turn into the start of the index range (an OR of the two

@@ -359,6 +359,20 @@ def test_a_job_has_the_title_its_owner_gives_it_listed_kept_by_a_rerun_and_chang
     assert (kept["title"], other["title"], cleared["title"]) == ("Desk 3", "Desk 3, new model", None)
     listed = {j["id"]: j["title"] for j in client.get("/api/jobs", headers=alpha).get_json()["items"]}
     assert listed[job["id"]] == "Desk 3" and listed[other["id"]] == "Desk 3, new model" and listed[untitled["id"]] is None
+
+    def titled(text: str, limit: int = 50) -> list[str]:  # the token's jobs whose title holds text, page by page
+        got, cursor = [], ""
+        while cursor is not None:
+            page = client.get("/api/jobs", query_string={"title": text, "limit": limit, "cursor": cursor}, headers=alpha)
+            assert page.status_code == 200, page.get_json()
+            got += [j["id"] for j in page.get_json()["items"]]
+            cursor = page.get_json()["next_cursor"]
+        return got
+
+    assert titled("dESK  3") == titled("desk 3", limit=1) == [other["id"], kept["id"], job["id"]]  # newest first
+    assert titled("new model") == [other["id"]] and titled("y" * 200) == [] == titled("%")
+    assert len(titled("")) == len(listed) and client.get("/api/jobs?title=x", headers=beta).get_json()["items"] == []
+    assert client.get(f"/api/jobs?title={'x' * 201}", headers=alpha).status_code == 400
     for removal in (None, "", "  "):
         assert client.patch(url, json={"title": "again"}, headers=alpha).get_json()["title"] == "again"
         assert client.patch(url, json={"title": removal}, headers=alpha).get_json()["title"] is None

@@ -241,6 +241,10 @@ def test_jobs_lists_the_tokens_jobs_newest_first(start_web_only, sqlite_url, fol
     proc = run_cli("jobs", "--server", base, "--token", "alpha", "--limit", "1")
     assert proc.returncode == 0 and "  queued     alpha photos, 1: 0/1 files" in proc.stdout, proc.stdout
     assert proc.stdout.strip().endswith(f", again of {made[0]}  {base}/?job={again.json()['id']}"), proc.stdout
+    proc = run_cli("jobs", "--server", base, "--token", "alpha", "--title", "PHOTOS, 2")
+    assert proc.returncode == 0 and proc.stdout.strip().endswith(f"?job={made[2]}") and len(proc.stdout.splitlines()) == 1
+    proc = run_cli("jobs", "--server", base, "--token", "alpha", "--title", "nothing like it")
+    assert proc.returncode == 0 and proc.stdout.strip() == "no jobs titled with 'nothing like it'", proc.stdout
     proc = run_cli("jobs", "--server", base, "--token", "beta", "--limit", "1")
     assert proc.returncode == 0 and proc.stdout.strip().endswith(f"?job={made[1]}"), proc.stdout + proc.stderr
     assert "  queued     0/1 files" in proc.stdout, proc.stdout  # --title "": untitled

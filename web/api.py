@@ -226,7 +226,11 @@ def list_jobs():
     if len(cursor) > 200:
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
     try:
-        items, next_cursor = jobs.jobs_page(db_session(), owner, cursor, limit)
+        title = job_title(request.args.get("title")) or ""
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
+    try:
+        items, next_cursor = jobs.jobs_page(db_session(), owner, cursor, limit, title)
     except jobs.BadCursor:
         raise ApiError(400, "cursor must be the next_cursor value of the previous page") from None
     return jsonify({"items": items, "next_cursor": next_cursor})

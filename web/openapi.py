@@ -278,7 +278,10 @@ OPENAPI = {
             "parameters": [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000},
                             "description": "jobs per page (default 50)"},
                            {"name": "cursor", "in": "query", "schema": {"type": "string", "maxLength": 200},
-                            "description": "the previous page's next_cursor (absent or empty: the newest jobs)"}],
+                            "description": "the previous page's next_cursor (absent or empty: the newest jobs)"},
+                           {"name": "title", "in": "query", "schema": {"type": "string", "maxLength": MAX_TITLE},
+                            "description": "only jobs whose title contains this text, letters in any case (white "
+                                           "space tidied as titles are; % and _ are plain characters)"}],
             "responses": {"200": {"description": "a page of jobs", "content": {"application/json": {"schema": {
                 "type": "object", "additionalProperties": False, "required": ["items", "next_cursor"], "properties": {
                     "items": {"type": "array", "items": {"$ref": "#/components/schemas/JobSummary"}},
