@@ -187,6 +187,8 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
 
     # Another browser, the same token: its recent jobs are the token's, as the server lists them (GET /api/jobs)
     other = watched_page(browser)
+    other_urls = []
+    other.on("request", lambda r: other_urls.append(r.url))
     other.goto(live_stack + "/")
     assert other.locator("#recent").is_hidden()  # nothing made or opened here, no token yet
     other.locator("#drop details summary").click()
@@ -199,6 +201,15 @@ def test_with_a_token_no_url_ever_carries_it(browser, live_stack, mini_dir, tmp_
     assert other.locator("#recent-list a").get_attribute("href") == f"?job={job_id}"
     assert "done · 3 files" in other.locator("#recent-list li").inner_text()
     assert "This API token's jobs" in other.locator("#recent-about").inner_text()
+    # looked up by title on the server (all of the token's jobs, not only the newest 20)
+    other.fill("#recent-search", "PIC")
+    other.wait_for_function("() => document.getElementById('recent-count').textContent === '1' && "
+                            "document.querySelector('#recent-list .title')")
+    assert other.locator("#recent-list .title").inner_text() == "pics"
+    other.fill("#recent-search", "nothing of the kind")
+    other.wait_for_function("() => document.getElementById('recent-count').textContent === '0'")
+    assert other.locator("#recent-list li").inner_text() == "No job's title contains “nothing of the kind”."
+    assert any("/api/jobs?limit=20&title=nothing%20of%20the%20kind" in u for u in urls + other_urls)
     assert not page_problems(other)
 
 
@@ -557,6 +568,18 @@ def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, st
     page.wait_for_function("() => /^Untitled job /.test(document.getElementById('job-title').textContent)")
     loose = page.url.rsplit("?job=", 1)[1]
     assert loose != job_id and requests.get(f"{base}/api/jobs/{loose}", timeout=10).json()["title"] is None
+    # this browser's list, looked up by title here (no token: the server lists no jobs)
+    page.set_input_files("#folder-input", str(folder_of(tmp_path, "Harbour at dawn", sorted(folder.iterdir())[:1])))
+    page.wait_for_function("() => document.getElementById('job-title').textContent === 'Harbour at dawn'")
+    page.click("#recent summary")
+    assert page.locator("#recent-count").inner_text() == "3"
+    page.fill("#recent-search", "  harBOUR ")
+    page.wait_for_function("() => document.getElementById('recent-count').textContent === '1'")
+    assert page.locator("#recent-list .title").all_inner_texts() == ["Harbour at dawn"]
+    page.fill("#recent-search", "desk")
+    page.wait_for_function("() => document.getElementById('recent-count').textContent === '0'")
+    assert page.locator("#recent-list li").inner_text() == "No job's title contains “desk”."
+    assert page.locator("#recent").is_visible()
     # with no worker the jobs stay queued, and the long-polls of the pages left behind keep their places a while:
     # a 429 the page waits out (Retry-After) is expected here
     assert [p for p in page_problems(page) if "(TOO MANY REQUESTS)" not in p] == []

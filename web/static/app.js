@@ -381,7 +381,8 @@
     let listed = null;
     if (tokenInput.value.trim()) {
       try {
-        listed = (await api(`/api/jobs?limit=${RECENT_MAX}`)).items;
+        const search = recentSearch() ? `&title=${encodeURIComponent(recentSearch())}` : "";
+        listed = (await api(`/api/jobs?limit=${RECENT_MAX}${search}`)).items;
       } catch (_) { /* tokens off (403), a token it does not know, an older server: this browser's list */ }
     }
     tokenJobs = listed;
@@ -394,9 +395,15 @@
       ` · AI-generated ${c.fake} · uncertain ${c.uncertain || 0}` + (job.errors ? ` · ${count(job.errors, "error")}` : "");
   }
 
+  // Part of a title to look for: the server's list asks for it (all of the token's jobs, not only the newest
+  // RECENT_MAX), this browser's own list is filtered here, letters in any case either way.
+  const recentSearch = () => $("recent-search").value.replace(/\s+/g, " ").trim();
+
   function showRecent() {
-    const list = tokenJobs || recentJobs();
-    $("recent").hidden = list.length === 0;
+    const search = recentSearch().toLowerCase();
+    const own = recentJobs();
+    const list = tokenJobs || own.filter((j) => !search || (j.title || "").toLowerCase().includes(search));
+    $("recent").hidden = !tokenJobs && !own.length;
     $("recent-count").textContent = String(list.length);
     $("recent-about").textContent = tokenJobs ? "This API token's jobs, newest first, as the server lists them."
       : "The jobs this browser made or opened, newest first, kept in this browser only (a job's address is what opens it).";
@@ -423,6 +430,12 @@
       li.append(a, " ", about);
       ul.appendChild(li);
     }
+    if (!list.length && search) {
+      const li = document.createElement("li");
+      li.className = "small";
+      li.textContent = `No job's title contains “${recentSearch()}”.`;
+      ul.appendChild(li);
+    }
     if ($("recent").open && tokenJobs === null) run(recentStatuses());
   }
 
@@ -446,6 +459,11 @@
     showRecent();
   });
   tokenInput.addEventListener("change", () => run(loadTokenJobs()));
+  let recentTimer = 0;
+  $("recent-search").addEventListener("input", () => {
+    clearTimeout(recentTimer);
+    recentTimer = setTimeout(() => (tokenJobs !== null ? run(loadTokenJobs()) : showRecent()), 250);
+  });
 
   function render(job) {
     currentJob = job.id;
