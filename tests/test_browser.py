@@ -350,6 +350,20 @@ def test_an_upload_that_stops_part_way_sends_the_rest_into_its_job(browser, star
     assert [p for p in page_problems(page) if "ERR_CONNECTION_RESET" not in p and "TOO MANY" not in p] == []
 
 
+def test_a_refusal_of_the_files_themselves_offers_no_second_try(browser, start_web_only, sqlite_url, redis_server,
+                                                                mini_dir, tmp_path):
+    """A job full part way (413) is not something sending again fixes: the page says why, and offers nothing."""
+    base = start_web_only(sqlite_url, PIXELPROOF_MAX_FILES_PER_REQUEST="1", PIXELPROOF_MAX_FILES_PER_JOB="2")
+    folder = folder_of(tmp_path, "too many", sorted((mini_dir / "real").iterdir())[:4])
+    page = watched_page(browser)
+    page.goto(base + "/")
+    page.set_input_files("#folder-input", str(folder))
+    page.wait_for_selector("#error:not([hidden])")
+    assert "a job holds at most 2 files" in page.locator("#error").inner_text()
+    assert page.locator("#upload-rest").is_hidden()
+    assert [p for p in page_problems(page) if "413" not in p] == []
+
+
 @pytest.mark.parametrize("live_stack_env", [{"PIXELPROOF_MAX_FILES_PER_REQUEST": "3"}])
 def test_files_chosen_before_the_limits_arrive_are_split_by_them(browser, live_stack, mini_dir, tmp_path):
     """The server's limits come from /api/config after the page loads; files chosen before they arrive wait

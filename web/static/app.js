@@ -148,6 +148,7 @@
         else if (xhr.status === 503 && body.job) resolve({ id: body.job, warning: body.error });
         else {
           const err = new Error(body.error || `upload failed (HTTP ${xhr.status})`);
+          err.status = xhr.status;
           err.retry = xhr.status === 502 || xhr.status === 504;  // a proxy gave up: the server may have it
           reject(err);
         }
@@ -295,10 +296,13 @@
           render(u.job);
         }
       }
-      await Promise.allSettled(Array.from({ length: PARALLEL_UPLOADS }, lane));
-      if (failed) throw failed;
+      const lanes = await Promise.allSettled(Array.from({ length: PARALLEL_UPLOADS }, lane));
+      const broken = lanes.find((l) => l.status === "rejected");
+      if (failed || broken) throw failed || broken.reason;
     } catch (e) {
-      if (u.job && u.queue.length) offerRest(u);
+      // Sending again helps after a dropped connection, a server error or too many requests; not after a refusal
+      // of the files themselves (a job full, cancelled or over a limit: the message says which).
+      if (u.job && u.queue.length && (!e.status || e.status >= 500 || e.status === 429)) offerRest(u);
       throw e;
     } finally {
       uploading -= 1;
