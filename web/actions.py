@@ -13,11 +13,10 @@ from shared.deletion import delete_jobs
 from shared.logs import kv
 from shared.metrics import record
 from shared.models import REVIEW_VERDICTS
-from shared.names import job_title
 from shared.queue import WEBHOOK_TASK
 
 from .auth import current_owner
-from .context import db_session, image_or_404, job_or_404, lock_job, notify, services
+from .context import db_session, image_or_404, job_or_404, lock_job, notify, services, title_or_400
 from .errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -34,10 +33,7 @@ def rename_job(job_id: str):
     body = request.get_json(silent=True)
     if not isinstance(body, dict) or set(body) != {"title"} or not isinstance(body["title"], (str, type(None))):
         raise ApiError(400, 'send JSON: {"title": "..."} (null or "" removes the title)')
-    try:
-        job.title = job_title(body["title"])
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
+    job.title = title_or_400(body["title"])
     session.commit()
     log.info(kv(event="job_renamed", job_id=job.id, titled=job.title is not None))
     return jsonify(jobs.job_status(session, job))

@@ -35,7 +35,7 @@ from shared.models import (
     Job,
     csv_cells,
 )
-from shared.names import MAX_NAME, job_title, search_text
+from shared.names import MAX_NAME, search_text
 from shared.queue import enqueue_images
 from shared.thumbnails import rendition
 
@@ -51,6 +51,7 @@ from .context import (
     lock_job,
     number_arg,
     services,
+    title_or_400,
 )
 from .errors import ApiError
 from .idempotency import earlier_answer, idempotency_key, remembered_as
@@ -189,12 +190,7 @@ KEEP = object()  # no ?title=: the new job keeps the earlier job's
 
 
 def _title(default: object = None) -> object:
-    if "title" not in request.args:
-        return default
-    try:
-        return job_title(request.args["title"])
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
+    return title_or_400(request.args["title"]) if "title" in request.args else default
 
 
 @api.post("/api/jobs")
@@ -226,11 +222,7 @@ def list_jobs():
     if len(cursor) > 200:
         raise ApiError(400, "cursor must be the next_cursor value of the previous page")
     try:
-        title = job_title(request.args.get("title")) or ""
-    except ValueError as exc:
-        raise ApiError(400, str(exc)) from None
-    try:
-        items, next_cursor = jobs.jobs_page(db_session(), owner, cursor, limit, title)
+        items, next_cursor = jobs.jobs_page(db_session(), owner, cursor, limit, _title() or "")
     except jobs.BadCursor:
         raise ApiError(400, "cursor must be the next_cursor value of the previous page") from None
     return jsonify({"items": items, "next_cursor": next_cursor})

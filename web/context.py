@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from shared.events import publish_changes
 from shared.models import ImageItem, Job, utcnow
+from shared.names import job_title
 
 from .errors import ApiError
 
@@ -85,6 +86,14 @@ def flag_arg(name: str) -> bool:
     if raw in ("1", "true", "yes"):
         return True
     raise ApiError(400, f"{name} must be true or false (1 or 0), got {raw[:40]!r}")
+
+
+def title_or_400(raw: str | None) -> str | None:
+    """A job's title as stored (shared.names.job_title), or a 400 that says why it cannot be one."""
+    try:
+        return job_title(raw)
+    except ValueError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
 def notify(job_id: str) -> None:
