@@ -55,6 +55,14 @@ def folder_of(tmp_path: Path, name: str, files: list[Path]) -> Path:
     return folder
 
 
+def page_given(browser, base: str, folder: Path):
+    """A watched page of the server at base, given `folder` to upload through its folder picker."""
+    page = watched_page(browser)
+    page.goto(base + "/")
+    page.set_input_files("#folder-input", str(folder))
+    return page
+
+
 def download_text(page, selector: str) -> str:
     with page.expect_download() as info:
         page.click(selector)
@@ -87,9 +95,7 @@ def test_upload_a_folder_and_see_results(browser, live_stack, mini_dir, tmp_path
     photo = sorted((mini_dir.parent / "mixed100" / "real").iterdir())[0]  # 512x512: a grid of several crops
     shutil.copy(photo, folder / "real" / "photo.jpg")
 
-    page = watched_page(browser)
-    page.goto(live_stack + "/")
-    page.set_input_files("#folder-input", str(folder))
+    page = page_given(browser, live_stack, folder)
     page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)  # shown once the job is done
     rows = page.locator("#results tbody tr")
     assert rows.count() == 14
@@ -355,9 +361,7 @@ def test_a_refusal_of_the_files_themselves_offers_no_second_try(browser, start_w
     """A job full part way (413) is not something sending again fixes: the page says why, and offers nothing."""
     base = start_web_only(sqlite_url, PIXELPROOF_MAX_FILES_PER_REQUEST="1", PIXELPROOF_MAX_FILES_PER_JOB="2")
     folder = folder_of(tmp_path, "too many", sorted((mini_dir / "real").iterdir())[:4])
-    page = watched_page(browser)
-    page.goto(base + "/")
-    page.set_input_files("#folder-input", str(folder))
+    page = page_given(browser, base, folder)
     page.wait_for_selector("#error:not([hidden])")
     assert "a job holds at most 2 files" in page.locator("#error").inner_text()
     assert page.locator("#upload-rest").is_hidden()
@@ -499,9 +503,7 @@ def test_results_appear_before_the_job_ends_and_a_saved_link_reopens_it(browser,
 
     base = start_web_only(sqlite_url)
     folder = folder_of(tmp_path, "later", sorted((mini_dir / "fake").iterdir())[:3])
-    page = watched_page(browser)
-    page.goto(base + "/")
-    page.set_input_files("#folder-input", str(folder))
+    page = page_given(browser, base, folder)
     # no worker yet: the rows are there, queued, while the job is not done
     page.wait_for_function("() => document.querySelectorAll('#results tbody tr').length === 3")
     assert page.locator("#results").is_visible() and page.locator("#status").get_attribute("data-status") != "done"
@@ -533,9 +535,7 @@ def test_a_folders_job_is_titled_by_its_name_and_renamed_in_the_page(browser, st
 
     base = start_web_only(sqlite_url)
     folder = folder_of(tmp_path, "Election night, desk 2", sorted((mini_dir / "real").iterdir())[:2])
-    page = watched_page(browser)
-    page.goto(base + "/")
-    page.set_input_files("#folder-input", str(folder))
+    page = page_given(browser, base, folder)
     page.wait_for_function("() => document.getElementById('job-title').textContent === 'Election night, desk 2'")
     job_id = page.url.rsplit("?job=", 1)[1]
     assert requests.get(f"{base}/api/jobs/{job_id}", timeout=10).json()["title"] == "Election night, desk 2"
@@ -617,9 +617,7 @@ def test_evidence_badges_and_the_per_image_view(browser, live_stack, tmp_path):
     for name, data in (("tampered.jpg", tampered(signed_jpeg())), ("xmp.jpg", xmp_jpeg()), ("a1111.png", a1111_png()),
                        ("comfyui.png", comfyui_png()), ("phone.heic", heic((320, 240)))):
         (folder / name).write_bytes(data)
-    page = watched_page(browser)
-    page.goto(live_stack + "/")
-    page.set_input_files("#folder-input", str(folder))
+    page = page_given(browser, live_stack, folder)
     page.wait_for_selector("#downloads:not([hidden])", timeout=120_000)
     row = page.locator("#results tbody tr", has_text="claims/credentials.jpg")
     assert row.locator(".badge.ai.strong").inner_text() == "Content Credentials: says AI ✓"
