@@ -360,16 +360,17 @@
     const known = list.find((j) => j.id === job.id);
     if (!known) {
       saveRecent([...list, { id: job.id, created_at: job.created_at || new Date().toISOString(), title: job.title || null }]);
-    } else if ((known.title || null) !== (job.title || null)) {  // renamed, here or elsewhere
-      known.title = job.title || null;
-      saveRecent(list);
-    }
+    } else if (retitled(known, job)) saveRecent(list);
     const listed = tokenJobs && tokenJobs.find((j) => j.id === job.id);
     if (tokenJobs !== null && !listed) run(loadTokenJobs());
-    else if (listed && (listed.title || null) !== (job.title || null)) {
-      listed.title = job.title || null;
-      showRecent();
-    }
+    else if (listed && retitled(listed, job)) showRecent();
+  }
+
+  // Whether a recent list's entry had another title than the job now has (renamed, here or elsewhere); it takes it.
+  function retitled(entry, job) {
+    if ((entry.title || null) === (job.title || null)) return false;
+    entry.title = job.title || null;
+    return true;
   }
 
   function forget(id) {
@@ -512,17 +513,14 @@
     }
   }
 
+  // Called before shownJob becomes `job`: a title that changed since it was last shown goes to the recent lists.
   function showTitle(job) {
     $("job-head").hidden = false;
     $("job-title").textContent = job.title || `Untitled job ${job.id}`;
     $("job-title").classList.toggle("untitled", !job.title);
     document.title = job.title ? `${job.title} · Pixelproof` : PAGE_TITLE;
-    if (job.title !== shownTitle) {
-      shownTitle = job.title;
-      remember(job);
-    }
+    if (!shownJob || shownJob.id !== job.id || shownJob.title !== job.title) remember(job);
   }
-  let shownTitle;
   const PAGE_TITLE = document.title;
 
   // A finished job whose results came from another model than the one served now (or from none: cancelled
@@ -835,7 +833,8 @@
 
   // A titled job's results save under its title (characters no file system takes become "_"), others by id.
   function downloadName(jobId) {
-    const title = jobId === currentJob && shownTitle ? shownTitle.replace(/[\\/:*?"<>|]/g, "_").replace(/^[.\s]+|[.\s]+$/g, "") : "";
+    const shown = jobId === currentJob && shownJob ? shownJob.title || "" : "";
+    const title = shown.replace(/[\\/:*?"<>|]/g, "_").replace(/^[.\s]+|[.\s]+$/g, "");
     return title || `pixelproof-${jobId}`;
   }
 
@@ -882,7 +881,7 @@
   })()));
 
   $("rename-job").addEventListener("click", () => {
-    $("title-input").value = shownTitle || "";
+    $("title-input").value = (shownJob && shownJob.title) || "";
     $("title-form").hidden = false;
     $("rename-job").hidden = true;
     $("title-input").focus();
